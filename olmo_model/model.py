@@ -1,0 +1,149 @@
+"""The OLMo v1 decoder: pre-norm blocks of causal RoPE attention and a SwiGLU MLP.
+
+Module and parameter names match OLMo's checkpoints (``transformer.wte``,
+``transformer.blocks.{i}.att_proj`` ...), so weights interoperate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import OlmoConfig
+from .init import fill_truncated_normal_, mitchell_stds
+
+
+def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dimension without learned scale or shift."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """NeoX-style rotation: (x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [..., T, head_dim] by the fp32 angles ``cos``/``sin`` [T, head_dim], in fp32."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for RoPE, computed in fp32 and cached per device (grown to the longest length seen)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._cache.get(device)
+        if cached is None or cached[0].shape[0] < seq_len:
+            cached = self._tables(seq_len, device)
+            self._cache[device] = cached
+        cos, sin = cached
+        return cos[:seq_len], sin[:seq_len]
+
+    @torch.inference_mode(False)  # tables first built during evaluation must still serve training
+    def _tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+
+class OlmoBlock(nn.Module):
+    """``x + attn_out(attention(LN(x)))`` then ``x + ff_out(swiglu(ff_proj(LN(x))))``; no biases."""
+
+    def __init__(self, config: OlmoConfig) -> None:
+        super().__init__()
+        d, h = config.d_model, config.mlp_hidden_size
+        self.n_heads = config.n_heads
+        self.eps = config.layer_norm_eps
+        self.att_proj = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_proj = nn.Linear(d, 2 * h, bias=False)
+        self.ff_out = nn.Linear(h, d, bias=False)
+
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Causal multi-head self-attention of (already normalised) ``x`` [B, T, d], before ``attn_out``."""
+        batch, seq_len, d_model = x.shape
+        q, k, v = (
+            t.view(batch, seq_len, self.n_heads, d_model // self.n_heads).transpose(1, 2)
+            for t in self.att_proj(x).split(d_model, dim=-1)
+        )
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return out.transpose(1, 2).reshape(batch, seq_len, d_model)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of (already normalised) ``x``: ff_proj halves are (up, gate); silu(gate) * up."""
+        up, gate = self.ff_proj(x).chunk(2, dim=-1)
+        return self.ff_out(F.silu(gate) * up)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn_out(self.attention(layer_norm(x, self.eps), cos, sin))
+        return x + self.mlp(layer_norm(x, self.eps))
+
+
+class Olmo(nn.Module):
+    """OLMo v1 decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size].
+
+    Parameters are initialised ("mitchell") on construction unless built on the meta device.
+    """
+
+    def __init__(self, config: OlmoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.embedding_size, config.d_model),
+                "blocks": nn.ModuleList(OlmoBlock(config) for _ in range(config.n_layers)),
+            }
+        )
+        if not config.weight_tying:
+            self.transformer.ff_out = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        if not self.transformer.wte.weight.is_meta:
+            self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-initialise every weight ("mitchell"); a seeded CPU ``generator`` gives bit-identical weights."""
+        params = dict(self.named_parameters())
+        stds = mitchell_stds(self.config)
+        if params.keys() != stds.keys():
+            raise RuntimeError(
+                f"init covers {sorted(stds.keys() ^ params.keys())} inconsistently with the model"
+            )
+        for name, std in stds.items():
+            fill_truncated_normal_(params[name], std, generator)
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm hidden states [B, T, d_model] for ``input_ids`` [B, T]."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"expected input_ids of shape [batch, seq_len], got {tuple(input_ids.shape)}")
+        seq_len = input_ids.shape[1]
+        if seq_len > self.config.max_sequence_length:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_sequence_length {self.config.max_sequence_length}"
+            )
+        x = self.transformer.wte(input_ids)
+        cos, sin = self.rotary(seq_len, x.device)
+        for block in self.transformer.blocks:
+            x = block(x, cos, sin)
+        return layer_norm(x, self.config.layer_norm_eps)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., embedding_size] from hidden states (tied: ``hidden @ wte.T``)."""
+        if self.config.weight_tying:
+            return F.linear(hidden, self.transformer.wte.weight)
+        return self.transformer.ff_out(hidden)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.project(self.hidden_states(input_ids))

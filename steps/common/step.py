@@ -1,0 +1,70 @@
+"""The base of every olmo-tango step: a Tango ``Step`` whose result is a directory artifact."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from tango import Step
+from tango.common.det_hash import CustomDetHash
+from tango.common.exceptions import ConfigurationError
+
+from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
+
+# Arguments that never change an output's bytes, so they stay out of every fingerprint.
+EXECUTION_ARGUMENTS = {"device", "num_workers", "log_every", "batch_size_for_scoring"}
+
+
+class ContentHashed(CustomDetHash):
+    """A config dict whose fingerprint also covers the content of the files it names.
+
+    Tango hashes arguments, not the files behind paths; wrapping the config makes the step's
+    unique id change when the bytes it will read change. The content hash is computed once,
+    when the fingerprint is first needed (before any step runs).
+    """
+
+    def __init__(self, config: dict[str, Any], content_hash: Callable[[dict[str, Any]], str]):
+        self.config = config
+        self._content_hash = content_hash
+        self._cached: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        if self._cached is None:
+            self._cached = self._content_hash(self.config)
+        return self._cached
+
+    def det_hash_object(self) -> Any:
+        return (self.config, self.content_hash)
+
+
+class ArtifactStep(Step[Artifact]):
+    """A step that writes files into a fresh directory and returns them as an :class:`Artifact`."""
+
+    FORMAT = ArtifactFormat()
+    SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        """Check the configuration before anything runs; raise ``ValueError`` naming the bad key."""
+
+    @classmethod
+    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cls.validate(kwargs)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigurationError(f"{cls.__name__}: {exc}") from None
+        return kwargs
+
+    def output_dir(self) -> Path:
+        """An empty directory in this step's work dir for the artifact's files."""
+        out = self.work_dir / "artifact"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        return out
+
+    def artifact(self, directory: Path, summary: dict[str, Any]) -> Artifact:
+        """Wrap a finished directory with its manifest (fingerprints, versions, file hashes)."""
+        inputs = {step.name: step.unique_id for step in sorted(self.dependencies, key=lambda s: s.name)}
+        return Artifact(directory, build_manifest(directory, self.unique_id, inputs, summary))

@@ -1,0 +1,104 @@
+"""Training batches rebuilt from (instance index, data order): their tokens, ranks, documents and hash."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steps.data.instances import InstanceIndex
+from steps.data.order import DataOrder, rank_slice
+
+
+def batch_hash(tokens: np.ndarray) -> str:
+    """sha256 (hex) of a ``[B, T]`` token batch written as little-endian uint32, row-major.
+
+    Anyone can recompute it: ``hashlib.sha256(np.asarray(tokens, "<u4").tobytes()).hexdigest()``.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"expected a [batch, seq_len] array, got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(np.uint32).max):
+        raise ValueError("token ids must lie in [0, 2^32)")
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<u4").tobytes()).hexdigest()
+
+
+def micro_batches(rank_instances: np.ndarray, micro_batch_size: int) -> list[np.ndarray]:
+    """Split one rank's instances into consecutive micro-batches of ``micro_batch_size``."""
+    if micro_batch_size < 1 or len(rank_instances) % micro_batch_size:
+        raise ValueError(
+            f"micro_batch_size {micro_batch_size} does not divide the {len(rank_instances)} instances per rank"
+        )
+    return [rank_instances[i : i + micro_batch_size] for i in range(0, len(rank_instances), micro_batch_size)]
+
+
+def _check_order(index: InstanceIndex, order: DataOrder) -> None:
+    if order.num_instances != index.num_instances:
+        raise ValueError(f"the data order covers {order.num_instances} instances, the index {index.num_instances}")
+
+
+def describe_batch(
+    root_dir: str | Path,
+    index: InstanceIndex,
+    order: DataOrder,
+    step: int,
+    batch_size: int,
+    world_size: int,
+    micro_batch_size: int,
+) -> dict[str, Any]:
+    """Everything about global batch ``step``: instances, exact token ids, hash, per-rank micro-batches,
+    and for each instance the documents it holds (document spans in file tokens, and the part of the
+    instance each one covers as ``[first, last)`` instance positions)."""
+    _check_order(index, order)
+    instances = order.global_batch(step, batch_size)
+    ranks = [
+        {"rank": rank, "micro_batches": [m.tolist() for m in micro_batches(rank_slice(instances, rank, world_size), micro_batch_size)]}
+        for rank in range(world_size)
+    ]
+    tokens = index.read_instances(root_dir, instances)
+    documents = []
+    for instance in instances.tolist():
+        k, offset = index.locate(instance)
+        documents.append(
+            {
+                "instance": instance,
+                "file": index.files[k].path,
+                "offset": offset,
+                "documents": [
+                    {
+                        **doc._asdict(),
+                        "in_instance": [max(doc.start, offset) - offset, min(doc.end, offset + index.seq_len) - offset],
+                    }
+                    for doc in index.instance_documents(root_dir, instance)
+                ],
+            }
+        )
+    return {
+        "step": step,
+        "epoch": order.batch_epoch(step, batch_size),
+        "batch_size": batch_size,
+        "seq_len": index.seq_len,
+        "world_size": world_size,
+        "micro_batch_size": micro_batch_size,
+        "instances": instances.tolist(),
+        "token_ids": tokens.tolist(),
+        "batch_hash": batch_hash(tokens),
+        "ranks": ranks,
+        "documents": documents,
+    }
+
+
+def steps_seeing_document(
+    root_dir: str | Path, index: InstanceIndex, order: DataOrder, doc_id: str, batch_size: int, epochs: int
+) -> list[tuple[int, int]]:
+    """``(epoch, global step)`` of every batch in the first ``epochs`` epochs that holds a token of ``doc_id``."""
+    _check_order(index, order)
+    instances = np.asarray(index.document_instances(root_dir, doc_id), dtype=np.int64)
+    seen: set[tuple[int, int]] = set()
+    for epoch in range(epochs):
+        for position in order.position_of(instances, epoch).tolist():
+            step = order.step_of_position(epoch, position, batch_size)
+            if step is not None:
+                seen.add((epoch, step))
+    return sorted(seen)

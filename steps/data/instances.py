@@ -1,0 +1,221 @@
+"""Instances: fixed-length token windows cut from the token files, as OLMo cuts them.
+
+Each token file is cut into consecutive ``seq_len``-token instances; the tail of a file that does not fill
+an instance is dropped (and counted), so an instance never spans two files. Instances are numbered file
+after file in the order of the tokenize summary. The index holds only per-file counts; token files are
+memory-mapped and provenance files read on first use.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from steps.data.tokenize import SUMMARY_FILE, TOKEN_DTYPES
+
+
+class InstanceDocument(NamedTuple):
+    """A document in a token file: its id, source shard (``src``), line there, and token span [start, end)."""
+
+    id: str
+    src: str
+    loc: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """One token file of the index; paths are relative to the tokenize output directory."""
+
+    path: str
+    dtype: str
+    num_tokens: int
+    num_instances: int
+    first_instance: int
+    provenance: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The documents of one token file, in token order."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    ids: list[str]
+    srcs: list[str]
+    locs: list[int]
+
+    def document(self, row: int) -> InstanceDocument:
+        return InstanceDocument(self.ids[row], self.srcs[row], self.locs[row], int(self.starts[row]), int(self.ends[row]))
+
+
+def read_provenance(path: Path, num_tokens: int) -> Provenance:
+    """Read a ``start,end,id,src,loc`` csv.gz and check that its spans tile the token file exactly."""
+    starts: list[int] = []
+    ends: list[int] = []
+    ids: list[str] = []
+    srcs: list[str] = []
+    locs: list[int] = []
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            try:
+                start, end, doc_id, src, loc = row
+                starts.append(int(start))
+                ends.append(int(end))
+                locs.append(int(loc))
+            except ValueError:
+                raise ValueError(f"{path}:{line}: expected 'start,end,id,src,loc' with integer start, end, loc") from None
+            ids.append(doc_id)
+            srcs.append(src)
+    provenance = Provenance(np.asarray(starts, np.int64), np.asarray(ends, np.int64), ids, srcs, locs)
+    expected_starts = np.concatenate([[0], provenance.ends[:-1]])
+    if len(ids) and (not np.array_equal(provenance.starts, expected_starts) or ends[-1] != num_tokens):
+        raise ValueError(f"{path}: document spans do not tile the {num_tokens} tokens of the token file")
+    if not ids and num_tokens:
+        raise ValueError(f"{path}: no documents listed for a token file of {num_tokens} tokens")
+    return provenance
+
+
+@dataclass
+class InstanceIndex:
+    """Where every instance lives: ``files[k]`` holds instances ``first_instance .. + num_instances``."""
+
+    seq_len: int
+    files: tuple[TokenFile, ...]
+    dropped_tokens: int
+    _offsets: np.ndarray = field(init=False, repr=False, compare=False)
+    _tokens: dict[tuple[str, int], np.memmap] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _provenance: dict[tuple[str, int], Provenance] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._offsets = np.asarray([f.first_instance for f in self.files], dtype=np.int64)
+
+    @property
+    def num_instances(self) -> int:
+        return self.files[-1].first_instance + self.files[-1].num_instances if self.files else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq_len": self.seq_len,
+            "num_instances": self.num_instances,
+            "dropped_tokens": self.dropped_tokens,
+            "files": [vars(f) for f in self.files],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InstanceIndex":
+        index = _cut(data["seq_len"], data["files"])
+        if index.to_dict() != dict(data):
+            raise ValueError("instance index: fields, counts or offsets do not match seq_len and the files' tokens")
+        return index
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form (covers the token files' content hashes when known)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def locate(self, instance: int) -> tuple[int, int]:
+        """``(file number, first token offset in that file)`` of an instance."""
+        if not 0 <= instance < self.num_instances:
+            raise IndexError(f"instance {instance} out of range [0, {self.num_instances})")
+        k = int(np.searchsorted(self._offsets, instance, side="right")) - 1
+        return k, (instance - self.files[k].first_instance) * self.seq_len
+
+    def _token_file(self, root_dir: str | Path, k: int) -> np.memmap:
+        key = (str(root_dir), k)
+        if key not in self._tokens:
+            f = self.files[k]
+            path = Path(root_dir, f.path)
+            size = path.stat().st_size
+            if size != f.num_tokens * TOKEN_DTYPES[f.dtype].itemsize:
+                raise ValueError(f"{path}: {size} bytes, expected {f.num_tokens} {f.dtype} tokens")
+            self._tokens[key] = np.memmap(path, dtype=TOKEN_DTYPES[f.dtype], mode="r", shape=(f.num_tokens,))
+        return self._tokens[key]
+
+    def read_instance(self, root_dir: str | Path, instance: int) -> np.ndarray:
+        """The ``seq_len`` token ids of one instance, as int64."""
+        k, offset = self.locate(instance)
+        return self._token_file(root_dir, k)[offset : offset + self.seq_len].astype(np.int64)
+
+    def read_instances(self, root_dir: str | Path, instances: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token ids of several instances, shape ``[len(instances), seq_len]``, int64."""
+        out = np.empty((len(instances), self.seq_len), dtype=np.int64)
+        for row, instance in enumerate(instances):
+            out[row] = self.read_instance(root_dir, int(instance))
+        return out
+
+    def provenance(self, root_dir: str | Path, k: int) -> Provenance:
+        """The documents of token file ``k`` (read once, then cached)."""
+        key = (str(root_dir), k)
+        if key not in self._provenance:
+            f = self.files[k]
+            if f.provenance is None:
+                raise ValueError(f"{f.path}: the index has no provenance file for this token file")
+            self._provenance[key] = read_provenance(Path(root_dir, f.provenance), f.num_tokens)
+        return self._provenance[key]
+
+    def instance_documents(self, root_dir: str | Path, instance: int) -> list[InstanceDocument]:
+        """The documents with at least one token in the instance, in token order (spans in file tokens)."""
+        k, offset = self.locate(instance)
+        provenance = self.provenance(root_dir, k)
+        first = int(np.searchsorted(provenance.ends, offset, side="right"))
+        last = int(np.searchsorted(provenance.starts, offset + self.seq_len, side="left"))
+        return [provenance.document(row) for row in range(first, last)]
+
+    def document_instances(self, root_dir: str | Path, doc_id: str) -> list[int]:
+        """Every instance holding a token of a document with this id (none if all its tokens were dropped)."""
+        found = False
+        instances: list[int] = []
+        for k, f in enumerate(self.files):
+            provenance = self.provenance(root_dir, k)
+            for row in (r for r, i in enumerate(provenance.ids) if i == doc_id):
+                found = True
+                first = int(provenance.starts[row]) // self.seq_len
+                last = min((int(provenance.ends[row]) - 1) // self.seq_len, f.num_instances - 1)
+                instances.extend(range(f.first_instance + first, f.first_instance + last + 1))
+        if not found:
+            raise KeyError(f"document {doc_id!r} is not in any provenance file of the index")
+        return instances
+
+
+def _cut(seq_len: int, files: Sequence[Mapping[str, Any]]) -> InstanceIndex:
+    token_files: list[TokenFile] = []
+    first_instance = dropped = 0
+    for f in files:
+        num_instances = f["num_tokens"] // seq_len
+        token_files.append(
+            TokenFile(
+                path=f["path"],
+                dtype=f["dtype"],
+                num_tokens=f["num_tokens"],
+                num_instances=num_instances,
+                first_instance=first_instance,
+                provenance=f.get("provenance"),
+                sha256=f.get("sha256"),
+            )
+        )
+        first_instance += num_instances
+        dropped += f["num_tokens"] - num_instances * seq_len
+    return InstanceIndex(seq_len, tuple(token_files), dropped)
+
+
+def build_instances(tokens: Mapping[str, Any] | str | Path, seq_len: int) -> InstanceIndex:
+    """Cut the token files of a tokenize summary (or of a tokenize output directory) into instances."""
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+    if not isinstance(tokens, Mapping):
+        tokens = json.loads(Path(tokens, SUMMARY_FILE).read_text())
+    for f in tokens["files"]:
+        if f["dtype"] not in TOKEN_DTYPES:
+            raise ValueError(f"{f['path']}: dtype {f['dtype']!r}, expected one of {sorted(TOKEN_DTYPES)}")
+    files = [{**f, "num_tokens": f["tokens"]} for f in tokens["files"]]
+    return _cut(seq_len, files)

@@ -1,0 +1,252 @@
+"""Documents -> OLMo token files: raw memmap ``.npy`` (no header) plus dolma-style provenance ``.csv.gz``.
+
+For every document shard ``<documents_dir>/<source>/<name>.jsonl.gz`` this writes
+
+- ``tokens/<source>/<name>.npy``: the documents' token ids, each followed by EOS, concatenated, as raw
+  little-endian ``uint16`` (when every id of the tokenizer fits) or ``uint32``;
+- ``tokens/<source>/<name>.csv.gz``: one row per document, ``start,end,id,src,loc`` (token span with
+  ``end`` exclusive and the EOS at ``end - 1``; ``src`` the shard path relative to ``documents_dir``;
+  ``loc`` the document's 1-based line in that shard), no header, as dolma writes it;
+- ``done/<source>/<name>.json``: written last; a shard with its marker and both files is skipped on re-run.
+
+Shards are processed in parallel (``num_workers`` processes); the bytes written do not depend on it.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import fsspec
+import numpy as np
+
+from steps.common.documents import list_shards, read_documents
+from steps.data.tokenizer import parse_tokenizer
+
+TOKENS_DIR = "tokens"
+DONE_DIR = "done"
+SUMMARY_FILE = "summary.json"
+TOKENIZER_FILE = "tokenizer.json"
+SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl")
+TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+T = TypeVar("T")
+
+
+def token_dtype(max_token_id: int) -> str:
+    """Name of the narrowest stored dtype that holds ids up to ``max_token_id``: uint16 below 65,536."""
+    if max_token_id < 0:
+        raise ValueError(f"max_token_id must be non-negative, got {max_token_id}")
+    for name, dtype in TOKEN_DTYPES.items():
+        if max_token_id <= np.iinfo(dtype).max:
+            return name
+    raise ValueError(f"token id {max_token_id} does not fit in uint32")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything one worker needs to tokenize one shard."""
+
+    shard: str  # absolute path of the document shard
+    source_shard: str  # shard path relative to documents_dir (the provenance ``src``)
+    stem: str  # output name relative to tokens/ and done/, without extension
+    output_dir: str
+    tokenizer_file: str
+    tokenizer_sha256: str
+    eos_token_id: int
+    dtype: str
+    batch_size: int
+
+    @property
+    def tokens_path(self) -> Path:
+        return Path(self.output_dir, TOKENS_DIR, f"{self.stem}.npy")
+
+    @property
+    def provenance_path(self) -> Path:
+        return Path(self.output_dir, TOKENS_DIR, f"{self.stem}.csv.gz")
+
+    @property
+    def marker_path(self) -> Path:
+        return Path(self.output_dir, DONE_DIR, f"{self.stem}.json")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the output bytes depend on; a done marker with other settings is not trusted."""
+        return {
+            "source_shard": self.source_shard,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "eos_token_id": self.eos_token_id,
+            "dtype": self.dtype,
+        }
+
+
+def _shard_stem(relative: Path) -> str:
+    name = relative.name
+    suffix = next(s for s in SHARD_SUFFIXES if name.endswith(s))
+    return (relative.parent / name[: -len(suffix)]).as_posix()
+
+
+def _plan_jobs(documents_dir: Path, output_dir: Path, **settings: Any) -> list[ShardJob]:
+    shards = list_shards(documents_dir)
+    if not shards:
+        raise ValueError(f"{documents_dir}: no document shards (*.jsonl, *.jsonl.gz, *.jsonl.zst) found")
+    jobs: dict[str, ShardJob] = {}
+    for shard in shards:
+        relative = shard.relative_to(documents_dir)
+        stem = _shard_stem(relative)
+        if stem in jobs:
+            raise ValueError(f"shards {jobs[stem].source_shard} and {relative.as_posix()} would write the same token file")
+        jobs[stem] = ShardJob(
+            shard=str(shard), source_shard=relative.as_posix(), stem=stem, output_dir=str(output_dir), **settings
+        )
+    return list(jobs.values())
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@contextmanager
+def _provenance_writer(path: Path) -> Iterator[Any]:
+    """A csv writer into a deterministic gzip file (no name, no timestamp in the header)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+        with io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+            yield csv.writer(text, lineterminator="\n")
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _cached_tokenizer(path: str):
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = parse_tokenizer(Path(path).read_bytes(), path)
+    return _TOKENIZERS[path]
+
+
+def _write_shard(job: ShardJob) -> dict[str, Any]:
+    """Tokenize one shard batch by batch into temporary files, then move them into place."""
+    tokenizer = _cached_tokenizer(job.tokenizer_file)
+    dtype = TOKEN_DTYPES[job.dtype]
+    job.tokens_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_tokens = job.tokens_path.with_name(job.tokens_path.name + ".tmp")
+    tmp_provenance = job.provenance_path.with_name(job.provenance_path.name + ".tmp")
+    digest = hashlib.sha256()
+    num_tokens = num_documents = 0
+    with open(tmp_tokens, "wb") as token_out, _provenance_writer(tmp_provenance) as provenance:
+        for batch in _batched(read_documents(job.shard), job.batch_size):
+            encodings = tokenizer.encode_batch([doc["text"] for _, doc in batch], add_special_tokens=False)
+            ids: list[int] = []
+            for (location, doc), encoding in zip(batch, encodings):
+                start = num_tokens + len(ids)
+                ids.extend(encoding.ids)
+                ids.append(job.eos_token_id)
+                provenance.writerow([start, num_tokens + len(ids), doc["id"], job.source_shard, location.line])
+            data = np.asarray(ids, dtype=dtype).tobytes()
+            token_out.write(data)
+            digest.update(data)
+            num_tokens += len(ids)
+            num_documents += len(batch)
+    os.replace(tmp_tokens, job.tokens_path)
+    os.replace(tmp_provenance, job.provenance_path)
+    return {
+        "path": Path(TOKENS_DIR, f"{job.stem}.npy").as_posix(),
+        "provenance": Path(TOKENS_DIR, f"{job.stem}.csv.gz").as_posix(),
+        "source_shard": job.source_shard,
+        "tokens": num_tokens,
+        "documents": num_documents,
+        "dtype": job.dtype,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _finished_record(job: ShardJob) -> dict[str, Any] | None:
+    """The record of a shard finished by an earlier run with the same settings, if any."""
+    if not (job.marker_path.is_file() and job.tokens_path.is_file() and job.provenance_path.is_file()):
+        return None
+    marker = json.loads(job.marker_path.read_text())
+    return marker["file"] if marker.get("settings") == job.settings else None
+
+
+def tokenize_shard(job: ShardJob) -> dict[str, Any]:
+    """Tokenize one shard unless an earlier run finished it; return its file record."""
+    record = _finished_record(job)
+    if record is None:
+        record = _write_shard(job)
+        job.marker_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_marker = job.marker_path.with_name(job.marker_path.name + ".tmp")
+        tmp_marker.write_text(json.dumps({"settings": job.settings, "file": record}, sort_keys=True))
+        os.replace(tmp_marker, job.marker_path)
+    return record
+
+
+def _single_threaded_worker() -> None:
+    """Worker processes already run in parallel; keep tokenizers from spawning threads of its own."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def tokenize_documents(
+    documents_dir: str | Path,
+    tokenizer_file: str | Path,
+    output_dir: str | Path,
+    eos_token_id: int,
+    num_workers: int = 1,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Tokenize every shard of ``documents_dir`` into ``output_dir``; return (and write) the summary.
+
+    ``batch_size`` is the number of documents encoded at once, which bounds memory per worker. The
+    tokenizer file is copied to ``output_dir/tokenizer.json`` so the token files travel with it.
+    """
+    if num_workers < 1 or batch_size < 1:
+        raise ValueError(f"num_workers and batch_size must be >= 1, got {num_workers} and {batch_size}")
+    documents_dir, output_dir = Path(documents_dir), Path(output_dir)
+    with fsspec.open(str(tokenizer_file), "rb") as handle:
+        tokenizer_bytes = handle.read()
+    tokenizer = parse_tokenizer(tokenizer_bytes, str(tokenizer_file))
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if tokenizer.id_to_token(eos_token_id) is None:
+        raise ValueError(f"{tokenizer_file}: eos_token_id {eos_token_id} is outside the vocabulary ({vocab_size})")
+    dtype = token_dtype(max(vocab_size - 1, eos_token_id))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    local_tokenizer = output_dir / TOKENIZER_FILE
+    local_tokenizer.write_bytes(tokenizer_bytes)
+    tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
+    jobs = _plan_jobs(
+        documents_dir,
+        output_dir,
+        tokenizer_file=str(local_tokenizer),
+        tokenizer_sha256=tokenizer_sha256,
+        eos_token_id=eos_token_id,
+        dtype=dtype,
+        batch_size=batch_size,
+    )
+    workers = min(num_workers, len(jobs))
+    if workers == 1:
+        records = [tokenize_shard(job) for job in jobs]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_single_threaded_worker) as pool:
+            records = pool.map(tokenize_shard, jobs, chunksize=1)
+
+    summary = {
+        "tokenizer_sha256": tokenizer_sha256,
+        "eos_token_id": eos_token_id,
+        "dtype": dtype,
+        "files": records,
+        "total_tokens": sum(r["tokens"] for r in records),
+        "total_documents": sum(r["documents"] for r in records),
+    }
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
