@@ -5,17 +5,18 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .config import OlmoConfig
 
-TRUNCATION = 2.0  # in standard deviations
+TRUNCATION = 3.0  # in standard deviations
 
 
 def mitchell_stds(config: OlmoConfig) -> dict[str, float]:
     """σ for every parameter, keyed by its name in ``Olmo``, in initialisation order.
 
-    Embedding, ``att_proj`` and ``ff_proj``: 1/√d_model. ``attn_out`` of layer i: (1/√d_model)/√(2(i+1)).
-    ``ff_out`` of layer i: (1/√mlp_hidden_size)/√(2(i+1)). Untied output matrix: 1/√d_model.
+    Embedding, ``att_proj``, ``ff_proj`` and an untied output matrix: 1/√d_model.
+    ``attn_out`` of layer i: (1/√d_model)/√(2(i+1)); ``ff_out``: (1/√mlp_hidden_size)/√(2(i+1)).
     """
     base = 1.0 / math.sqrt(config.d_model)
     hidden_base = 1.0 / math.sqrt(config.mlp_hidden_size)
@@ -38,12 +39,18 @@ def fill_truncated_normal_(
 ) -> None:
     """Fill ``param`` with N(0, σ²) truncated at ±3σ.
 
-    Values are drawn in fp32 on the CPU (from ``generator``, or the default CPU generator) and
-    then copied, so a seed gives the same weights on every device type.
+    The full tensor is drawn in fp32 on the CPU (from ``generator``, or the default CPU generator)
+    and then copied, so a seed gives the same weights on every device type; a sharded ``DTensor``
+    (FSDP2) keeps its own shard of that full tensor, so the weights do not depend on the world
+    size either (every rank draws the same values; no communication).
     """
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"expected a CPU torch.Generator, got one on {generator.device}")
     values = torch.empty(param.shape, dtype=torch.float32)
     bound = TRUNCATION * std
     torch.nn.init.trunc_normal_(values, mean=0.0, std=std, a=-bound, b=bound, generator=generator)
+    if isinstance(param, DTensor):
+        values = distribute_tensor(
+            values.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+        )
     param.copy_(values)

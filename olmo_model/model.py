@@ -95,22 +95,29 @@ class OlmoBlock(nn.Module):
 class Olmo(nn.Module):
     """OLMo v1 decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size].
 
-    Parameters are initialised ("mitchell") on construction unless built on the meta device.
+    Parameters are created on the default device (``with torch.device(...)`` is honoured) and
+    initialised ("mitchell") once, skipping torch's default init; on the meta device they are
+    left uninitialised (``to_empty`` then ``reset_parameters`` later).
     """
 
     def __init__(self, config: OlmoConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(config.embedding_size, config.d_model),
-                "blocks": nn.ModuleList(OlmoBlock(config) for _ in range(config.n_layers)),
-            }
-        )
-        if not config.weight_tying:
-            self.transformer.ff_out = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self.transformer = nn.ModuleDict(
+                {
+                    "wte": nn.Embedding(config.embedding_size, config.d_model),
+                    "blocks": nn.ModuleList(OlmoBlock(config) for _ in range(config.n_layers)),
+                }
+            )
+            if not config.weight_tying:
+                self.transformer.ff_out = nn.Linear(
+                    config.d_model, config.embedding_size, bias=False
+                )
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
-        if not self.transformer.wte.weight.is_meta:
+        if device.type != "meta":
+            self.to_empty(device=device)
             self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

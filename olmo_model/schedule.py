@@ -17,11 +17,14 @@ DECAYS_TO_FLOOR_AT_TOTAL = ("linear", "cosine")
 class LRSchedule:
     """LR as a function of the optimizer step.
 
-    Warmup (steps < ``warmup_steps`` = W): ``peak·(f + (1−f)·step/W)`` with f = ``warmup_start_fraction``.
-    After it, with floor = α·peak (α = ``final_lr_fraction``) and T = ``total_steps``:
-    linear ``peak − (peak − floor)·(step−W)/(T−W)``; cosine ``floor + (peak − floor)·(1 + cos(π·(step−W)/(T−W)))/2``
-    (both stay at the floor from T on, and need T); inverse_sqrt ``max(floor, peak·√(W/step))`` (needs W > 0);
-    constant ``peak``.
+    Warmup (step < W = ``warmup_steps``): ``peak·(f + (1−f)·step/W)``, f = ``warmup_start_fraction``.
+    After it, with floor = α·peak (α = ``final_lr_fraction``), T = ``total_steps`` and
+    p = (step−W)/(T−W):
+
+    - linear: ``peak − (peak − floor)·p``; cosine: ``floor + (peak − floor)·(1 + cos(π·p))/2``;
+      both need T and stay at the floor from T on.
+    - inverse_sqrt: ``max(floor, peak·√(W/step))``; needs W > 0.
+    - constant: ``peak``.
     """
 
     kind: str
@@ -62,7 +65,8 @@ class LRSchedule:
 
     @classmethod
     def anneal(cls, start_lr: float, steps: int, final_lr_fraction: float = 0.0) -> LRSchedule:
-        """No warmup; LR linearly from ``start_lr`` to ``final_lr_fraction·start_lr`` (default 0) at ``steps``."""
+        """No warmup; LR linearly from ``start_lr`` down to ``final_lr_fraction·start_lr`` (default 0)
+        at ``steps``, and there from then on."""
         return cls(kind="linear", peak_lr=start_lr, warmup_steps=0, total_steps=steps,
                    final_lr_fraction=final_lr_fraction)
 

@@ -59,12 +59,21 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"kind": "linear", "peak_lr": 3e-4, "total_steps": 10, "warmup": 5}, r"unknown key.*'warmup'"),
+        (
+            {"kind": "linear", "peak_lr": 3e-4, "total_steps": 10, "warmup": 5},
+            r"unknown key.*'warmup'",
+        ),
         ({"kind": "linear", "peak_lr": 3e-4}, "total_steps: required for kind 'linear'"),
         ({"kind": "step", "peak_lr": 3e-4}, "kind: expected one of"),
-        ({"kind": "cosine", "peak_lr": 3e-4, "warmup_steps": 10, "total_steps": 10}, "more than warmup_steps"),
+        (
+            {"kind": "cosine", "peak_lr": 3e-4, "warmup_steps": 10, "total_steps": 10},
+            "more than warmup_steps",
+        ),
         ({"kind": "constant", "peak_lr": 0.0}, "peak_lr: expected a positive number"),
-        ({"kind": "constant", "peak_lr": 1e-3, "final_lr_fraction": 1.5}, r"final_lr_fraction: expected a value in \[0, 1\]"),
+        (
+            {"kind": "constant", "peak_lr": 1e-3, "final_lr_fraction": 1.5},
+            r"final_lr_fraction: expected a value in \[0, 1\]",
+        ),
         ({"kind": "inverse_sqrt", "peak_lr": 1e-3}, "needs warmup_steps > 0"),
         ({"kind": "constant", "peak_lr": 1e-3, "warmup_steps": 1.5}, "warmup_steps: expected int"),
         ({"peak_lr": 1e-3}, r"missing required key.*'kind'"),

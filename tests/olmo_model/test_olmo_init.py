@@ -84,3 +84,40 @@ def test_global_seed_makes_construction_deterministic():
     torch.manual_seed(0)
     second = Olmo(config)
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def _init_sharded_and_gather(rank: int, world_size: int, rendezvous: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+    try:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (world_size,))
+        with torch.device("meta"):
+            model = Olmo(OlmoConfig.preset("olmo-micro", weight_tying=False))
+        for block in model.transformer.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model.to_empty(device="cpu")
+        model.reset_parameters(torch.Generator().manual_seed(3))
+        full = {name: p.full_tensor() for name, p in model.named_parameters()}
+        if rank == 0:
+            torch.save(full, f"{out_dir}/full.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (~20 s on 2 busy cores)
+def test_sharded_init_equals_unsharded_init(tmp_path):
+    """FSDP2-sharded parameters get their shard of the same weights (no world-size dependence)."""
+    world_size = 2
+    torch.multiprocessing.spawn(
+        _init_sharded_and_gather,
+        args=(world_size, f"file://{tmp_path}/rendezvous", str(tmp_path)),
+        nprocs=world_size,
+    )
+    sharded = torch.load(tmp_path / "full.pt")
+    reference = seeded_model(OlmoConfig.preset("olmo-micro", weight_tying=False), seed=3)
+    assert sharded.keys() == dict(reference.named_parameters()).keys()
+    for name, param in reference.named_parameters():
+        assert torch.equal(sharded[name], param.detach()), name
