@@ -1,0 +1,72 @@
+"""Global batches over a list of encoded examples, in a seeded multi-epoch order.
+
+Position ``p`` of the stream is example ``permutation(epoch)[p % N]`` with ``epoch = p // N`` and
+``permutation(e) = PCG64(seed + e).permutation(N)``; batch ``k`` is positions ``k·B .. (k+1)·B − 1``.
+So every epoch sees every example once, a batch may straddle two epochs, and any batch can be
+rebuilt from (examples, seed, B, k) alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+Item = TypeVar("Item")
+
+
+def pad_right(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """A [len(sequences), longest] int64 tensor, each row padded on the right with ``value``.
+
+    Right padding needs no attention mask: causal attention never lets a real token see the padding.
+    """
+    longest = max(len(sequence) for sequence in sequences)
+    padded = torch.full((len(sequences), longest), value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return padded
+
+
+class ExampleBatches(Generic[Item]):
+    """``batches(k)``: the collated global batch ``k`` (with a ``batch_hash`` of its example indices)."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        batch_size: int,
+        seed: int,
+        collate: Callable[[list[Item]], dict[str, Any]],
+    ) -> None:
+        if not items:
+            raise ValueError("no examples to batch")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        self.items = items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.collate = collate
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            generator = np.random.Generator(np.random.PCG64(self.seed + epoch))
+            self._permutations[epoch] = generator.permutation(len(self.items))
+        return self._permutations[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Example indices of global batch ``step``."""
+        count = len(self.items)
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        return np.array([self._permutation(p // count)[p % count] for p in positions], dtype=np.int64)
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        """Steps that cover ``epochs`` passes over the examples (the last batch may reach into the next)."""
+        return math.ceil(epochs * len(self.items) / self.batch_size)
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        indices = self.indices(step)
+        batch = self.collate([self.items[i] for i in indices])
+        batch["batch_hash"] = hashlib.sha256(indices.astype("<i8").tobytes()).hexdigest()[:16]
+        return batch

@@ -1,0 +1,61 @@
+"""Supervised fine-tuning: chat examples become padded batches for the shared trainer.
+
+Train with ``train(model, batches, config)``: the default ``NextTokenLoss`` already skips
+``IGNORE_INDEX`` labels, so the loss covers assistant tokens (and their EOS) only, averaged over
+the assistant tokens of the whole global batch.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+from tokenizers import Tokenizer
+
+from steps.train.trainer import IGNORE_INDEX
+
+from .batching import ExampleBatches, pad_right
+from .chat import Rendered, check_messages, render_chat
+
+
+def has_labels(rendered: Rendered) -> bool:
+    return any(label != IGNORE_INDEX for label in rendered[1])
+
+
+def encode_sft_examples(
+    examples: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int
+) -> tuple[list[Rendered], dict[str, int]]:
+    """Render every example; drop (and count) those left with no assistant token after truncation."""
+    encoded: list[Rendered] = []
+    counts: Counter = Counter(examples=len(examples))
+    for example in examples:
+        check_messages(example.get("messages"), f"example {example.get('id')!r}")
+        rendered = render_chat(example["messages"], tokenizer, eos_token_id, max_length)
+        if not has_labels(rendered):
+            counts["dropped_no_assistant_tokens_within_max_length"] += 1
+            continue
+        encoded.append(rendered)
+    counts["encoded"] = len(encoded)
+    return encoded, dict(counts)
+
+
+def collate_chats(items: list[Rendered], pad_token_id: int) -> dict[str, Any]:
+    """``input_ids`` padded with ``pad_token_id`` and ``labels`` padded with ``IGNORE_INDEX``."""
+    return {
+        "input_ids": pad_right([input_ids for input_ids, _ in items], pad_token_id),
+        "labels": pad_right([labels for _, labels in items], IGNORE_INDEX),
+    }
+
+
+def sft_batches(
+    examples: Sequence[dict[str, Any]],
+    tokenizer: Tokenizer,
+    max_length: int,
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[ExampleBatches[Rendered], dict[str, int]]:
+    """The trainer's batch source over ``examples`` (global batches of ``batch_size`` conversations)."""
+    encoded, counts = encode_sft_examples(examples, tokenizer, eos_token_id, max_length)
+    return ExampleBatches(encoded, batch_size, seed, lambda items: collate_chats(items, pad_token_id)), counts
