@@ -83,7 +83,7 @@ def build_manifest(
     }
 
 
-def _link_or_copy_tree(source: Path, target: Path) -> None:
+def link_or_copy_tree(source: Path, target: Path) -> None:
     """Hard-link files when both trees share a filesystem (free and instant), else copy."""
 
     def link_or_copy(src: str, dst: str) -> None:
@@ -102,7 +102,7 @@ class ArtifactFormat(Format[Artifact]):
 
     def write(self, artifact: Artifact, dir: str | os.PathLike) -> None:
         dir = Path(dir)
-        _link_or_copy_tree(Path(artifact.path), dir / DATA_DIR)
+        link_or_copy_tree(Path(artifact.path), dir / DATA_DIR)
         (dir / MANIFEST_FILE).write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
 
     def read(self, dir: str | os.PathLike) -> Artifact:

@@ -56,12 +56,13 @@ class ArtifactStep(Step[Artifact]):
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None
         return kwargs
 
-    def output_dir(self) -> Path:
-        """An empty directory in this step's work dir for the artifact's files."""
+    def output_dir(self, fresh: bool = True) -> Path:
+        """The directory in this step's work dir for the artifact's files; emptied first when ``fresh``
+        (a resumable step keeps what an interrupted run left there)."""
         out = self.work_dir / "artifact"
-        if out.exists():
+        if fresh and out.exists():
             shutil.rmtree(out)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         return out
 
     def artifact(self, directory: Path, summary: dict[str, Any]) -> Artifact:

@@ -52,28 +52,21 @@ def describe_batch(
     instance each one covers as ``[first, last)`` instance positions)."""
     _check_order(index, order)
     instances = order.global_batch(step, batch_size)
-    ranks = [
-        {"rank": rank, "micro_batches": [m.tolist() for m in micro_batches(rank_slice(instances, rank, world_size), micro_batch_size)]}
-        for rank in range(world_size)
-    ]
+    ranks = []
+    for rank in range(world_size):
+        rank_micro_batches = micro_batches(rank_slice(instances, rank, world_size), micro_batch_size)
+        ranks.append({"rank": rank, "micro_batches": [m.tolist() for m in rank_micro_batches]})
     tokens = index.read_instances(root_dir, instances)
     documents = []
     for instance in instances.tolist():
         k, offset = index.locate(instance)
-        documents.append(
-            {
-                "instance": instance,
-                "file": index.files[k].path,
-                "offset": offset,
-                "documents": [
-                    {
-                        **doc._asdict(),
-                        "in_instance": [max(doc.start, offset) - offset, min(doc.end, offset + index.seq_len) - offset],
-                    }
-                    for doc in index.instance_documents(root_dir, instance)
-                ],
-            }
-        )
+        end = offset + index.seq_len
+        instance_docs = [
+            {**doc._asdict(), "in_instance": [max(doc.start, offset) - offset, min(doc.end, end) - offset]}
+            for doc in index.instance_documents(root_dir, instance)
+        ]
+        path = index.files[k].path
+        documents.append({"instance": instance, "file": path, "offset": offset, "documents": instance_docs})
     return {
         "step": step,
         "epoch": order.batch_epoch(step, batch_size),

@@ -11,7 +11,7 @@ import csv
 import gzip
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -54,7 +54,8 @@ class Provenance:
     locs: list[int]
 
     def document(self, row: int) -> InstanceDocument:
-        return InstanceDocument(self.ids[row], self.srcs[row], self.locs[row], int(self.starts[row]), int(self.ends[row]))
+        start, end = int(self.starts[row]), int(self.ends[row])
+        return InstanceDocument(self.ids[row], self.srcs[row], self.locs[row], start, end)
 
 
 def read_provenance(path: Path, num_tokens: int) -> Provenance:
@@ -72,15 +73,14 @@ def read_provenance(path: Path, num_tokens: int) -> Provenance:
                 ends.append(int(end))
                 locs.append(int(loc))
             except ValueError:
-                raise ValueError(f"{path}:{line}: expected 'start,end,id,src,loc' with integer start, end, loc") from None
+                expected = "expected 'start,end,id,src,loc' with integer start, end, loc"
+                raise ValueError(f"{path}:{line}: {expected}") from None
             ids.append(doc_id)
             srcs.append(src)
     provenance = Provenance(np.asarray(starts, np.int64), np.asarray(ends, np.int64), ids, srcs, locs)
-    expected_starts = np.concatenate([[0], provenance.ends[:-1]])
-    if len(ids) and (not np.array_equal(provenance.starts, expected_starts) or ends[-1] != num_tokens):
+    boundaries = np.concatenate([[0], provenance.ends])
+    if not (np.array_equal(provenance.starts, boundaries[:-1]) and boundaries[-1] == num_tokens):
         raise ValueError(f"{path}: document spans do not tile the {num_tokens} tokens of the token file")
-    if not ids and num_tokens:
-        raise ValueError(f"{path}: no documents listed for a token file of {num_tokens} tokens")
     return provenance
 
 
@@ -109,12 +109,15 @@ class InstanceIndex:
             "seq_len": self.seq_len,
             "num_instances": self.num_instances,
             "dropped_tokens": self.dropped_tokens,
-            "files": [vars(f) for f in self.files],
+            "files": [asdict(f) for f in self.files],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "InstanceIndex":
-        index = _cut(data["seq_len"], data["files"])
+        try:
+            index = _cut(data["seq_len"], data["files"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"instance index: malformed dict ({exc!r})") from None
         if index.to_dict() != dict(data):
             raise ValueError("instance index: fields, counts or offsets do not match seq_len and the files' tokens")
         return index
@@ -188,6 +191,8 @@ class InstanceIndex:
 
 
 def _cut(seq_len: int, files: Sequence[Mapping[str, Any]]) -> InstanceIndex:
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
     token_files: list[TokenFile] = []
     first_instance = dropped = 0
     for f in files:
@@ -210,8 +215,6 @@ def _cut(seq_len: int, files: Sequence[Mapping[str, Any]]) -> InstanceIndex:
 
 def build_instances(tokens: Mapping[str, Any] | str | Path, seq_len: int) -> InstanceIndex:
     """Cut the token files of a tokenize summary (or of a tokenize output directory) into instances."""
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
     if not isinstance(tokens, Mapping):
         tokens = json.loads(Path(tokens, SUMMARY_FILE).read_text())
     for f in tokens["files"]:

@@ -59,6 +59,8 @@ class DataOrder:
     def round_keys(self, epoch: int) -> np.ndarray:
         """The Feistel round keys of one epoch (computed once per epoch)."""
         epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
         if epoch not in self._round_keys:
             material = json.dumps([self.fingerprint, self.seed, epoch, self.num_instances]).encode()
             digest = hashlib.blake2b(material, digest_size=8 * ROUNDS, person=_PERSON).digest()
@@ -98,7 +100,7 @@ class DataOrder:
 
     def batches_per_epoch(self, batch_size: int) -> int:
         if not 1 <= batch_size <= self.num_instances:
-            raise ValueError(f"batch_size: expected 1 <= batch_size <= {self.num_instances} instances, got {batch_size}")
+            raise ValueError(f"batch_size: expected 1 <= batch_size <= {self.num_instances}, got {batch_size}")
         return self.num_instances // batch_size
 
     def skipped_per_epoch(self, batch_size: int) -> int:

