@@ -12,10 +12,10 @@ from tango.common.exceptions import ConfigurationError
 from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
 
 # Arguments that never change an output's bytes, so they stay out of every fingerprint.
-EXECUTION_ARGUMENTS = {"device", "num_workers", "log_every", "batch_size_for_scoring"}
+EXECUTION_ARGUMENTS = {"device", "num_workers", "world_size", "sharding", "log_every"}
 
 
-class ContentHashed(CustomDetHash):
+class ContentHashed(dict, CustomDetHash):
     """A config dict whose fingerprint also covers the content of the files it names.
 
     Tango hashes arguments, not the files behind paths; wrapping the config makes the step's
@@ -24,18 +24,18 @@ class ContentHashed(CustomDetHash):
     """
 
     def __init__(self, config: dict[str, Any], content_hash: Callable[[dict[str, Any]], str]):
-        self.config = config
+        super().__init__(config)
         self._content_hash = content_hash
         self._cached: str | None = None
 
     @property
     def content_hash(self) -> str:
         if self._cached is None:
-            self._cached = self._content_hash(self.config)
+            self._cached = self._content_hash(dict(self))
         return self._cached
 
     def det_hash_object(self) -> Any:
-        return (self.config, self.content_hash)
+        return (dict(self), self.content_hash)
 
 
 class ArtifactStep(Step[Artifact]):

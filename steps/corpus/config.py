@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Mapping, TypeVar, Union
+from typing import Any, Callable, ClassVar, Literal, Mapping, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -53,6 +53,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, where)
     if origin in (Union, types.UnionType):
         for option in args:
             try:
@@ -82,6 +84,49 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         require(isinstance(value, annotation), where, f"a {annotation.__name__}", value)
         return value
     raise TypeError(f"{where}: unsupported annotation {annotation!r}")
+
+
+# Which sources a rule applies to: a list of source names, "*" for all, or None for the rule's default.
+Selector = Union[str, tuple[str, ...], None]
+
+
+def check_selector(selector: Selector, where: str) -> None:
+    if isinstance(selector, str):
+        require(selector == "*", where, "'*', a list of source names or null", selector)
+
+
+def selects(selector: Selector, source: str, default: Callable[[str], bool]) -> bool:
+    if selector is None:
+        return default(source)
+    return selector == "*" or source in selector
+
+
+def not_code(source: str) -> bool:
+    """The default selection of prose rules: every source without "code" in its name."""
+    return "code" not in source
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSection:
+    """Fields shared by every filter section: a switch and the sources it applies to.
+
+    ``sources`` is a list of source names, ``"*"`` for all, or null for the section's default
+    (:meth:`applies_by_default`, sources without "code" in their name unless a section says otherwise).
+    """
+
+    section: ClassVar[str]
+    enabled: bool = True
+    sources: Selector = None
+
+    def __post_init__(self) -> None:
+        check_selector(self.sources, f"filter.{self.section}.sources")
+
+    @staticmethod
+    def applies_by_default(source: str) -> bool:
+        return not_code(source)
+
+    def applies(self, source: str) -> bool:
+        return self.enabled and selects(self.sources, source, self.applies_by_default)
 
 
 def _describe(annotation: Any) -> str:

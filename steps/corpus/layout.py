@@ -12,8 +12,8 @@ DOCUMENTS_DIR = "documents"
 def source_shards(documents_dir: str | Path) -> dict[str, list[Path]]:
     """``{source name: shard paths}``, both sorted, for the source subfolders of ``documents_dir``.
 
-    A shard lying directly in ``documents_dir`` (outside any source folder) is an error, since its
-    source would be unknown.
+    Hidden folders and folders without shards are ignored. A shard lying directly in
+    ``documents_dir`` (outside any source folder) is an error, since its source would be unknown.
     """
     documents_dir = Path(documents_dir)
     if not documents_dir.is_dir():
@@ -21,11 +21,9 @@ def source_shards(documents_dir: str | Path) -> dict[str, list[Path]]:
     stray = [p for p in documents_dir.iterdir() if p.is_file() and p.name.endswith(SHARD_SUFFIXES)]
     if stray:
         raise ValueError(f"{stray[0]}: shard outside a source folder; expected {documents_dir}/<source>/<shard>")
-    return {
-        folder.name: list_shards(folder)
-        for folder in sorted(documents_dir.iterdir())
-        if folder.is_dir() and list_shards(folder)
-    }
+    folders = [f for f in sorted(documents_dir.iterdir()) if f.is_dir() and not f.name.startswith(".")]
+    shards = {folder.name: list_shards(folder) for folder in folders}
+    return {source: paths for source, paths in shards.items() if paths}
 
 
 def shard_stem(shard: Path, source_dir: Path) -> str:

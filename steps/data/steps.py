@@ -65,14 +65,14 @@ class LoadTokenizer(ArtifactStep):
             kwargs["tokenizer"] = ContentHashed(spec, lambda s: tokenizer_fingerprint(TokenizerSpec.from_dict(s)))
         return kwargs
 
-    def run(self, tokenizer: Any) -> Artifact:
-        spec = TokenizerSpec.from_dict(tokenizer.config)
+    def run(self, tokenizer: dict) -> Artifact:
+        spec = TokenizerSpec.from_dict(tokenizer)
         content = resolve_tokenizer_file(spec)
         parsed = parse_tokenizer(content, spec.source)
         check_special_tokens(parsed, spec)
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
-        summary = {**spec.to_dict(), "sha256": tokenizer.content_hash, "vocab_size": parsed.get_vocab_size()}
+        summary = {**spec.to_dict(), "sha256": self.kwargs["tokenizer"].content_hash, "vocab_size": parsed.get_vocab_size()}
         return self.artifact(out, summary)
 
 
@@ -125,10 +125,14 @@ class BuildInstances(ArtifactStep):
 
 @Step.register("training_batch")
 class TrainingBatch(ArtifactStep):
-    """The exact token ids, per-rank micro-batches and source documents of global training batch ``step``."""
+    """The exact token ids, per-rank micro-batches and source documents of global training batch ``step``.
+
+    ``world_size`` is part of the question here (which rank gets which instances), so unlike in
+    training it stays in the fingerprint; the global batch itself does not depend on it.
+    """
 
     VERSION = "001"
-    SKIP_ID_ARGUMENTS = ArtifactStep.SKIP_ID_ARGUMENTS | {"world_size"}
+    SKIP_ID_ARGUMENTS = ArtifactStep.SKIP_ID_ARGUMENTS - {"world_size"}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -137,7 +141,7 @@ class TrainingBatch(ArtifactStep):
             raise ValueError("step: expected a non-negative integer")
 
     def run(
-        self, instances: Artifact, data_order: dict[str, Any], step: int, micro_batch_size: int, world_size: int = 1
+        self, instances: Artifact, data_order: dict, step: int, micro_batch_size: int, world_size: int = 1
     ) -> Artifact:
         index, root = load_instances(instances)
         batch = describe_batch(

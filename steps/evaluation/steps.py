@@ -59,16 +59,16 @@ class EvaluateOlmo(ArtifactStep):
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         config = kwargs["config"]
-        if isinstance(config, ContentHashed):
-            config = config.config
         unknown = set(config) - CONFIG_KEYS
         if unknown:
             raise ValueError(f"evaluate.config: unknown key(s) {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}")
         for name in config["tasks"]:
             get_task_spec(name)  # unknown task names list the known ones
 
-    def run(self, model: Artifact, tokenizer: Artifact, heldout: Artifact, config: Any, device: str = "auto") -> Artifact:
-        settings = config.config
+    def run(
+        self, model: Artifact, tokenizer: Artifact, heldout: Artifact, config: dict, device: str = "auto"
+    ) -> Artifact:
+        settings = config
         olmo = load_artifact_model(model, resolve_device(device))
         tok = load_tokenizer(tokenizer_file(tokenizer))
         scorer = LogLikelihoodScorer(olmo, tok, device=resolve_device(device))

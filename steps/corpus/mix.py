@@ -1,0 +1,104 @@
+"""The mix stage: per-source sampling factors and a held-out split, decided by a seeded hash of the id.
+
+A document goes to the held-out set when ``u_heldout < heldout_fraction``; otherwise it is written
+``floor(f)`` times plus once more when ``u_sample < f - floor(f)``, for its source's factor ``f``.
+``u_heldout`` and ``u_sample`` are independent uniform numbers in [0, 1) hashed from (seed, purpose,
+source, id), so the mix is the same on every machine. Copy k >= 1 of a document gets the id
+``<id>#repeat<k>`` and is written in pass k, after every document's earlier copies, so repeats are
+spread over the shards rather than adjacent.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from steps.common.documents import ShardWriter, read_documents
+from steps.corpus.config import ConfigError, build, require
+from steps.corpus.layout import DOCUMENTS_DIR, source_shards
+from steps.corpus.stats import total_stats
+
+HELDOUT_DIR = "heldout"
+
+
+def unit_hash(seed: int, purpose: str, source: str, doc_id: str) -> float:
+    """A uniform number in [0, 1) that depends only on its arguments."""
+    key = "\x1f".join((str(seed), purpose, source, doc_id)).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    sampling: dict[str, float] = field(default_factory=dict)  # source name -> factor (default 1.0)
+    seed: int = 0
+    max_shard_bytes: int = 256 * 2**20
+    heldout_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        for source, factor in self.sampling.items():
+            require(factor >= 0, f"mix.sampling.{source}", "a non-negative factor", factor)
+        require(self.max_shard_bytes > 0, "mix.max_shard_bytes", "a positive integer", self.max_shard_bytes)
+        require(0 <= self.heldout_fraction < 1, "mix.heldout_fraction", "a number in [0, 1)", self.heldout_fraction)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MixConfig":
+        return build(cls, data, "mix")
+
+    def factor(self, source: str) -> float:
+        return self.sampling.get(source, 1.0)
+
+
+def _placement(config: MixConfig, source: str, doc_id: str) -> tuple[bool, int]:
+    """Whether the document is held out, and how many times it goes into the training mix."""
+    if unit_hash(config.seed, "heldout", source, doc_id) < config.heldout_fraction:
+        return True, 0
+    factor = config.factor(source)
+    whole = math.floor(factor)
+    return False, whole + (unit_hash(config.seed, "sample", source, doc_id) < factor - whole)
+
+
+def _documents(shards: list[Path]) -> Iterator[dict[str, Any]]:
+    for shard in shards:
+        for _, doc in read_documents(shard):
+            yield doc
+
+
+def mix_sources(input_dir: str | Path, output_dir: str | Path, config: MixConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Mix the documents directory ``input_dir`` into ``output_dir``.
+
+    Writes ``documents/<source>/mix-NNNNN.jsonl.gz`` (training) and
+    ``heldout/<source>/heldout-NNNNN.jsonl.gz``. Returns ``{"sources": {source: stats}, "total":
+    stats}`` with documents_in, documents_out, bytes_out, heldout_documents and heldout_bytes.
+    """
+    config = MixConfig.from_dict(config) if isinstance(config, Mapping) else config
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    sources = source_shards(input_dir)
+    unknown = sorted(set(config.sampling) - set(sources))
+    if unknown:
+        raise ConfigError(f"mix.sampling names source(s) {', '.join(unknown)} not in {input_dir} "
+                          f"(has {', '.join(sources) or 'none'})")
+    per_source = {}
+    for source, shards in sources.items():
+        stats = dict.fromkeys(("documents_in", "documents_out", "bytes_out", "heldout_documents", "heldout_bytes"), 0)
+        train = ShardWriter(output_dir / DOCUMENTS_DIR / source, "mix", config.max_shard_bytes)
+        heldout = ShardWriter(output_dir / HELDOUT_DIR / source, "heldout", config.max_shard_bytes)
+        for copy in range(max(1, math.ceil(config.factor(source)))):
+            for doc in _documents(shards):
+                held_out, copies = _placement(config, source, doc["id"])
+                size = len(doc["text"].encode("utf-8"))
+                if copy == 0:
+                    stats["documents_in"] += 1
+                    if held_out:
+                        heldout.write(doc)
+                        stats["heldout_documents"] += 1
+                        stats["heldout_bytes"] += size
+                if copy < copies:
+                    train.write(doc if copy == 0 else {**doc, "id": f"{doc['id']}#repeat{copy}"})
+                    stats["documents_out"] += 1
+                    stats["bytes_out"] += size
+        train.close()
+        heldout.close()
+        per_source[source] = stats
+    return {"sources": per_source, "total": total_stats(per_source)}

@@ -1,0 +1,278 @@
+"""Corpus sources: where the documents of a pipeline come from, as validated config objects.
+
+A source is a config dict with a ``name`` (the Dolma ``source`` value of its documents) and a
+``type``:
+
+- ``embedded``: an offline corpus made from what any machine with Python has (``kind``:
+  ``python-docs``, ``python-code``, ``package-metadata`` or ``system-docs``);
+- ``files``: Dolma jsonl(.gz/.zst) shards at fsspec URLs or globs;
+- ``huggingface``: a dataset loaded with ``datasets`` (a local ``save_to_disk`` folder works offline).
+
+:func:`source_fingerprint` hashes exactly what :func:`iter_source_documents` reads, so a change of
+content changes the fingerprint and nothing else does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Union
+
+import fsspec
+
+from steps.common.documents import DocumentFormatError, ShardWriter, read_documents
+from steps.corpus.config import ConfigError, build, require
+from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
+from steps.corpus.layout import SHARD_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class FilesSource:
+    """Dolma shards at fsspec URLs: files, folders (every shard below) or globs, read in the given order."""
+
+    name: str
+    type: Literal["files"]
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        require(len(self.paths) > 0, f"source {self.name!r}.paths", "at least one path", self.paths)
+
+
+@dataclass(frozen=True)
+class HuggingFaceSource:
+    """A Hugging Face dataset split; ``dataset`` may be a local folder written by ``save_to_disk``."""
+
+    name: str
+    type: Literal["huggingface"]
+    dataset: str
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    url_field: str | None = None
+    streaming: bool = True
+    max_documents: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.max_documents is None or self.max_documents > 0, f"source {self.name!r}.max_documents",
+                "a positive integer or null", self.max_documents)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.dataset).is_dir()
+
+
+SourceSpec = Union[EmbeddedSource, FilesSource, HuggingFaceSource]
+SOURCE_TYPES: dict[str, type] = {"embedded": EmbeddedSource, "files": FilesSource, "huggingface": HuggingFaceSource}
+
+
+def validate_source(spec: Mapping[str, Any] | SourceSpec) -> SourceSpec:
+    """Check a source config dict and return its typed form; errors name the source and the key."""
+    if isinstance(spec, tuple(SOURCE_TYPES.values())):
+        return spec
+    require(isinstance(spec, Mapping), "source", "a mapping with 'name' and 'type'", spec)
+    name = spec.get("name")
+    require(isinstance(name, str) and bool(SOURCE_NAME.match(name)), "source.name",
+            "a folder-safe name (letters, digits, '.', '_', '-')", name)
+    source_type = spec.get("type")
+    if source_type not in SOURCE_TYPES:
+        raise ConfigError(f"source {name!r}.type: expected one of {', '.join(SOURCE_TYPES)}, got {source_type!r}")
+    return build(SOURCE_TYPES[source_type], spec, f"source {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Files sources: Dolma shards through fsspec.
+
+
+def _expand_paths(spec: FilesSource) -> list[tuple[fsspec.AbstractFileSystem, str]]:
+    """Every shard named by ``spec.paths``, as ``(filesystem, path)``: globs and folders sorted."""
+    shards: list[tuple[fsspec.AbstractFileSystem, str]] = []
+    for index, url in enumerate(spec.paths):
+        fs, path = fsspec.core.url_to_fs(url)
+        if fsspec.core.has_magic(path):
+            found = sorted(fs.glob(path))
+        elif fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if p.endswith(SHARD_SUFFIXES))
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise FileNotFoundError(f"source {spec.name!r}.paths[{index}]: {url} does not exist")
+        if not found:
+            raise FileNotFoundError(f"source {spec.name!r}.paths[{index}]: {url} matched no shard")
+        for match in found:
+            if not match.endswith(SHARD_SUFFIXES):
+                raise ValueError(f"source {spec.name!r}: {match} is not a shard ({', '.join(SHARD_SUFFIXES)})")
+            if (fs, match) not in shards:
+                shards.append((fs, match))
+    return shards
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+# fs.info keys that identify a remote file's content, most specific first.
+CONTENT_INFO_KEYS = ("sha256", "ETag", "etag", "e_tag", "md5Hash", "md5", "blob_id", "checksum")
+TIME_INFO_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """sha256 of a local file's bytes; for a remote one, its URL plus ETag-like keys, size and mtime."""
+    if _is_local(fs):
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            while chunk := handle.read(2**22):
+                digest.update(chunk)
+        return digest.hexdigest()
+    info = fs.info(path)
+    lfs = info.get("lfs") or {}  # hf:// files carry their content hash here
+    identity = {key: info[key] for key in (*CONTENT_INFO_KEYS, *TIME_INFO_KEYS, "size") if info.get(key) is not None}
+    if lfs.get("sha256"):
+        identity["sha256"] = lfs["sha256"]
+    if not set(identity) & {*CONTENT_INFO_KEYS, *TIME_INFO_KEYS}:
+        logger.warning("%s: no ETag or modification time; its fingerprint covers only its size", path)
+    return json.dumps({"url": fs.unstrip_protocol(path), **identity}, sort_keys=True, default=str)
+
+
+def _files_documents(spec: FilesSource) -> Iterator[dict[str, Any]]:
+    for fs, path in _expand_paths(spec):
+        for location, doc in read_documents(fs.unstrip_protocol(path)):
+            if doc["source"] != spec.name:
+                metadata = doc.get("metadata")
+                if metadata is None:
+                    metadata = {}
+                if not isinstance(metadata, dict):
+                    raise DocumentFormatError(location.path, location.line, "field 'metadata' must be an object")
+                doc = {**doc, "source": spec.name, "metadata": {**metadata, "original_source": doc["source"]}}
+            yield doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets.
+
+
+@lru_cache(maxsize=None)
+def _resolved_revision(dataset: str, revision: str | None) -> str | None:
+    """The commit sha a hub dataset's revision points to now, or None when the hub cannot be asked."""
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset, revision=revision).sha
+    except Exception as exc:  # offline, missing package, private dataset...: fall back to the name
+        logger.warning("could not resolve revision of %s (%s); fingerprinting by name only", dataset, exc)
+        return None
+
+
+def _load_local_split(spec: HuggingFaceSource):
+    import datasets
+
+    loaded = datasets.load_from_disk(spec.dataset)
+    if isinstance(loaded, datasets.DatasetDict):
+        if spec.split not in loaded:
+            raise ConfigError(f"source {spec.name!r}.split: {spec.split!r} not in {spec.dataset} ({', '.join(loaded)})")
+        loaded = loaded[spec.split]
+    return loaded
+
+
+def _huggingface_fingerprint(spec: HuggingFaceSource) -> str:
+    selection = ["huggingface", spec.split, spec.text_field, spec.id_field, spec.url_field, spec.max_documents]
+    if spec.is_local:
+        content = _load_local_split(spec)._fingerprint
+    else:
+        content = [spec.dataset, spec.config, spec.revision, _resolved_revision(spec.dataset, spec.revision)]
+    return hashlib.sha256(json.dumps([selection, content]).encode()).hexdigest()
+
+
+def _huggingface_documents(spec: HuggingFaceSource, skipped: Counter) -> Iterator[dict[str, Any]]:
+    if spec.is_local:
+        rows = _load_local_split(spec)
+    else:
+        import datasets
+
+        revision = _resolved_revision(spec.dataset, spec.revision) or spec.revision
+        rows = datasets.load_dataset(
+            spec.dataset, spec.config, split=spec.split, revision=revision, streaming=spec.streaming
+        )
+    for index, row in enumerate(rows):
+        if spec.max_documents is not None and index >= spec.max_documents:
+            break
+        where = f"{spec.dataset} [{spec.split}] row {index}"
+        for field in (spec.text_field, spec.id_field, spec.url_field):
+            if field is not None and field not in row:
+                raise DocumentFormatError(where, index + 1, f"row lacks field {field!r} (has {', '.join(row)})")
+        text = row[spec.text_field]
+        if not isinstance(text, str):
+            raise DocumentFormatError(where, index + 1, f"field {spec.text_field!r} must be a string")
+        if not text.strip():
+            skipped["empty"] += 1
+            continue
+        metadata: dict[str, Any] = {"split": spec.split, "row": index}
+        if spec.url_field is not None:
+            metadata["url"] = row[spec.url_field]
+        doc_id = str(row[spec.id_field]) if spec.id_field is not None else f"{spec.name}/{index}"
+        yield {"id": doc_id, "text": text, "source": spec.name, "added": ADDED, "metadata": metadata}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def source_fingerprint(spec: Mapping[str, Any] | SourceSpec) -> str:
+    """A hash of exactly what the source will read (contents, or remote ETag/size/mtime) and how."""
+    spec = validate_source(spec)
+    if isinstance(spec, EmbeddedSource):
+        return embedded_fingerprint(spec)
+    if isinstance(spec, FilesSource):
+        digest = hashlib.sha256(b"files")
+        for fs, path in _expand_paths(spec):
+            digest.update(_file_identity(fs, path).encode() + b"\0")
+        return digest.hexdigest()
+    return _huggingface_fingerprint(spec)
+
+
+def iter_source_documents(
+    spec: Mapping[str, Any] | SourceSpec, skipped: Counter | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the source's documents in a deterministic order, ``source`` set to its name.
+
+    Candidates that are skipped (empty, not UTF-8, unreadable, unparseable) are counted by reason
+    in ``skipped`` when given.
+    """
+    spec = validate_source(spec)
+    skipped = Counter() if skipped is None else skipped
+    if isinstance(spec, EmbeddedSource):
+        yield from embedded_documents(spec, skipped)
+    elif isinstance(spec, FilesSource):
+        yield from _files_documents(spec)
+    else:
+        yield from _huggingface_documents(spec, skipped)
+
+
+def write_source(
+    spec: Mapping[str, Any] | SourceSpec, out_dir: str | Path, max_shard_bytes: int = 256 * 2**20
+) -> dict[str, Any]:
+    """Write the source's documents to ``<out_dir>/<name>/<name>-NNNNN.jsonl.gz``.
+
+    Returns ``{documents, bytes (of text, UTF-8), skipped: {reason: count}}``.
+    """
+    spec = validate_source(spec)
+    skipped: Counter = Counter()
+    documents = size = 0
+    with ShardWriter(Path(out_dir) / spec.name, spec.name, max_shard_bytes) as writer:
+        for doc in iter_source_documents(spec, skipped):
+            writer.write(doc)
+            documents += 1
+            size += len(doc["text"].encode("utf-8"))
+    return {"documents": documents, "bytes": size, "skipped": dict(sorted(skipped.items()))}

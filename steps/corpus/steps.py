@@ -1,0 +1,104 @@
+"""Tango steps of the corpus: source → filter → dedup → mix, each a directory of Dolma shards."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tango import Step
+
+from steps.common.artifacts import Artifact
+from steps.common.step import ArtifactStep, ContentHashed
+from steps.corpus.dedup import DedupConfig, deduplicate
+from steps.corpus.filter import FilterConfig, filter_documents
+from steps.corpus.layout import DOCUMENTS_DIR
+from steps.corpus.mix import MixConfig, mix_sources
+from steps.corpus.sources import source_fingerprint, validate_source, write_source
+
+
+def documents_dir(artifact: Artifact) -> Path:
+    return artifact.path / DOCUMENTS_DIR
+
+
+@Step.register("corpus_source")
+class CorpusSource(ArtifactStep):
+    """One stream of documents (embedded default, fsspec shards or a HF dataset), fingerprinted by content."""
+
+    VERSION = "001"
+
+    @classmethod
+    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().massage_kwargs(kwargs)
+        if not isinstance(kwargs["source"], ContentHashed):
+            kwargs["source"] = ContentHashed(kwargs["source"], source_fingerprint)
+        return kwargs
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        validate_source(kwargs["source"])
+
+    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20) -> Artifact:
+        out = self.output_dir()
+        stats = write_source(dict(source), out / DOCUMENTS_DIR, max_shard_bytes)
+        return self.artifact(out, {"source": source["name"], "content_hash": self.kwargs["source"].content_hash, **stats})
+
+
+def _merged_input(sources: list[Artifact], staging: Path) -> Path:
+    """One documents directory holding every source's folder (symlinks, no copies)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for artifact in sources:
+        for folder in sorted(documents_dir(artifact).iterdir()):
+            link = staging / folder.name
+            if link.exists() or link.is_symlink():
+                raise ValueError(f"two sources are both named {folder.name!r}; source names must be unique")
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+    return staging
+
+
+@Step.register("filter_documents")
+class FilterDocuments(ArtifactStep):
+    """Gopher, C4, PII and code rules; every removed document counted under the rule that removed it."""
+
+    VERSION = "001"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        FilterConfig.from_dict(kwargs["config"])
+
+    def run(self, sources: list[Artifact], config: dict, num_workers: int = 1) -> Artifact:
+        staging = self.work_dir / "inputs"
+        if staging.exists():
+            for link in staging.iterdir():
+                link.unlink()
+        out = self.output_dir()
+        stats = filter_documents(_merged_input(sources, staging), out, config, num_workers=num_workers)
+        return self.artifact(out, stats)
+
+
+@Step.register("deduplicate_documents")
+class DeduplicateDocuments(ArtifactStep):
+    """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept."""
+
+    VERSION = "001"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        DedupConfig.from_dict(kwargs["config"])
+
+    def run(self, documents: Artifact, config: dict) -> Artifact:
+        out = self.output_dir()
+        return self.artifact(out, deduplicate(documents_dir(documents), out, config))
+
+
+@Step.register("mix_sources")
+class MixSources(ArtifactStep):
+    """Per-source up/down-sampling by seed into output shards, and a held-out split for perplexity."""
+
+    VERSION = "001"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        MixConfig.from_dict(kwargs["config"])
+
+    def run(self, documents: Artifact, config: dict) -> Artifact:
+        out = self.output_dir()
+        return self.artifact(out, mix_sources(documents_dir(documents), out, config))

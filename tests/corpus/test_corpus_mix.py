@@ -1,0 +1,68 @@
+"""Source mixing: deterministic sampling factors, repeats with unique ids, held-out split."""
+import pytest
+
+from steps.common.documents import list_shards, read_documents, write_jsonl_gz
+from steps.corpus.config import ConfigError
+from steps.corpus.mix import mix_sources
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix") / "in"
+    for source, count in (("books", 2000), ("web", 1000)):
+        docs = [{"id": f"{source}-{i}", "text": f"Document {i} of {source}.", "source": source} for i in range(count)]
+        write_jsonl_gz(root / source / f"{source}-00000.jsonl.gz", docs[: count // 2])
+        write_jsonl_gz(root / source / f"{source}-00001.jsonl.gz", docs[count // 2 :])
+    return root
+
+
+def ids(directory):
+    return [d["id"] for path in list_shards(directory) for _, d in read_documents(path)]
+
+
+def test_sampling_factors_are_roughly_respected(corpus, tmp_path):
+    stats = mix_sources(corpus, tmp_path, {"sampling": {"books": 0.25, "web": 2.5}, "seed": 7})
+    books, web = stats["sources"]["books"], stats["sources"]["web"]
+    assert books["documents_in"] == 2000 and abs(books["documents_out"] - 500) < 75
+    assert web["documents_in"] == 1000 and abs(web["documents_out"] - 2500) < 75
+    web_ids = ids(tmp_path / "documents" / "web")
+    assert len(web_ids) == len(set(web_ids)) == web["documents_out"]
+    originals = [i for i in web_ids if "#repeat" not in i]
+    assert len(originals) == 1000  # factor 2.5: every document at least twice
+    assert sum(i.endswith("#repeat2") for i in web_ids) == web["documents_out"] - 2000
+    assert web["bytes_out"] == sum(len(d["text"].encode()) for p in list_shards(tmp_path / "documents" / "web")
+                                   for _, d in read_documents(p))
+    assert all(p.name.startswith("mix-") for p in list_shards(tmp_path / "documents"))
+
+
+def test_mixing_is_deterministic_and_seeded(corpus, tmp_path):
+    config = {"sampling": {"books": 0.5}, "seed": 1, "max_shard_bytes": 4000, "heldout_fraction": 0.1}
+    mix_sources(corpus, tmp_path / "one", config)
+    mix_sources(corpus, tmp_path / "two", config)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.jsonl.gz"))
+    assert len(files) > 4  # small shards: several per source
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.jsonl.gz"))
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+    mix_sources(corpus, tmp_path / "three", {**config, "seed": 2})
+    assert ids(tmp_path / "one" / "documents" / "books") != ids(tmp_path / "three" / "documents" / "books")
+
+
+def test_heldout_split(corpus, tmp_path):
+    stats = mix_sources(corpus, tmp_path, {"heldout_fraction": 0.1, "seed": 3})
+    for source in ("books", "web"):
+        s = stats["sources"][source]
+        heldout = set(ids(tmp_path / "heldout" / source))
+        train = set(ids(tmp_path / "documents" / source))
+        assert len(heldout) == s["heldout_documents"] and abs(s["heldout_documents"] - s["documents_in"] / 10) < 50
+        assert not heldout & train and len(heldout | train) == s["documents_in"]
+        assert all(p.name.startswith("heldout-") for p in list_shards(tmp_path / "heldout" / source))
+
+
+def test_factor_zero_and_unknown_source(corpus, tmp_path):
+    stats = mix_sources(corpus, tmp_path, {"sampling": {"web": 0}})
+    assert stats["sources"]["web"] == {"documents_in": 1000, "documents_out": 0, "bytes_out": 0,
+                                       "heldout_documents": 0, "heldout_bytes": 0}
+    with pytest.raises(ConfigError, match="mix.sampling names source.*wiki"):
+        mix_sources(corpus, tmp_path / "x", {"sampling": {"wiki": 2.0}})
+    with pytest.raises(ConfigError, match=r"mix\.sampling\.web"):
+        mix_sources(corpus, tmp_path / "x", {"sampling": {"web": -1}})

@@ -1,0 +1,158 @@
+"""Corpus sources: the offline embedded corpus, fsspec shards, local Hugging Face datasets."""
+import gzip
+import json
+from collections import Counter
+
+import fsspec
+import pytest
+
+from steps.common.documents import DocumentFormatError, list_shards, read_documents, write_jsonl_gz
+from steps.corpus import embedded
+from steps.corpus.config import ConfigError
+from steps.corpus.sources import iter_source_documents, source_fingerprint, validate_source, write_source
+
+
+def docs_source(n=25, **extra):
+    return {"name": "python-docs", "type": "embedded", "kind": "python-docs", "max_documents": n, **extra}
+
+
+def test_python_docs_are_real_english_offline():
+    docs = list(iter_source_documents(docs_source(40)))
+    assert len(docs) >= 20
+    words = Counter(w.lower() for doc in docs for w in doc["text"].split())
+    assert words["the"] > 100 and words["of"] > 30 and words["is"] > 30
+    for doc in docs:
+        assert doc["id"].startswith("python-docs/") and "/" not in doc["id"][len("python-docs/"):]
+        assert doc["source"] == "python-docs"
+        assert doc["metadata"]["url"] == "python://" + doc["id"][len("python-docs/"):]
+        assert doc["text"].strip()
+
+
+def test_embedded_selection_is_first_n_sorted_and_capped():
+    ids = [d["id"] for d in iter_source_documents(docs_source(60, max_chars_per_document=200))]
+    assert ids == sorted(ids)
+    first = [d["id"] for d in iter_source_documents(docs_source(10))]
+    assert first == ids[: len(first)]
+    assert all(len(d["text"]) <= 200 for d in iter_source_documents(docs_source(60, max_chars_per_document=200)))
+
+
+def test_python_code_package_metadata_and_system_docs():
+    code = list(iter_source_documents({"name": "stdlib-code", "type": "embedded", "kind": "python-code",
+                                       "max_documents": 5}))
+    assert len(code) == 5 and all("import" in d["text"] or "def " in d["text"] for d in code)
+    assert code[0]["metadata"]["url"].startswith("python-source://")
+    packages = list(iter_source_documents({"name": "pkgs", "type": "embedded", "kind": "package-metadata"}))
+    assert any(d["id"] == "package-metadata/numpy" and d["metadata"]["url"] == "pypi://numpy" for d in packages)
+    system = list(iter_source_documents({"name": "sys", "type": "embedded", "kind": "system-docs", "max_documents": 3}))
+    assert len(system) <= 3  # /usr/share/doc may be empty on a slim machine
+
+
+def test_embedded_fingerprint_is_stable_and_follows_the_selection():
+    assert source_fingerprint(docs_source(15)) == source_fingerprint(docs_source(15))
+    assert source_fingerprint(docs_source(15)) != source_fingerprint(docs_source(16))
+    assert source_fingerprint(docs_source(15)) != source_fingerprint(docs_source(15, max_chars_per_document=99))
+
+
+def test_system_docs_skip_and_count_bad_files(tmp_path, monkeypatch):
+    doc_root, licenses = tmp_path / "doc", tmp_path / "licenses"
+    (doc_root / "pkg").mkdir(parents=True)
+    licenses.mkdir()
+    (doc_root / "pkg" / "README").write_text("A readme for the package.\n")
+    (doc_root / "pkg" / "changelog.Debian.gz").write_bytes(gzip.compress(b"pkg (1.0) unstable; urgency=low\n"))
+    (doc_root / "pkg" / "notes.txt").write_bytes(b"caf\xe9 latin-1\n")  # not UTF-8
+    (doc_root / "pkg" / "README.md").write_text("  \n")  # empty
+    (doc_root / "pkg" / "logo.png").write_bytes(b"\x89PNG")  # not a doc name
+    (licenses / "MIT").write_text("Permission is hereby granted, free of charge.\n")
+    monkeypatch.setattr(embedded, "SYSTEM_DOC_ROOTS", (("doc", doc_root), ("common-licenses", licenses)))
+    spec = {"name": "sys", "type": "embedded", "kind": "system-docs"}
+
+    stats = write_source(spec, tmp_path / "out")
+    assert stats["documents"] == 3 and stats["skipped"] == {"empty": 1, "not_utf8": 1}
+    docs = [doc for shard in list_shards(tmp_path / "out" / "sys") for _, doc in read_documents(shard)]
+    assert [d["id"] for d in docs] == ["system-docs/common-licenses/MIT", "system-docs/doc/pkg/README",
+                                       "system-docs/doc/pkg/changelog.Debian.gz"]
+    assert docs[2]["text"].startswith("pkg (1.0)")
+    assert docs[1]["metadata"]["url"] == (doc_root / "pkg" / "README").as_uri()
+
+    before = source_fingerprint(spec)
+    (doc_root / "pkg" / "README").write_text("A changed readme.\n")
+    assert source_fingerprint(spec) != before
+
+
+def test_files_source_fingerprint_follows_content(tmp_path):
+    shard = tmp_path / "a" / "part-0.jsonl"
+    shard.parent.mkdir()
+    shard.write_text(json.dumps({"id": "1", "text": "hello there.", "source": "web"}) + "\n")
+    spec = {"name": "crawl", "type": "files", "paths": [str(tmp_path / "a" / "*.jsonl")]}
+    first = source_fingerprint(spec)
+    assert source_fingerprint(spec) == first
+
+    moved = tmp_path / "b" / "part-0.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes(shard.read_bytes())
+    assert source_fingerprint({**spec, "paths": [str(moved)]}) == first  # content, not location
+
+    shard.write_text(json.dumps({"id": "1", "text": "hello there!", "source": "web"}) + "\n")
+    assert source_fingerprint(spec) != first
+
+
+def test_files_source_sets_source_and_keeps_the_original(tmp_path):
+    write_jsonl_gz(tmp_path / "s" / "x-0.jsonl.gz", [
+        {"id": "1", "text": "one.", "source": "cc", "metadata": {"url": "http://a"}},
+        {"id": "2", "text": "two.", "source": "crawl"},
+    ])
+    docs = list(iter_source_documents({"name": "crawl", "type": "files", "paths": [str(tmp_path / "s")]}))
+    assert [d["source"] for d in docs] == ["crawl", "crawl"]
+    assert docs[0]["metadata"] == {"url": "http://a", "original_source": "cc"}
+    assert "metadata" not in docs[1]
+
+
+def test_files_source_over_a_remote_filesystem():
+    fs = fsspec.filesystem("memory")
+    with fs.open("/corpus/web-0.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "r1", "text": "remote text.", "source": "web"}) + "\n")
+    spec = {"name": "web", "type": "files", "paths": ["memory://corpus/*.jsonl"]}
+    assert [d["id"] for d in iter_source_documents(spec)] == ["r1"]
+    assert source_fingerprint(spec) == source_fingerprint(spec)
+
+
+def test_files_source_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "1", "text": "ok.", "source": "w"}) + "\n{not json\n")
+    with pytest.raises(DocumentFormatError, match=r"bad\.jsonl:2"):
+        list(iter_source_documents({"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")]}))
+    with pytest.raises(FileNotFoundError, match=r"paths\[0\]"):
+        source_fingerprint({"name": "w", "type": "files", "paths": [str(tmp_path / "missing-*.jsonl")]})
+
+
+def test_huggingface_local_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"content": ["First text.", "", "Third text."], "key": ["a", "b", "c"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    spec = {"name": "hf", "type": "huggingface", "dataset": str(tmp_path / "ds"), "text_field": "content",
+            "id_field": "key"}
+    skipped = Counter()
+    docs = list(iter_source_documents(spec, skipped))
+    assert [(d["id"], d["text"], d["source"]) for d in docs] == [("a", "First text.", "hf"), ("c", "Third text.", "hf")]
+    assert skipped == {"empty": 1}
+    assert source_fingerprint(spec) == source_fingerprint(spec)
+    assert source_fingerprint(spec) != source_fingerprint({**spec, "max_documents": 1})
+    assert [d["id"] for d in iter_source_documents({**spec, "max_documents": 1})] == ["a"]
+    with pytest.raises(ConfigError, match="'validation' not in"):
+        list(iter_source_documents({**spec, "split": "validation"}))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "x", "type": "web"}, r"source 'x'\.type: expected one of embedded, files, huggingface"),
+        ({"name": "x", "type": "embedded", "kind": "poems"}, r"source 'x'\.kind: expected one of 'python-docs'"),
+        ({"name": "x", "type": "embedded", "kind": "python-docs", "max_docs": 3}, r"unknown key\(s\) 'max_docs'"),
+        ({"name": "x", "type": "embedded"}, r"missing required key\(s\) 'kind'"),
+        ({"name": "x", "type": "files", "paths": "a.jsonl"}, r"source 'x'\.paths: expected a list of str"),
+        ({"name": "a/b", "type": "files", "paths": ["a"]}, r"source\.name: expected a folder-safe name"),
+        ({"name": "x", "type": "embedded", "kind": "python-docs", "max_documents": 0}, r"max_documents"),
+    ],
+)
+def test_validate_source_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_source(spec)

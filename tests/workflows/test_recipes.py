@@ -1,0 +1,97 @@
+"""The recipes build as Tango step graphs without running, with the paper's settings, and stable ids."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tango import StepGraph
+from tango.common.exceptions import ConfigurationError
+
+import steps  # noqa: F401  (registers the step types)
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / "workflows"
+PIPELINE = {
+    "filter", "dedup", "mix", "tokenizer", "tokenize", "instances", "training_batch", "pretrain", "anneal",
+    "evaluate_base", "sft_data", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "export", "report",
+}
+
+
+@pytest.mark.parametrize("recipe", ["olmo7b.jsonnet", "olmo1b.jsonnet", "olmo-tiny.jsonnet", "olmo-micro.jsonnet"])
+def test_recipe_builds_the_whole_dag(recipe):
+    graph = StepGraph.from_file(WORKFLOWS / recipe)
+    assert PIPELINE <= set(graph)
+    assert any(name.startswith("source_") for name in graph)
+    assert graph["report"].dependencies >= {graph["evaluate_base"], graph["evaluate_dpo"], graph["filter"]}
+
+
+def test_7b_steps_receive_the_paper_hyperparameters():
+    graph = StepGraph.from_file(WORKFLOWS / "olmo7b.jsonnet")
+    pretrain, anneal = graph["pretrain"].kwargs, graph["anneal"].kwargs
+    train = pretrain["train"]
+    assert train["schedule"] == {
+        "kind": "linear", "peak_lr": 3e-4, "warmup_steps": 5000, "warmup_start_fraction": 0.1,
+        "total_steps": train["max_steps"], "final_lr_fraction": 0.1,
+    }
+    assert train["schedule"]["peak_lr"] * train["schedule"]["final_lr_fraction"] == pytest.approx(3e-5)
+    assert train["optimizer"] == {"betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.1}
+    assert train["max_grad_norm"] == 1.0 and train["precision"] == "bf16"
+    assert pretrain["data_order"]["global_batch_size"] == 2048 and graph["instances"].kwargs["seq_len"] == 2048
+    assert train["max_steps"] * 2048 * 2048 >= 2e12  # 2T tokens
+    assert pretrain["model"] == {"preset": "olmo-7b"} and pretrain["sharding"] == "full"
+    assert anneal["train"]["start_lr"] == 2.3e-5 and anneal["train"]["max_steps"] == 1000
+    assert anneal["pretrained"] is graph["pretrain"]
+
+    from steps.train.steps import AnnealOlmo, PretrainOlmo, model_config
+
+    config = PretrainOlmo.train_config(train, 10, global_batch_size=2048)
+    assert config.schedule.lr_at(0) == pytest.approx(3e-5) and config.schedule.lr_at(5000) == pytest.approx(3e-4)
+    assert config.schedule.lr_at(train["max_steps"]) == pytest.approx(3e-5)
+    annealed = AnnealOlmo.anneal_config(anneal["train"], anneal["train"]["start_lr"], 10, 2048)
+    assert annealed.schedule.lr_at(0) == pytest.approx(2.3e-5) and annealed.schedule.lr_at(1000) == 0.0
+    assert model_config(pretrain["model"]).num_parameters() == 6_888_095_744
+
+
+def test_1b_uses_its_released_config():
+    train = StepGraph.from_file(WORKFLOWS / "olmo1b.jsonnet")["pretrain"].kwargs["train"]
+    assert (train["schedule"]["kind"], train["schedule"]["peak_lr"], train["schedule"]["warmup_steps"]) == ("cosine", 4e-4, 2000)
+    assert train["micro_batch_size"] == 8
+
+
+def _unique_ids(workflow: Path, overrides: str = "") -> dict[str, str]:
+    code = (
+        "import json, sys, steps\n"
+        "from tango import StepGraph\n"
+        "from tango.common.params import Params\n"
+        f"params = Params.from_file(sys.argv[1], {overrides!r} or '')\n"
+        "graph = StepGraph.from_params(params.pop('steps'))\n"
+        "print(json.dumps({name: step.unique_id for name, step in graph.items()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(workflow)], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_unique_ids_are_stable_across_processes_devices_and_workers():
+    workflow = WORKFLOWS / "olmo-micro.jsonnet"
+    first = _unique_ids(workflow)
+    assert first == _unique_ids(workflow)
+    varied = {"device": "cuda", "num_workers": 7, "log_every": 3}
+    overrides = {
+        f"steps.{name}.{key}": value
+        for name, step in StepGraph.from_file(workflow).items()
+        for key, value in varied.items()
+        if key in step.config
+    }
+    assert {key.rsplit(".", 1)[1] for key in overrides} == set(varied)
+    assert _unique_ids(workflow, json.dumps(overrides)) == first
+
+
+def test_a_config_error_is_reported_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.jsonnet"
+    bad.write_text(
+        f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + "
+        "{ steps+: { pretrain+: { train+: { schedule+: { kind: 'exponential' } } } } }"
+    )
+    with pytest.raises(ConfigurationError, match="kind"):
+        StepGraph.from_file(bad)

@@ -1,0 +1,120 @@
+// Builds the whole OLMo DAG from one params object. Recipes (olmo-tiny, olmo1b, olmo7b) pass
+// their params to `workflow`; ablations import a recipe and override one step by name.
+//
+//   sources -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_base
+//                                                       |                        `-> sft -> evaluate_sft -> dpo -> evaluate_dpo -> export
+//                                                       `-> training_batch                           report <- everything
+local ref(name) = { type: 'ref', ref: name };
+local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
+
+{
+  ref:: ref,
+
+  // Settings that change where and how fast things run, never what they compute
+  // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
+  execution:: { device: 'auto', num_workers: 2, world_size: 1, sharding: 'full', log_every: 10 },
+
+  workflow(p):: {
+    local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
+    local sources = [sourceStep(s) for s in p.sources],
+    local evaluate(model) = {
+      type: 'evaluate',
+      model: ref(model),
+      tokenizer: ref('tokenizer'),
+      heldout: ref('mix'),
+      config: p.evaluation,
+      device: x.device,
+    },
+
+    steps: {
+      [sourceStep(s)]: { type: 'corpus_source', source: s }
+      for s in p.sources
+    } + {
+      filter: {
+        type: 'filter_documents',
+        sources: [ref(s) for s in sources],
+        config: p.filter,
+        num_workers: x.num_workers,
+      },
+      dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup },
+      mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix },
+      tokenizer: { type: 'tokenizer', tokenizer: p.tokenizer },
+      tokenize: {
+        type: 'tokenize_documents',
+        documents: ref('mix'),
+        tokenizer: ref('tokenizer'),
+        num_workers: x.num_workers,
+      },
+      instances: { type: 'build_instances', tokens: ref('tokenize'), seq_len: p.seq_len },
+      training_batch: {
+        type: 'training_batch',
+        instances: ref('instances'),
+        data_order: p.data_order,
+        step: p.inspect_batch,
+        world_size: x.world_size,
+        micro_batch_size: p.pretrain.micro_batch_size,
+      },
+      pretrain: {
+        type: 'pretrain',
+        instances: ref('instances'),
+        model: p.model,
+        data_order: p.data_order,
+        train: p.pretrain,
+        device: x.device,
+        world_size: x.world_size,
+        sharding: x.sharding,
+        log_every: x.log_every,
+      },
+      anneal: {
+        type: 'anneal',
+        pretrained: ref('pretrain'),
+        instances: ref('instances'),
+        data_order: p.data_order,
+        train: p.anneal,
+        device: x.device,
+        world_size: x.world_size,
+        sharding: x.sharding,
+        log_every: x.log_every,
+      },
+      evaluate_base: evaluate('anneal'),
+      sft_data: { type: 'sft_data', documents: ref('mix'), config: p.sft_data },
+      sft: {
+        type: 'sft',
+        pretrained: ref('anneal'),
+        data: ref('sft_data'),
+        tokenizer: ref('tokenizer'),
+        train: p.sft,
+        device: x.device,
+        log_every: x.log_every,
+      },
+      evaluate_sft: evaluate('sft'),
+      preference_data: { type: 'preference_data', documents: ref('mix'), config: p.preference_data },
+      dpo: {
+        type: 'dpo',
+        pretrained: ref('sft'),
+        data: ref('preference_data'),
+        tokenizer: ref('tokenizer'),
+        train: p.dpo,
+        device: x.device,
+        log_every: x.log_every,
+      },
+      evaluate_dpo: evaluate('dpo'),
+      export: { type: 'export_hf', model: ref('dpo'), tokenizer: ref('tokenizer') },
+      report: {
+        type: 'report',
+        title: p.name,
+        corpus: { [s]: ref(s) for s in sources } + {
+          filter: ref('filter'),
+          dedup: ref('dedup'),
+          mix: ref('mix'),
+          tokenize: ref('tokenize'),
+          instances: ref('instances'),
+        },
+        training: { pretrain: ref('pretrain'), anneal: ref('anneal'), sft: ref('sft'), dpo: ref('dpo') },
+        evaluations: { base: ref('evaluate_base'), sft: ref('evaluate_sft'), dpo: ref('evaluate_dpo') },
+        training_batch: ref('training_batch'),
+        export: ref('export'),
+      },
+    },
+  },
+}

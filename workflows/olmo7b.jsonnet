@@ -1,0 +1,77 @@
+// OLMo-7B (arXiv 2402.00838): Dolma-style corpus, 2T tokens, then the 1000-step anneal to LR 0,
+// SFT and DPO as in open-instruct. Point `dolma` at your copy of the Dolma v1.5 shards (any
+// fsspec URL: s3://, gs://, hf://, a shared filesystem).
+local olmo = import 'lib/olmo.libsonnet';
+
+local dolma = 's3://ai2-llm/pretraining-data/sources/';
+local tokens_per_step = 2048 * 2048;  // instances x sequence length
+local pretrain_steps = std.ceil(2e12 / tokens_per_step);  // 2T tokens -> 476,838 steps
+local source(name, path) = { name: name, type: 'files', paths: [dolma + path] };
+
+local params = {
+  name: 'olmo-7b',
+  sources: [
+    source('common-crawl', 'common-crawl/v1_5/documents/*.json.gz'),
+    source('c4', 'c4/v1_5/documents/*.json.gz'),
+    source('stack-code', 'stack/v1_5/documents/*.json.gz'),
+    source('pes2o', 'pes2o/v2/documents/*.json.gz'),
+    source('gutenberg', 'gutenberg/v0/documents/*.json.gz'),
+    source('wikipedia', 'wikipedia/v0/documents/*.json.gz'),
+    source('reddit', 'reddit/v5/documents/*.json.gz'),
+  ],
+  filter: {},  // Dolma v1.5 thresholds are the defaults
+  dedup: { url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6 },
+  mix: { seed: 6198, sampling: {}, heldout_fraction: 0.0001, max_shard_bytes: 1073741824 },
+  tokenizer: { name: 'allenai_gpt-neox-olmo-dolma-v1_5', eos_token_id: 50279, pad_token_id: 1 },
+  seq_len: 2048,
+  data_order: { seed: 6198, global_batch_size: 2048 },
+  inspect_batch: 0,
+  model: { preset: 'olmo-7b' },
+  pretrain: {
+    micro_batch_size: 2,
+    max_steps: pretrain_steps,
+    schedule: {
+      kind: 'linear',
+      peak_lr: 3e-4,
+      warmup_steps: 5000,
+      warmup_start_fraction: 0.1,
+      total_steps: pretrain_steps,
+      final_lr_fraction: 0.1,  // linear decay to 3e-5
+    },
+    optimizer: { betas: [0.9, 0.95], eps: 1e-5, weight_decay: 0.1 },
+    max_grad_norm: 1.0,
+    seed: 6198,
+    precision: 'bf16',
+    checkpoint_every: 1000,
+  },
+  anneal: {
+    start_lr: 2.3e-5,
+    max_steps: 1000,
+    micro_batch_size: 2,
+    max_grad_norm: 1.0,
+    seed: 6198,
+    precision: 'bf16',
+    checkpoint_every: 100,
+  },
+  sft_data: { max_examples: 100000, seed: 0 },
+  sft: {
+    epochs: 3, lr: 2e-6, warmup_ratio: 0.03, max_length: 2048,
+    global_batch_size: 128, micro_batch_size: 2, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'bf16',
+  },
+  preference_data: { max_examples: 60000, seed: 1 },
+  dpo: {
+    epochs: 3, lr: 5e-7, warmup_ratio: 0.1, max_length: 2048, beta: 0.1,
+    global_batch_size: 32, micro_batch_size: 1, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'bf16',
+  },
+  evaluation: {
+    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+    limit: null,
+    seed: 0,
+    source: 'auto',
+    heldout_documents: 10000,
+  },
+  // FSDP full sharding over every GPU of the job, one block per FSDP unit.
+  execution: { device: 'auto', num_workers: 16, world_size: 256, sharding: 'full', log_every: 10 },
+};
+
+olmo.workflow(params) + { params:: params }
