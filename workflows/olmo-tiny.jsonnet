@@ -11,6 +11,7 @@ local params = {
     { name: 'package-metadata', type: 'embedded', kind: 'package-metadata', max_documents: 200 },
     { name: 'system-docs', type: 'embedded', kind: 'system-docs', max_documents: 300, max_chars_per_document: 20000 },
   ],
+  source_shard_bytes: 524288,  // several shards per source, so the corpus stages use every core
   // Dolma's rules and thresholds are the defaults; a recipe lists only what it changes.
   filter: {},
   dedup: { url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6 },
@@ -22,22 +23,22 @@ local params = {
   model: { preset: 'olmo-tiny', max_sequence_length: 256 },
   pretrain: {
     micro_batch_size: 8,
-    max_steps: 120,
-    schedule: { kind: 'linear', peak_lr: 3e-3, warmup_steps: 12, total_steps: 120, final_lr_fraction: 0.1 },
+    max_steps: 100,
+    schedule: { kind: 'linear', peak_lr: 3e-3, warmup_steps: 10, total_steps: 100, final_lr_fraction: 0.1 },
     optimizer: { betas: [0.9, 0.95], eps: 1e-5, weight_decay: 0.1 },
     max_grad_norm: 1.0,
     seed: 6198,
     precision: 'fp32',
   },
-  anneal: { start_lr: null, max_steps: 20, micro_batch_size: 8, max_grad_norm: 1.0, seed: 6198, precision: 'fp32' },
+  anneal: { start_lr: null, max_steps: 10, micro_batch_size: 8, max_grad_norm: 1.0, seed: 6198, precision: 'fp32' },
   sft_data: { max_examples: 256, seed: 0 },
   sft: {
-    epochs: 2, lr: 1e-3, warmup_ratio: 0.03, max_length: 256,
+    epochs: 4, lr: 1e-3, warmup_ratio: 0.03, max_length: 256,
     global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
   },
   preference_data: { max_examples: 128, seed: 1 },
   dpo: {
-    epochs: 2, lr: 3e-4, warmup_ratio: 0.1, max_length: 256, beta: 0.1,
+    epochs: 4, lr: 3e-4, warmup_ratio: 0.1, max_length: 256, beta: 0.1,
     global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
   },
   evaluation: {

@@ -79,10 +79,10 @@ class AdaptationStep(TrainingStep):
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         check_keys(kwargs["train"], ADAPT_KEYS, f"{cls.__name__}.train")
-        cls.adapt_config(kwargs["train"], num_steps=100, log_every=1)
+        cls.adapt_config(kwargs["train"], num_steps=100)
 
     @classmethod
-    def adapt_config(cls, train: dict[str, Any], num_steps: int, log_every: int) -> TrainConfig:
+    def adapt_config(cls, train: dict[str, Any], num_steps: int) -> TrainConfig:
         schedule = {
             "kind": "linear",
             "peak_lr": train["lr"],
@@ -92,7 +92,7 @@ class AdaptationStep(TrainingStep):
             "final_lr_fraction": 0.0,
         }
         options = {k: v for k, v in train.items() if k not in {"epochs", "lr", "warmup_ratio", "max_length", "beta"}}
-        return cls.train_config(options, log_every, max_steps=num_steps, schedule=schedule)
+        return cls.train_config(options, max_steps=num_steps, schedule=schedule)
 
 
 @Step.register("sft")
@@ -120,8 +120,8 @@ class SupervisedFinetune(AdaptationStep):
             batch_size=train["global_batch_size"],
             seed=train.get("seed", 0),
         )
-        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]), log_every)
-        state = self.fit(model, batches, settings)
+        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
+        state = self.fit(model, batches, settings, log_every)
         return self.save(model, state, {"examples": counts})
 
 
@@ -153,8 +153,8 @@ class DirectPreferenceOptimization(AdaptationStep):
         batches = dpo_batches(
             pairs, pad_token_id=config.pad_token_id, batch_size=train["global_batch_size"], seed=train.get("seed", 0)
         )
-        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]), log_every)
-        state = self.fit(model, batches, settings, loss_function=DPOLoss(train.get("beta", 0.1)))
+        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
+        state = self.fit(model, batches, settings, log_every, loss_function=DPOLoss(train.get("beta", 0.1)))
         last = state.history[-1]
         accuracy = {k: v for k, v in last.items() if k.startswith("rewards/")}
         return self.save(model, state, {"pairs": counts, "beta": train.get("beta", 0.1), **accuracy})

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import integrations.tango_compat  # noqa: F401  (Tango fixes, before any step runs)
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError
@@ -43,6 +44,8 @@ class ArtifactStep(Step[Artifact]):
 
     FORMAT = ArtifactFormat()
     SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS
+    # Config arguments that name files, and how to hash those files' content into the fingerprint.
+    CONTENT_HASHED: dict[str, Callable[[dict[str, Any]], str]] = {}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -54,7 +57,14 @@ class ArtifactStep(Step[Artifact]):
             cls.validate(kwargs)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None
+        for name, content_hash in cls.CONTENT_HASHED.items():
+            if not isinstance(kwargs[name], ContentHashed):
+                kwargs[name] = ContentHashed(kwargs[name], content_hash)
         return kwargs
+
+    def content_hash(self, argument: str) -> str:
+        """The content hash that went into this step's fingerprint for a ``CONTENT_HASHED`` argument."""
+        return self.kwargs[argument].content_hash
 
     def output_dir(self, fresh: bool = True) -> Path:
         """The directory in this step's work dir for the artifact's files; emptied first when ``fresh``

@@ -235,11 +235,27 @@ def source_fingerprint(spec: Mapping[str, Any] | SourceSpec) -> str:
     if isinstance(spec, EmbeddedSource):
         return embedded_fingerprint(spec)
     if isinstance(spec, FilesSource):
-        digest = hashlib.sha256(b"files")
+        return _files_fingerprint(spec)
+    return _huggingface_fingerprint(spec)
+
+
+def _files_fingerprint(spec: FilesSource) -> str:
+    """Content identity of every shard; for remote storage that cannot be reached (offline, no
+    credentials, no fsspec backend installed) the spec alone, marked unverified, with a warning.
+    An unverified id never equals a verified one, so going online recomputes rather than reuses."""
+    digest = hashlib.sha256(b"files")
+    try:
         for fs, path in _expand_paths(spec):
             digest.update(_file_identity(fs, path).encode() + b"\0")
-        return digest.hexdigest()
-    return _huggingface_fingerprint(spec)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # each fsspec backend raises its own errors (ImportError, botocore, aiohttp...)
+        if all(fsspec.core.split_protocol(url)[0] in (None, "file", "local") for url in spec.paths):
+            raise
+        logger.warning("source %r: cannot reach %s (%s); its fingerprint covers the paths only", spec.name,
+                       ", ".join(spec.paths), exc)
+        return hashlib.sha256(json.dumps(["unverified", list(spec.paths)]).encode()).hexdigest()
+    return digest.hexdigest()
 
 
 def iter_source_documents(

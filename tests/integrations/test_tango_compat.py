@@ -106,3 +106,4 @@ def test_retry_stand_in_retries_then_raises():
     with pytest.raises(KeyError):
         always_fails()
     assert isinstance(sys.modules["retry"], types.ModuleType)
+

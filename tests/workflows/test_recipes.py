@@ -8,8 +8,9 @@ import pytest
 from tango import StepGraph
 from tango.common.exceptions import ConfigurationError
 
-import steps  # noqa: F401  (registers the step types)
+from tango.common.util import import_module_and_submodules
 
+import_module_and_submodules("steps")  # registers the step types, as tango.yml's include_package does
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 PIPELINE = {
@@ -45,10 +46,10 @@ def test_7b_steps_receive_the_paper_hyperparameters():
 
     from steps.train.steps import AnnealOlmo, PretrainOlmo, model_config
 
-    config = PretrainOlmo.train_config(train, 10, global_batch_size=2048)
+    config = PretrainOlmo.train_config(train, global_batch_size=2048)
     assert config.schedule.lr_at(0) == pytest.approx(3e-5) and config.schedule.lr_at(5000) == pytest.approx(3e-4)
     assert config.schedule.lr_at(train["max_steps"]) == pytest.approx(3e-5)
-    annealed = AnnealOlmo.anneal_config(anneal["train"], anneal["train"]["start_lr"], 10, 2048)
+    annealed = AnnealOlmo.anneal_config(anneal["train"], anneal["train"]["start_lr"], 2048)
     assert annealed.schedule.lr_at(0) == pytest.approx(2.3e-5) and annealed.schedule.lr_at(1000) == 0.0
     assert model_config(pretrain["model"]).num_parameters() == 6_888_095_744
 
@@ -61,8 +62,10 @@ def test_1b_uses_its_released_config():
 
 def _unique_ids(workflow: Path, overrides: str = "") -> dict[str, str]:
     code = (
-        "import json, sys, steps\n"
+        "import json, sys\n"
         "from tango import StepGraph\n"
+        "from tango.common.util import import_module_and_submodules\n"
+        "import_module_and_submodules('steps')\n"
         "from tango.common.params import Params\n"
         f"params = Params.from_file(sys.argv[1], {overrides!r} or '')\n"
         "graph = StepGraph.from_params(params.pop('steps'))\n"

@@ -27,7 +27,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
     },
 
     steps: {
-      [sourceStep(s)]: { type: 'corpus_source', source: s }
+      [sourceStep(s)]: { type: 'corpus_source', source: s, max_shard_bytes: p.source_shard_bytes }
       for s in p.sources
     } + {
       filter: {

@@ -1,0 +1,90 @@
+"""End to end through the `tango` command: the micro workflow runs, re-runs from the cache, and an
+ablation recomputes exactly the overridden step and its descendants."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tango import StepGraph
+from tango.common.util import import_module_and_submodules
+from tango.workspaces import LocalWorkspace
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
+TANGO = Path(sys.executable).parent / "tango"
+
+pytestmark = pytest.mark.slow
+import_module_and_submodules("steps")
+
+
+def tango_run(workflow: Path, workspace: Path) -> tuple[set[str], str]:
+    """Run ``tango run`` from the repository root; return the steps it started and its output."""
+    result = subprocess.run(
+        [str(TANGO), "run", str(workflow), "-w", str(workspace)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Traceback" not in output
+    return set(re.findall(r'Starting step "([^"]+)"', output)), output
+
+
+def descendants(graph: StepGraph, name: str) -> set[str]:
+    found = {name}
+    changed = True
+    while changed:
+        changed = False
+        for step_name, step in graph.items():
+            if step_name not in found and any(dep.name in found for dep in step.dependencies):
+                found.add(step_name)
+                changed = True
+    return found
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("workspace")
+    started, output = tango_run(MICRO, directory)
+    assert started == set(StepGraph.from_file(MICRO))  # a fresh workspace computes every step
+    return directory
+
+
+def test_every_stage_ran_and_reported(workspace):
+    graph = StepGraph.from_file(MICRO)
+    cache = LocalWorkspace(workspace).step_cache
+    report = cache[graph["report"]]
+    text = (report.path / "report.md").read_text()
+    for section in ("## Evaluation", "## Corpus", "### filter", "### dedup", "### mix", "## Tokens", "## Training"):
+        assert section in text
+    for stage in ("pretrain", "anneal", "sft", "dpo"):
+        assert f"| {stage} |" in text
+    pretrain = cache[graph["pretrain"]].summary
+    assert pretrain["step"] == 6 and pretrain["loss_last"] < pretrain["loss_first"]
+    anneal = cache[graph["anneal"]].summary
+    assert anneal["lr_last"] == 0.0 and anneal["continued_from_data_step"] == 6
+    filtered = cache[graph["filter"]].summary["total"]
+    assert filtered["documents_in"] == filtered["documents_kept"] + sum(filtered["removed_by_rule"].values())
+    hf = cache[graph["export"]].path
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "olmo"
+
+
+def test_second_run_comes_from_the_cache(workspace):
+    started, output = tango_run(MICRO, workspace)
+    assert started == set()
+    assert "Found output for step" in output
+
+
+def test_ablation_recomputes_only_the_overridden_step_and_descendants(workspace, tmp_path):
+    ablation = tmp_path / "no-paragraph-dedup.jsonnet"
+    ablation.write_text(f"(import '{MICRO}') + {{ steps+: {{ dedup+: {{ config+: {{ paragraph: false }} }} }} }}")
+    graph = StepGraph.from_file(ablation)
+    expected = descendants(graph, "dedup")
+    assert {"mix", "tokenize", "pretrain", "report"} <= expected
+    assert not expected & {"filter", "tokenizer"} and not any(n.startswith("source_") for n in expected)
+
+    cache = LocalWorkspace(workspace).step_cache
+    assert {name for name, step in graph.items() if step not in cache} == expected
+    started, _ = tango_run(ablation, workspace)
+    assert started == expected
