@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -28,7 +27,6 @@ from steps.train.trainer import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
 CONTINUE_PROMPT = "Continue the text:\n"
-PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 Message = dict[str, str]
 Rendered = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -145,8 +143,8 @@ def read_preference_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 def paragraphs(text: str) -> list[str]:
-    """Non-empty paragraphs of ``text``, split on blank lines and stripped."""
-    return [p.strip() for p in PARAGRAPH_BREAK.split(text) if p.strip()]
+    """Non-empty paragraphs of ``text``, stripped; a paragraph is a line, as in Dolma (and our dedup)."""
+    return [p.strip() for p in text.split("\n") if p.strip()]
 
 
 def _continuations(

@@ -79,8 +79,8 @@ def test_bad_conversations_are_rejected(tokenizer, messages, message):
         render_chat(messages, tokenizer, EOS, max_length=100)
 
 
-def test_paragraphs_split_on_blank_lines():
-    assert paragraphs("  One.\nstill one.\n\n \nTwo.\n  \n\nThree.  ") == ["One.\nstill one.", "Two.", "Three."]
+def test_paragraphs_are_non_blank_lines():
+    assert paragraphs("  One.\nstill one.\n\n \nTwo.\n  \n\nThree.  ") == ["One.", "still one.", "Two.", "Three."]
 
 
 def test_sft_examples_continue_the_first_paragraph(documents_dir, synthetic_documents):
