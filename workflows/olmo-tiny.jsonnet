@@ -31,12 +31,12 @@ local params = {
     precision: 'fp32',
   },
   anneal: { start_lr: null, max_steps: 10, micro_batch_size: 8, max_grad_norm: 1.0, seed: 6198, precision: 'fp32' },
-  sft_data: { max_examples: 256, seed: 0 },
+  sft_data: { max_examples: 128, seed: 0 },
   sft: {
-    epochs: 4, lr: 1e-3, warmup_ratio: 0.03, max_length: 256,
+    epochs: 2, lr: 1e-3, warmup_ratio: 0.03, max_length: 256,
     global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
   },
-  preference_data: { max_examples: 128, seed: 1 },
+  preference_data: { max_examples: 64, seed: 1 },
   dpo: {
     epochs: 4, lr: 3e-4, warmup_ratio: 0.1, max_length: 256, beta: 0.1,
     global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
@@ -48,7 +48,7 @@ local params = {
     source: 'auto',
     heldout_documents: 40,
   },
-  execution: { device: 'cpu', num_workers: 2 },
+  execution: { device: 'cpu', num_workers: 2, checkpoint_every: 50 },
 };
 
 olmo.workflow(params) + { params:: params }

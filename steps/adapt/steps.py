@@ -46,6 +46,8 @@ class BuildAdaptationData(ArtifactStep):
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         check_keys(kwargs["config"], DATA_KEYS, f"{cls.__name__}.config")
+        if not isinstance(kwargs["config"].get("max_examples"), int) or kwargs["config"]["max_examples"] < 1:
+            raise ValueError(f"{cls.__name__}.config.max_examples: expected a positive integer")
 
     def run(self, documents: Artifact, config: dict) -> Artifact:
         options = dict(config)

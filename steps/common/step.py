@@ -13,7 +13,7 @@ from tango.common.exceptions import ConfigurationError
 from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
 
 # Arguments that never change an output's bytes, so they stay out of every fingerprint.
-EXECUTION_ARGUMENTS = {"device", "num_workers", "world_size", "sharding", "log_every"}
+EXECUTION_ARGUMENTS = {"device", "num_workers", "world_size", "sharding", "log_every", "checkpoint_every"}
 
 
 class ContentHashed(dict, CustomDetHash):

@@ -98,12 +98,16 @@ def _normalized_distribution_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# This project's own description is its README, whose numbers come from the corpus: leave it out.
+EXCLUDED_DISTRIBUTIONS = {"olmo-tango"}
+
+
 def _package_candidates() -> list[Candidate]:
     """One candidate per installed distribution (the first on sys.path wins), sorted by name."""
     first: dict[str, importlib.metadata.Distribution] = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"] if dist.metadata else None
-        if name:
+        if name and _normalized_distribution_name(name) not in EXCLUDED_DISTRIBUTIONS:
             first.setdefault(_normalized_distribution_name(name), dist)
 
     def reader(dist: importlib.metadata.Distribution) -> Callable[[], bytes]:

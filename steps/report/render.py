@@ -99,7 +99,8 @@ def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
         ours = [100 * s["tasks"][task]["primary"] if task in s["tasks"] else None for s in evaluations.values()]
         rows.append([task, metric[task], *ours, *(PAPER_RESULTS[m].get(task) for m in PAPER_RESULTS)])
     averages = [100 * s["average"] for s in evaluations.values()]
-    rows.append(["**average**", "", *averages, *(sum(r.values()) / len(r) for r in PAPER_RESULTS.values())])
+    paper = [sum(r[t] for t in tasks if t in r) / max(1, sum(t in r for t in tasks)) for r in PAPER_RESULTS.values()]
+    rows.append(["**average**", "", *averages, *paper])
     rows.append(["bits per byte (held out)", "", *(s["bits_per_byte"] for s in evaluations.values()), None, None])
     return table(["task", "metric", *evaluations, *PAPER_RESULTS], rows)
 

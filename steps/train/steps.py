@@ -14,7 +14,7 @@ from steps.common.models import MODEL_DIR, load_artifact_model, resolve_device
 from steps.common.step import ArtifactStep
 from steps.data.batches import batch_hash
 from steps.data.steps import load_instances, order_for, validate_data_order
-from steps.train.checkpoint import TrainState, save_model
+from steps.train.checkpoint import TrainState, list_checkpoints, save_model
 from steps.train.trainer import TrainConfig, train
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,14 +83,11 @@ class TrainingStep(ArtifactStep):
                 metrics["tokens_per_second"],
             )
 
+        checkpoints = self.work_dir / "checkpoints"
+        if existing := list_checkpoints(checkpoints):
+            self.logger.info("resuming from checkpoint %s", existing[-1].name)
         return train(
-            model,
-            batches,
-            config,
-            start_state=start_state,
-            log=log,
-            checkpoint_dir=self.work_dir / "checkpoints",
-            **train_options,
+            model, batches, config, start_state=start_state, log=log, checkpoint_dir=checkpoints, **train_options
         )
 
     def save(self, model: Olmo, state: TrainState, summary: dict[str, Any]) -> Artifact:
@@ -143,6 +140,7 @@ class PretrainOlmo(TrainingStep):
         world_size: int = 1,
         sharding: str = "full",
         log_every: int = 10,
+        checkpoint_every: int | None = None,
     ) -> Artifact:
         self.check_parallelism(world_size, sharding)
         config = model_config(model)
@@ -151,7 +149,9 @@ class PretrainOlmo(TrainingStep):
                 f"instances are {instances.summary['seq_len']} tokens, longer than the model's "
                 f"max_sequence_length {config.max_sequence_length}"
             )
-        settings = self.train_config(train, global_batch_size=data_order["global_batch_size"])
+        settings = self.train_config(
+            train, global_batch_size=data_order["global_batch_size"], checkpoint_every=checkpoint_every
+        )
         target = resolve_device(device)
         with torch.device("meta"):
             olmo = Olmo(config)
@@ -172,10 +172,14 @@ class AnnealOlmo(TrainingStep):
     VERSION = "001"
 
     @classmethod
-    def anneal_config(cls, train: dict[str, Any], start_lr: float, batch_size: int) -> TrainConfig:
+    def anneal_config(
+        cls, train: dict[str, Any], start_lr: float, batch_size: int, checkpoint_every: int | None = None
+    ) -> TrainConfig:
         options = {k: v for k, v in train.items() if k != "start_lr"}
         schedule = LRSchedule.anneal(start_lr, options["max_steps"]).to_dict()
-        return cls.train_config(options, schedule=schedule, global_batch_size=batch_size)
+        return cls.train_config(
+            options, schedule=schedule, global_batch_size=batch_size, checkpoint_every=checkpoint_every
+        )
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -192,10 +196,11 @@ class AnnealOlmo(TrainingStep):
         world_size: int = 1,
         sharding: str = "full",
         log_every: int = 10,
+        checkpoint_every: int | None = None,
     ) -> Artifact:
         self.check_parallelism(world_size, sharding)
         start_lr = train.get("start_lr") or pretrained.summary["lr_last"]
-        settings = self.anneal_config(train, start_lr, data_order["global_batch_size"])
+        settings = self.anneal_config(train, start_lr, data_order["global_batch_size"], checkpoint_every)
         target = resolve_device(device)
         olmo = load_artifact_model(pretrained, target)
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])

@@ -79,7 +79,7 @@ def test_unique_ids_are_stable_across_processes_devices_and_workers():
     workflow = WORKFLOWS / "olmo-micro.jsonnet"
     first = _unique_ids(workflow)
     assert first == _unique_ids(workflow)
-    varied = {"device": "cuda", "num_workers": 7, "log_every": 3}
+    varied = {"device": "cuda", "num_workers": 7, "log_every": 3, "checkpoint_every": 5}
     overrides = {
         f"steps.{name}.{key}": value
         for name, step in StepGraph.from_file(workflow).items()

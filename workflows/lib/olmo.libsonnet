@@ -12,7 +12,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
 
   // Settings that change where and how fast things run, never what they compute
   // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
-  execution:: { device: 'auto', num_workers: 2, world_size: 1, sharding: 'full', log_every: 10 },
+  execution:: { device: 'auto', num_workers: 2, world_size: 1, sharding: 'full', log_every: 10, checkpoint_every: null },
 
   workflow(p):: {
     local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
@@ -64,6 +64,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         world_size: x.world_size,
         sharding: x.sharding,
         log_every: x.log_every,
+        checkpoint_every: x.checkpoint_every,
       },
       anneal: {
         type: 'anneal',
@@ -75,6 +76,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         world_size: x.world_size,
         sharding: x.sharding,
         log_every: x.log_every,
+        checkpoint_every: x.checkpoint_every,
       },
       evaluate_base: evaluate('anneal'),
       sft_data: { type: 'sft_data', documents: ref('mix'), config: p.sft_data },
