@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,16 @@ from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
 EXECUTION_ARGUMENTS = {"device", "num_workers", "world_size", "sharding", "log_every", "checkpoint_every"}
 
 
+@dataclass(frozen=True)
+class ContentHash:
+    """How a config argument's files enter the fingerprint: ``function(config)`` hashes their content;
+    ``location_keys`` only say where the bytes are, so the content hash stands for them (moving a
+    file, or naming the same bytes another way, keeps the fingerprint)."""
+
+    function: Callable[[dict[str, Any]], str]
+    location_keys: tuple[str, ...] = ()
+
+
 class ContentHashed(dict, CustomDetHash):
     """A config dict whose fingerprint also covers the content of the files it names.
 
@@ -24,19 +35,20 @@ class ContentHashed(dict, CustomDetHash):
     when the fingerprint is first needed (before any step runs).
     """
 
-    def __init__(self, config: dict[str, Any], content_hash: Callable[[dict[str, Any]], str]):
+    def __init__(self, config: dict[str, Any], spec: ContentHash):
         super().__init__(config)
-        self._content_hash = content_hash
+        self._spec = spec
         self._cached: str | None = None
 
     @property
     def content_hash(self) -> str:
         if self._cached is None:
-            self._cached = self._content_hash(dict(self))
+            self._cached = self._spec.function(dict(self))
         return self._cached
 
     def det_hash_object(self) -> Any:
-        return (dict(self), self.content_hash)
+        settings = {key: value for key, value in self.items() if key not in self._spec.location_keys}
+        return (settings, self.content_hash)
 
 
 class ArtifactStep(Step[Artifact]):
@@ -45,7 +57,7 @@ class ArtifactStep(Step[Artifact]):
     FORMAT = ArtifactFormat()
     SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS
     # Config arguments that name files, and how to hash those files' content into the fingerprint.
-    CONTENT_HASHED: dict[str, Callable[[dict[str, Any]], str]] = {}
+    CONTENT_HASHED: dict[str, ContentHash] = {}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -57,9 +69,9 @@ class ArtifactStep(Step[Artifact]):
             cls.validate(kwargs)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None
-        for name, content_hash in cls.CONTENT_HASHED.items():
+        for name, spec in cls.CONTENT_HASHED.items():
             if not isinstance(kwargs[name], ContentHashed):
-                kwargs[name] = ContentHashed(kwargs[name], content_hash)
+                kwargs[name] = ContentHashed(kwargs[name], spec)
         return kwargs
 
     def content_hash(self, argument: str) -> str:

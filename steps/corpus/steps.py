@@ -7,7 +7,7 @@ from typing import Any, Callable
 from tango import Step
 
 from steps.common.artifacts import Artifact
-from steps.common.step import ArtifactStep
+from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import FilterConfig, filter_documents
 from steps.corpus.layout import DOCUMENTS_DIR
@@ -24,7 +24,7 @@ class CorpusSource(ArtifactStep):
     """One stream of documents (embedded default, fsspec shards or a HF dataset), fingerprinted by content."""
 
     VERSION = "001"
-    CONTENT_HASHED = {"source": source_fingerprint}
+    CONTENT_HASHED = {"source": ContentHash(source_fingerprint, location_keys=("paths",))}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:

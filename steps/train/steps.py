@@ -14,7 +14,7 @@ from steps.common.models import MODEL_DIR, load_artifact_model, resolve_device
 from steps.common.step import ArtifactStep
 from steps.data.batches import batch_hash
 from steps.data.steps import load_instances, order_for, validate_data_order
-from steps.train.checkpoint import TrainState, list_checkpoints, save_model
+from steps.train.checkpoint import TrainState, save_model
 from steps.train.trainer import TrainConfig, train
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,11 +83,14 @@ class TrainingStep(ArtifactStep):
                 metrics["tokens_per_second"],
             )
 
-        checkpoints = self.work_dir / "checkpoints"
-        if existing := list_checkpoints(checkpoints):
-            self.logger.info("resuming from checkpoint %s", existing[-1].name)
         return train(
-            model, batches, config, start_state=start_state, log=log, checkpoint_dir=checkpoints, **train_options
+            model,
+            batches,
+            config,
+            start_state=start_state,
+            log=log,
+            checkpoint_dir=self.work_dir / "checkpoints",
+            **train_options,
         )
 
     def save(self, model: Olmo, state: TrainState, summary: dict[str, Any]) -> Artifact:
