@@ -17,7 +17,7 @@ from steps.adapt.sft import sft_batches
 from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
 from steps.common.models import load_artifact_model, resolve_device
-from steps.common.step import ArtifactStep
+from steps.common.step import ArtifactStep, check_keys
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.train.steps import TrainingStep
@@ -29,12 +29,6 @@ DATA_KEYS = {"max_examples", "seed", "min_chars", "max_chars"}
 # open-instruct's recipe: epochs, peak LR, warmup fraction, linear decay to 0.
 ADAPT_KEYS = {"epochs", "lr", "warmup_ratio", "max_length", "global_batch_size", "micro_batch_size",
               "optimizer", "max_grad_norm", "seed", "precision", "beta"}
-
-
-def check_keys(config: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = set(config) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
 
 
 class BuildAdaptationData(ArtifactStep):

@@ -51,6 +51,13 @@ class ContentHashed(dict, CustomDetHash):
         return (settings, self.content_hash)
 
 
+def check_keys(config: dict[str, Any], known: set[str], where: str) -> None:
+    """Reject configuration keys a step does not know, naming them and the ones it does."""
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+
+
 class ArtifactStep(Step[Artifact]):
     """A step that writes files into a fresh directory and returns them as an :class:`Artifact`."""
 

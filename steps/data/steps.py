@@ -9,7 +9,7 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
-from steps.common.step import ArtifactStep, ContentHash
+from steps.common.step import ArtifactStep, ContentHash, check_keys
 from steps.data.batches import describe_batch
 from steps.data.instances import InstanceIndex, build_instances
 from steps.data.order import DataOrder
@@ -42,9 +42,7 @@ def order_for(instances: Artifact, config: dict[str, Any]) -> DataOrder:
 
 
 def validate_data_order(config: dict[str, Any]) -> None:
-    unknown = set(config) - {"seed", "global_batch_size"}
-    if unknown:
-        raise ValueError(f"data_order: unknown key(s) {sorted(unknown)}; expected seed, global_batch_size")
+    check_keys(config, {"seed", "global_batch_size"}, "data_order")
     for key in ("seed", "global_batch_size"):
         if not isinstance(config.get(key), int) or config[key] < (0 if key == "seed" else 1):
             raise ValueError(f"data_order.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} integer")

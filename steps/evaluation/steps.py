@@ -10,7 +10,7 @@ from tango import Step
 
 from steps.common.artifacts import Artifact, file_sha256
 from steps.common.models import load_artifact_model, resolve_device
-from steps.common.step import ArtifactStep, ContentHash
+from steps.common.step import ArtifactStep, ContentHash, check_keys
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
@@ -53,9 +53,7 @@ class EvaluateOlmo(ArtifactStep):
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         config = kwargs["config"]
-        unknown = set(config) - CONFIG_KEYS
-        if unknown:
-            raise ValueError(f"evaluate.config: unknown key(s) {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}")
+        check_keys(config, CONFIG_KEYS, "evaluate.config")
         for name in config["tasks"]:
             get_task_spec(name)  # unknown task names list the known ones
 
@@ -63,14 +61,15 @@ class EvaluateOlmo(ArtifactStep):
         self, model: Artifact, tokenizer: Artifact, heldout: Artifact, config: dict, device: str = "auto"
     ) -> Artifact:
         settings = config
-        olmo = load_artifact_model(model, resolve_device(device))
+        target = resolve_device(device)
+        olmo = load_artifact_model(model, target)
         tok = load_tokenizer(tokenizer_file(tokenizer))
-        scorer = LogLikelihoodScorer(olmo, tok, device=resolve_device(device))
+        scorer = LogLikelihoodScorer(olmo, tok, device=target)
         downstream = evaluate_tasks(
             scorer, settings["tasks"], settings.get("limit"), settings.get("seed", 0), settings.get("source", "auto")
         )
         documents = itertools.islice(read_heldout(heldout.path / "heldout"), settings.get("heldout_documents"))
-        perplexity = bits_per_byte(olmo, tok, documents, device=resolve_device(device))
+        perplexity = bits_per_byte(olmo, tok, documents, device=target)
         out = self.output_dir()
         metrics = {"model": model.fingerprint, "downstream": downstream, "perplexity": perplexity}
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
