@@ -2,19 +2,40 @@
 
 Every document has ``id``, ``text`` and ``source``; ``added``, ``created`` and ``metadata``
 are optional. Readers go through fsspec, so a shard may be a local path or any fsspec URL.
+
+Two readers: :func:`read_documents` raises :class:`DocumentFormatError` at the first bad line;
+:func:`read_records` never raises on bad input and yields a :class:`BadRecord` in its place, for a
+:class:`Quarantine` to keep (or, in strict mode, to raise). :func:`read_records` never holds a line
+over ``max_document_bytes``: its peak memory is about twice that, whatever the shard holds.
 """
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import os
+import re
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
+import zstandard
 
 REQUIRED_FIELDS = ("id", "text", "source")
+DEFAULT_MAX_DOCUMENT_BYTES = 32 * 2**20
+PREVIEW_BYTES = 1024
+BAD_RECORD_REASONS = (
+    "invalid_utf8", "invalid_json", "not_an_object", "missing_text", "text_not_string",
+    "missing_id", "id_not_string", "empty_text", "too_large", "truncated_shard",
+)
+# Written shards trade a little size for speed: level 6 compresses about 3x faster than gzip's default 9.
+GZIP_LEVEL = 6
+_CHUNK_BYTES = 2**20
+_CORRUPT_SHARD_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class DocumentFormatError(ValueError):
@@ -33,14 +54,258 @@ class DocumentLocation:
     line: int
 
 
-def _open_text(path: str, mode: str = "rt"):
-    """Open a (possibly compressed) shard for text reading or writing via fsspec."""
-    compression = None
-    if path.endswith(".gz"):
-        compression = "gzip"
-    elif path.endswith(".zst"):
-        compression = "zstd"
-    return fsspec.open(path, mode, compression=compression, encoding="utf-8")
+@dataclass(frozen=True)
+class BadRecord:
+    """A line of a shard that is not a usable document, with why (``reason``, one of
+    :data:`BAD_RECORD_REASONS`), what was expected instead, and a preview of at most
+    :data:`PREVIEW_BYTES` of the line (undecodable bytes shown as ``\\xNN``)."""
+
+    location: DocumentLocation
+    reason: str
+    expected: str
+    raw: str
+
+    def __post_init__(self):
+        if self.reason not in BAD_RECORD_REASONS:
+            raise ValueError(f"unknown bad-record reason {self.reason!r} (known: {', '.join(BAD_RECORD_REASONS)})")
+
+    @property
+    def message(self) -> str:
+        return f"{self.location.path}:{self.location.line}: {self.expected}"
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable raw stream over byte chunks, so that io.BufferedReader gives a bounded readline."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+class _ZstdFrames:
+    """Follows zstd frame and block headers through compressed bytes, without decompressing them,
+    to tell whether a stream ends between frames: python-zstandard's reader ends silently when a
+    stream is cut inside a frame."""
+
+    def __init__(self):
+        self._header = bytearray()
+        self._expect(4, self._magic)
+        self._checksum_bytes = 0
+
+    @property
+    def between_frames(self) -> bool:
+        return self._step == self._magic and not self._header and not self._skip
+
+    def feed(self, data: bytes) -> bytes:
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                step = min(self._skip, len(view))
+                self._skip -= step
+                view = view[step:]
+                continue
+            step = self._wanted - len(self._header)
+            self._header += view[:step]
+            view = view[step:]
+            if len(self._header) == self._wanted:
+                header = int.from_bytes(self._header, "little")
+                self._header.clear()
+                self._step(header)
+        return data
+
+    def _expect(self, header_bytes: int, step: Callable[[int], None], skip: int = 0) -> None:
+        self._wanted, self._step, self._skip = header_bytes, step, skip
+
+    def _magic(self, magic: int) -> None:
+        if magic == 0xFD2FB528:
+            self._expect(1, self._descriptor)
+        elif magic >> 4 == 0x184D2A5:  # a skippable frame: its size, then that many bytes
+            self._expect(4, lambda size: self._expect(4, self._magic, skip=size))
+        else:
+            raise zstandard.ZstdError(f"not a zstd frame (magic number 0x{magic:08x})")
+
+    def _descriptor(self, descriptor: int) -> None:
+        single_segment = descriptor >> 5 & 1
+        content_size_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
+        rest = (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
+        self._checksum_bytes = 4 if descriptor & 4 else 0
+        self._expect(3, self._block, skip=rest)
+
+    def _block(self, header: int) -> None:
+        size = 1 if (header >> 1 & 3) == 1 else header >> 3  # an RLE block stores one byte
+        if header & 1:  # the frame's last block
+            self._expect(4, self._magic, skip=size + self._checksum_bytes)
+        else:
+            self._expect(3, self._block, skip=size)
+
+
+class _Watched:
+    """A file whose bytes are shown to ``watch`` as they are read."""
+
+    def __init__(self, handle, watch: Callable[[bytes], bytes]):
+        self._handle, self._watch = handle, watch
+
+    def read(self, size: int = -1) -> bytes:
+        return self._watch(self._handle.read(size))
+
+
+def _zstd_chunks(compressed) -> Iterator[bytes]:
+    frames = _ZstdFrames()
+    source = _Watched(compressed, frames.feed)
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    while chunk := reader.read(_CHUNK_BYTES):
+        yield chunk
+    if not frames.between_frames:
+        raise zstandard.ZstdError("the compressed stream ends inside a frame")
+
+
+@contextmanager
+def _open_binary(path: str) -> Iterator[io.BufferedReader]:
+    """Open a (possibly compressed) shard for bounded binary reading via fsspec."""
+    with fsspec.open(path, "rb") as handle:
+        if path.endswith(".gz"):
+            decompressed = gzip.GzipFile(fileobj=handle, mode="rb")
+            chunks = iter(lambda: decompressed.read(_CHUNK_BYTES), b"")
+        elif path.endswith(".zst"):
+            chunks = _zstd_chunks(handle)
+        else:
+            chunks = iter(lambda: handle.read(_CHUNK_BYTES), b"")
+        yield io.BufferedReader(_ChunkStream(chunks), buffer_size=_CHUNK_BYTES)
+
+
+def _shard_lines(path: str, max_line_bytes: int | None) -> Iterator[tuple[int, bytes, int]]:
+    """Yield ``(line number, line without its newline, size of the line in bytes)``.
+
+    A line longer than ``max_line_bytes`` is never held whole: only its first
+    :data:`PREVIEW_BYTES` come back, with its full size. Decompression errors propagate.
+    """
+    read_limit = -1 if max_line_bytes is None else max_line_bytes + 1
+    with _open_binary(path) as stream:
+        number = 0
+        while line := stream.readline(read_limit):
+            number += 1
+            if line.endswith(b"\n"):
+                yield number, line[:-1], len(line) - 1
+            elif max_line_bytes is not None and len(line) > max_line_bytes:
+                yield number, line[:PREVIEW_BYTES], len(line) + _skip_rest_of_line(stream)
+            else:
+                yield number, line, len(line)
+
+
+def _skip_rest_of_line(stream: io.BufferedReader) -> int:
+    """Read past the end of the current line in bounded chunks; return how many bytes it had left."""
+    skipped = 0
+    while chunk := stream.readline(_CHUNK_BYTES):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk) - 1
+        skipped += len(chunk)
+    return skipped
+
+
+def _preview(raw: bytes) -> str:
+    return raw[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+
+
+def _invalid_utf8(exc: UnicodeDecodeError) -> str:
+    return f"expected UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte offset {exc.start} of the line: {exc.reason})"
+
+
+def _truncated(line: int, exc: Exception) -> str:
+    return f"shard is truncated or corrupt after line {line}: {type(exc).__name__}: {exc}"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _lone_surrogate(doc: dict[str, Any], raw: bytes) -> bool:
+    r"""Whether the parsed document holds a ``\udXXX`` escape that cannot be written as UTF-8."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _record(location: DocumentLocation, raw: bytes) -> dict[str, Any] | BadRecord:
+    """The document on one line, or a BadRecord saying what is wrong with it."""
+
+    def bad(reason: str, expected: str) -> BadRecord:
+        return BadRecord(location, reason, expected, _preview(raw))
+
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return bad("invalid_utf8", _invalid_utf8(exc))
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return bad("invalid_json", f"expected a JSON object (column {exc.colno}: {exc.msg})")
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits, nesting too deep
+        return bad("invalid_json", f"expected a JSON object ({type(exc).__name__}: {exc})")
+    if not isinstance(doc, dict):
+        return bad("not_an_object", f"expected a JSON object, not {_json_type(doc)}")
+    if "text" not in doc:
+        return bad("missing_text", "expected a field 'text'")
+    if not isinstance(doc["text"], str):
+        return bad("text_not_string", f"expected field 'text' to be a string, not {_json_type(doc['text'])}")
+    if "id" not in doc:
+        return bad("missing_id", "expected a field 'id'")
+    if isinstance(doc["id"], int) and not isinstance(doc["id"], bool):
+        doc["id"] = str(doc["id"])
+    elif not isinstance(doc["id"], str):
+        return bad("id_not_string", f"expected field 'id' to be a string or an integer, not {_json_type(doc['id'])}")
+    if not doc["text"].strip():
+        return bad("empty_text", "expected a non-empty field 'text' (it is empty or only whitespace)")
+    if _lone_surrogate(doc, raw):
+        return bad("invalid_utf8", "expected text encodable as UTF-8 (it escapes a lone surrogate, \\udXXX)")
+    return doc
+
+
+def read_records(
+    path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
+    """Yield ``(location, document or BadRecord)`` for every record of a shard; never raises on bad input.
+
+    A document has a non-blank string ``text`` and an ``id`` (an integer id becomes a string);
+    ``source`` and the rest are passed through unchecked. Blank lines are not records: they are
+    skipped, and the lines after them keep their true numbers. A line over ``max_document_bytes``
+    is a ``too_large`` BadRecord and is never held in memory. A truncated or corrupt compressed
+    shard yields its records up to the break, then one ``truncated_shard`` BadRecord, and ends.
+    """
+    path = str(path)
+    number = 0
+    try:
+        for number, raw, size in _shard_lines(path, max_document_bytes):
+            location = DocumentLocation(path, number)
+            if size > max_document_bytes:
+                expected = f"document of {size} bytes exceeds max_document_bytes={max_document_bytes}"
+                yield location, BadRecord(location, "too_large", expected, _preview(raw))
+            elif raw.strip():
+                yield location, _record(location, raw)
+    except _CORRUPT_SHARD_ERRORS as exc:
+        location = DocumentLocation(path, number + 1)
+        yield location, BadRecord(location, "truncated_shard", _truncated(number, exc), "")
 
 
 def parse_document(line: str, path: str, line_number: int) -> dict[str, Any]:
@@ -60,52 +325,104 @@ def parse_document(line: str, path: str, line_number: int) -> dict[str, Any]:
 
 
 def read_documents(path: str | Path) -> Iterator[tuple[DocumentLocation, dict[str, Any]]]:
-    """Yield ``(location, document)`` for every non-blank line of a shard."""
+    """Yield ``(location, document)`` for every non-blank line of a shard; raise
+    :class:`DocumentFormatError` at the first line that is not a document."""
     path = str(path)
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield DocumentLocation(path, line_number), parse_document(line, path, line_number)
+    number = 0
+    try:
+        for number, raw, _ in _shard_lines(path, max_line_bytes=None):
+            if raw.strip():
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DocumentFormatError(path, number, _invalid_utf8(exc)) from None
+                yield DocumentLocation(path, number), parse_document(line, path, number)
+    except _CORRUPT_SHARD_ERRORS as exc:
+        raise DocumentFormatError(path, number + 1, _truncated(number, exc)) from exc
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+class JsonlGzWriter:
+    """Streams rows into a deterministic jsonl.gz file (no timestamp in the gzip header).
+
+    Rows go to ``<name>.tmp``, renamed to ``<name>`` on :meth:`close`; leaving the ``with`` block
+    by an exception deletes it instead, so a half-written file never looks finished.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".tmp")
+        self._raw = open(self._partial, "wb")
+        gz = gzip.GzipFile(self.path.name, mode="wb", compresslevel=GZIP_LEVEL, fileobj=self._raw, mtime=0)
+        self._text = io.TextIOWrapper(gz, encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._text.write(json.dumps(row, ensure_ascii=False, sort_keys=True))
+        self._text.write("\n")
+        self.count += 1
+
+    def close(self) -> Path:
+        self._text.close()
+        self._raw.close()
+        os.replace(self._partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self._text.close()
+        self._raw.close()
+        self._partial.unlink()
+
+    def __enter__(self) -> "JsonlGzWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def write_jsonl_gz(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows as a deterministic jsonl.gz file (no timestamp in the gzip header); return the count."""
-    count = 0
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        with io.TextIOWrapper(gz, encoding="utf-8") as text:
-            for row in rows:
-                text.write(json.dumps(row, ensure_ascii=False, sort_keys=True))
-                text.write("\n")
-                count += 1
-    return count
+    with JsonlGzWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.count
 
 
 class ShardWriter:
-    """Writes documents into numbered jsonl.gz shards of at most ``max_shard_bytes`` of text each."""
+    """Streams documents into numbered jsonl.gz shards of at most ``max_shard_bytes`` of text each.
+
+    ``paths`` lists the finished shards. Leaving the ``with`` block by an exception discards the
+    shard being written (finished shards stay).
+    """
 
     def __init__(self, directory: str | Path, prefix: str, max_shard_bytes: int = 256 * 2**20):
         self.directory = Path(directory)
         self.prefix = prefix
         self.max_shard_bytes = max_shard_bytes
         self.paths: list[Path] = []
-        self._buffer: list[dict[str, Any]] = []
-        self._buffer_bytes = 0
+        self._shard: JsonlGzWriter | None = None
+        self._shard_bytes = 0
 
     def write(self, doc: dict[str, Any]) -> None:
         size = len(doc["text"].encode("utf-8"))
-        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+        if self._shard is not None and self._shard_bytes + size > self.max_shard_bytes:
             self.flush()
-        self._buffer.append(doc)
-        self._buffer_bytes += size
+        if self._shard is None:
+            self._shard = JsonlGzWriter(self.directory / f"{self.prefix}-{len(self.paths):05d}.jsonl.gz")
+        self._shard.write(doc)
+        self._shard_bytes += size
 
     def flush(self) -> None:
-        if not self._buffer:
-            return
-        path = self.directory / f"{self.prefix}-{len(self.paths):05d}.jsonl.gz"
-        write_jsonl_gz(path, self._buffer)
-        self.paths.append(path)
-        self._buffer, self._buffer_bytes = [], 0
+        """Finish the shard being written, if any; the next document starts a new one."""
+        if self._shard is not None:
+            self.paths.append(self._shard.close())
+            self._shard, self._shard_bytes = None, 0
 
     def close(self) -> list[Path]:
         self.flush()
@@ -114,8 +431,53 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._shard is not None:
+            self._shard.discard()
+            self._shard = None
+
+
+class Quarantine:
+    """Keeps bad records: counted by reason and written, one row each, to a jsonl.gz file
+    (``{file, line, reason, message, raw}``), opened only when the first one arrives.
+    In ``strict`` mode the first bad record raises :class:`DocumentFormatError` instead.
+    """
+
+    def __init__(self, path: str | Path, strict: bool = False):
+        self.path = Path(path)
+        self.strict = strict
+        self.counts: dict[str, int] = {}
+        self._writer: JsonlGzWriter | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, bad: BadRecord) -> None:
+        if self.strict:
+            raise DocumentFormatError(bad.location.path, bad.location.line, bad.expected)
+        if self._writer is None:
+            self._writer = JsonlGzWriter(self.path)
+        self._writer.write({"file": bad.location.path, "line": bad.location.line, "reason": bad.reason,
+                            "message": bad.message, "raw": bad.raw})
+        self.counts[bad.reason] = self.counts.get(bad.reason, 0) + 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "Quarantine":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.discard()
+            self._writer = None
 
 
 def list_shards(directory: str | Path) -> list[Path]:
