@@ -170,7 +170,7 @@ def _zstd_chunks(compressed) -> Iterator[bytes]:
     frames = _ZstdFrames()
     source = _Watched(compressed, frames.feed)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    while chunk := reader.read(_CHUNK_BYTES):
+    while chunk := reader.read1(_CHUNK_BYTES):
         yield chunk
     if not frames.between_frames:
         raise zstandard.ZstdError("the compressed stream ends inside a frame")
@@ -182,11 +182,12 @@ def _open_binary(path: str) -> Iterator[io.BufferedReader]:
     with fsspec.open(path, "rb") as handle:
         if path.endswith(".gz"):
             decompressed = gzip.GzipFile(fileobj=handle, mode="rb")
-            chunks = iter(lambda: decompressed.read(_CHUNK_BYTES), b"")
+            chunks = iter(lambda: decompressed.read1(_CHUNK_BYTES), b"")
         elif path.endswith(".zst"):
             chunks = _zstd_chunks(handle)
         else:
             chunks = iter(lambda: handle.read(_CHUNK_BYTES), b"")
+        # read1 returns what one step of decompression gives, so a break loses none of the data before it
         yield io.BufferedReader(_ChunkStream(chunks), buffer_size=_CHUNK_BYTES)
 
 
