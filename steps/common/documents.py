@@ -29,7 +29,7 @@ DEFAULT_MAX_DOCUMENT_BYTES = 32 * 2**20
 PREVIEW_BYTES = 1024
 BAD_RECORD_REASONS = (
     "invalid_utf8", "invalid_json", "not_an_object", "missing_text", "text_not_string",
-    "missing_id", "id_not_string", "empty_text", "too_large", "truncated_shard",
+    "missing_id", "id_not_string", "metadata_not_object", "empty_text", "too_large", "truncated_shard",
 )
 # Written shards trade a little size for speed: level 6 compresses about 3x faster than gzip's default 9.
 GZIP_LEVEL = 6

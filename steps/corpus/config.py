@@ -107,11 +107,11 @@ def not_code(source: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class FilterSection:
-    """Fields shared by every filter section: a switch and the sources it applies to.
+class TaggerSection:
+    """What every tagger's section of the tag config has: a switch and the sources it tags.
 
-    ``sources`` is a list of source names, ``"*"`` for all, or null for the section's default
-    (:meth:`applies_by_default`, sources without "code" in their name unless a section says otherwise).
+    ``sources`` is a list of source names, ``"*"`` for all, or null for the tagger's default
+    (:meth:`applies_by_default`: sources without "code" in their name unless a tagger says otherwise).
     """
 
     section: ClassVar[str]
@@ -119,7 +119,7 @@ class FilterSection:
     sources: Selector = None
 
     def __post_init__(self) -> None:
-        check_selector(self.sources, f"filter.{self.section}.sources")
+        check_selector(self.sources, f"tag.{self.section}.sources")
 
     @staticmethod
     def applies_by_default(source: str) -> bool:
@@ -127,6 +127,15 @@ class FilterSection:
 
     def applies(self, source: str) -> bool:
         return self.enabled and selects(self.sources, source, self.applies_by_default)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSection:
+    """What every tagger's section of the filter config has: a switch for its rules. The rules
+    apply to the documents the tagger tagged; their thresholds are the section's other fields."""
+
+    section: ClassVar[str]
+    enabled: bool = True
 
 
 def _describe(annotation: Any) -> str:

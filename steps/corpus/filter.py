@@ -1,157 +1,153 @@
-"""The filter stage: tag every document (code, Gopher, C4, PII), drop the flagged ones, rewrite the rest.
+"""The filter stage: apply the taggers' rules to their attributes; drop, edit and count documents.
 
-For each input shard ``<input_dir>/<source>/<shard>.jsonl.gz`` this writes
-
-- ``documents/<source>/<shard>.jsonl.gz``: the kept documents, with C4's lines without terminal
-  punctuation removed and PII masked (when those taggers apply to the source);
-- ``attributes/<tagger>/<source>/<shard>.jsonl.gz``: one row per *input* document, in input
-  order, ``{id, source, attributes: {"<tagger>__<name>": [[start, end, value], ...]}}``, with
-  spans into the input text.
-
-Every tagger sees the input text; PII is masked in the text left after C4's line removal. A
-document is removed when any rule flags it; it is counted under the first flagging rule in
-:data:`RULE_ORDER`, and under every flagging rule in ``flagged_by_rule``. Bad input raises
-:class:`~steps.common.documents.DocumentFormatError` naming file and line (nothing is
-quarantined), so ``documents_in == documents_kept + sum(removed_by_rule)`` for every source.
-Shards run in parallel; the output does not depend on ``num_workers``.
+For each shard ``<documents>/<source>/<stem>.jsonl.gz`` this reads the attribute files the tag
+stage wrote for it (row-aligned, ids checked) and writes ``documents/<source>/<stem>.jsonl.gz``:
+the kept documents, edited (C4's lines and toxic sentences deleted, PII masked). A document is
+removed when any rule flags it; it is counted under the first flagging rule in
+:data:`~steps.corpus.taggers.RULE_ORDER`, and under every flagging rule in ``flagged_by_rule``.
+So for every source ``documents_in == documents_kept + sum(removed_by_rule)``.
 """
 from __future__ import annotations
 
-import multiprocessing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Mapping
 
 from steps.common.documents import read_documents, write_jsonl_gz
-from steps.corpus.code import CODE_RULES, CodeConfig, tag_code
-from steps.corpus.config import FilterSection, build
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
-from steps.corpus.pii import PII_RULES, PiiConfig, mask_pii, tag_pii
-from steps.corpus.quality import C4_RULES, GOPHER_RULES, C4Config, GopherConfig, Tagging, c4_rewrite, tag_c4, tag_gopher
+from steps.corpus.shards import run_shard_jobs
+from steps.corpus.spans import Attributes, Edits, apply_edits
 from steps.corpus.stats import merge_stats, total_stats
+from steps.corpus.tag import attribute_shard, read_attribute_rows
+from steps.corpus.taggers import EMPTIED_RULE, RULE_ORDER, TAGGERS, FilterConfig
 
-ATTRIBUTES_DIR = "attributes"
-# tagger name -> (tagging function, its rules); taggers run, and rules rank, in this order.
-TAGGERS: dict[str, tuple[Callable[[str, Any], Tagging], tuple[str, ...]]] = {
-    "code": (tag_code, CODE_RULES),
-    "gopher": (tag_gopher, GOPHER_RULES),
-    "c4": (tag_c4, C4_RULES),
-    "pii": (tag_pii, PII_RULES),
-}
-RULE_ORDER = tuple(rule for _, rules in TAGGERS.values() for rule in rules)
+class AttributeMismatchError(ValueError):
+    """An attribute file does not line up with its documents shard."""
 
 
 @dataclass(frozen=True)
-class FilterConfig:
-    """One section per tagger; each has ``enabled``, ``sources`` and its thresholds (Dolma defaults)."""
-
-    gopher: GopherConfig = field(default_factory=GopherConfig)
-    c4: C4Config = field(default_factory=C4Config)
-    pii: PiiConfig = field(default_factory=PiiConfig)
-    code: CodeConfig = field(default_factory=CodeConfig)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FilterConfig":
-        return build(cls, data, "filter")
-
-    def taggers_for(self, source: str) -> list[str]:
-        """Names of the taggers that apply to ``source``, in :data:`TAGGERS` order."""
-        sections: dict[str, FilterSection] = {name: getattr(self, name) for name in TAGGERS}
-        return [name for name in TAGGERS if sections[name].applies(source)]
-
-
-@dataclass(frozen=True)
-class ShardJob:
+class FilterJob:
     source: str
     shard: str
-    stem: str  # shard path below its source folder, without suffix
+    stem: str
+    attributes_dir: str
     output_dir: str
     config: FilterConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.stem}"
+
+    def tagged_by(self) -> list[str]:
+        """The taggers that tagged this shard and whose rules are enabled."""
+        return [name for name in TAGGERS if getattr(self.config, name).enabled
+                and attribute_shard(Path(self.attributes_dir), name, self.source, self.stem).exists()]
 
 
 def _empty_stats(rules: list[str]) -> dict[str, Any]:
     return {
-        "documents_in": 0,
-        "bytes_in": 0,
-        "removed_by_rule": dict.fromkeys(rules, 0),
-        "flagged_by_rule": dict.fromkeys(rules, 0),
-        "pii_spans_masked": 0,
-        "documents_with_pii": 0,
-        "documents_kept": 0,
-        "bytes_kept": 0,
+        "documents_in": 0, "bytes_in": 0,
+        "removed_by_rule": dict.fromkeys(rules, 0), "flagged_by_rule": dict.fromkeys(rules, 0),
+        "c4_lines_removed": 0, "toxic_sentences_removed": 0, "pii_spans_masked": 0, "documents_with_pii": 0,
+        "documents_kept": 0, "bytes_kept": 0,
     }
 
 
-def filter_shard(job: ShardJob) -> dict[str, Any]:
-    """Filter one shard, write its kept documents and attribute files; return its stats."""
-    taggers = job.config.taggers_for(job.source)
-    stats = _empty_stats([rule for name in taggers for rule in TAGGERS[name][1]])
-    attribute_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in taggers}
-    kept = []
-    for _, doc in read_documents(job.shard):
-        text = doc["text"]
-        stats["documents_in"] += 1
-        stats["bytes_in"] += len(text.encode("utf-8"))
-        flagged = []
-        for name in taggers:
-            tag, _ = TAGGERS[name]
-            tagging = tag(text, getattr(job.config, name))
-            attributes = {f"{name}__{key}": spans for key, spans in tagging.attributes.items()}
-            attribute_rows[name].append({"id": doc["id"], "source": doc["source"], "attributes": attributes})
-            flagged += tagging.flagged
-        for rule in flagged:
-            stats["flagged_by_rule"][rule] += 1
-        if flagged:
-            stats["removed_by_rule"][flagged[0]] += 1
-            continue
-        if "c4" in taggers:
-            text = c4_rewrite(text)
-        if "pii" in taggers:
-            text, masked = mask_pii(text)
-            stats["pii_spans_masked"] += masked
-            stats["documents_with_pii"] += masked > 0
-        stats["documents_kept"] += 1
-        stats["bytes_kept"] += len(text.encode("utf-8"))
-        kept.append({**doc, "text": text})
+def _aligned(job: FilterJob, taggers: list[str]) -> Iterator[tuple[dict, dict[str, Attributes]]]:
+    """Each document of the shard with its attributes from every tagger (prefix stripped)."""
+    readers = {
+        name: read_attribute_rows(attribute_shard(Path(job.attributes_dir), name, job.source, job.stem))
+        for name in taggers
+    }
+    for location, doc in read_documents(job.shard):
+        attributes = {}
+        for name, rows in readers.items():
+            row = next(rows, None)
+            if row is None or row["id"] != doc["id"]:
+                raise AttributeMismatchError(
+                    f"{location.path}:{location.line}: document {doc['id']!r} has no matching row in the "
+                    f"{name} attributes (found {None if row is None else row['id']!r}); re-run the tag step")
+            prefix = f"{name}__"
+            attributes[name] = {key[len(prefix):]: spans for key, spans in row["attributes"].items()}
+        yield doc, attributes
 
-    output_dir = Path(job.output_dir)
-    for name, rows in attribute_rows.items():
-        write_jsonl_gz(output_dir / ATTRIBUTES_DIR / name / job.source / f"{job.stem}.jsonl.gz", rows)
-    if kept:
-        write_jsonl_gz(output_dir / DOCUMENTS_DIR / job.source / f"{job.stem}.jsonl.gz", kept)
+
+def filter_shard(job: FilterJob) -> dict[str, Any]:
+    """Filter one shard, write its kept documents; return its stats."""
+    taggers = job.tagged_by()
+    stats = _empty_stats([rule for rule in RULE_ORDER if rule == EMPTIED_RULE
+                          or any(rule in TAGGERS[name].rule_names for name in taggers)])
+    output = Path(job.output_dir) / DOCUMENTS_DIR / job.source / f"{job.stem}.jsonl.gz"
+    output.unlink(missing_ok=True)  # left by an interrupted run
+
+    def kept() -> Iterator[dict[str, Any]]:
+        for doc, attributes in _aligned(job, taggers):
+            text = _filtered_text(doc["text"], attributes, job.config, stats)
+            if text is not None:
+                yield {**doc, "text": text}
+
+    if write_jsonl_gz(output, kept()) == 0:
+        output.unlink()
     return stats
 
 
+def _filtered_text(
+    text: str, attributes: dict[str, Attributes], config: FilterConfig, stats: dict[str, Any]
+) -> str | None:
+    """The document's text after the rules' edits, or None when a rule removes it (counted in ``stats``)."""
+    stats["documents_in"] += 1
+    stats["bytes_in"] += len(text.encode("utf-8"))
+    flagged = [rule for name, attrs in attributes.items()
+               for rule in TAGGERS[name].flags(attrs, getattr(config, name), text)]
+    for rule in flagged:
+        stats["flagged_by_rule"][rule] += 1
+    if flagged:
+        stats["removed_by_rule"][min(flagged, key=RULE_ORDER.index)] += 1
+        return None
+    edits = Edits()
+    for name, attrs in attributes.items():
+        if TAGGERS[name].edits is not None:
+            tagger_edits = TAGGERS[name].edits(attrs, getattr(config, name), text)
+            edits.extend(tagger_edits)
+            if name == "c4":
+                stats["c4_lines_removed"] += len(tagger_edits.deletions)
+            elif name == "toxicity":
+                stats["toxic_sentences_removed"] += len(tagger_edits.deletions)
+    text, masked = apply_edits(text, edits)
+    stats["pii_spans_masked"] += masked
+    stats["documents_with_pii"] += masked > 0
+    if not text.strip():
+        stats["removed_by_rule"][EMPTIED_RULE] += 1
+        return None
+    stats["documents_kept"] += 1
+    stats["bytes_kept"] += len(text.encode("utf-8"))
+    return text
+
+
 def filter_documents(
-    input_dir: str | Path,
+    documents_dir: str | Path,
+    attributes_dir: str | Path,
     output_dir: str | Path,
     config: FilterConfig | Mapping[str, Any],
     num_workers: int = 1,
+    markers: Path | None = None,
 ) -> dict[str, Any]:
-    """Filter every shard of the documents directory ``input_dir`` into ``output_dir``.
+    """Filter every shard of ``documents_dir`` by the attributes in ``attributes_dir`` into ``output_dir``.
 
-    Returns ``{"sources": {source: stats}, "total": stats, "rule_order": [...]}`` where stats are
-    documents_in, bytes_in, removed_by_rule, flagged_by_rule, pii_spans_masked and
-    documents_with_pii (spans masked in, and documents with a masked span among, the kept
-    documents), documents_kept and bytes_kept (UTF-8 bytes of text). Each worker holds one shard.
+    Returns ``{"sources": {source: stats}, "total": stats, "rule_order": [...]}``; stats are
+    documents_in, bytes_in, removed_by_rule, flagged_by_rule, c4_lines_removed,
+    toxic_sentences_removed, pii_spans_masked, documents_with_pii (among kept documents),
+    documents_kept and bytes_kept (UTF-8 bytes of text).
     """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     config = FilterConfig.from_dict(config) if isinstance(config, Mapping) else config
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    documents_dir = Path(documents_dir)
     jobs = [
-        ShardJob(source, str(shard), shard_stem(shard, input_dir / source), str(output_dir), config)
-        for source, shards in source_shards(input_dir).items()
+        FilterJob(source, str(shard), shard_stem(shard, documents_dir / source), str(attributes_dir),
+                  str(output_dir), config)
+        for source, shards in source_shards(documents_dir).items()
         for shard in shards
     ]
-    workers = min(num_workers, len(jobs))
-    if workers <= 1:
-        results = [filter_shard(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(filter_shard, jobs, chunksize=1)
-
     per_source: dict[str, dict[str, Any]] = {}
-    for job, stats in zip(jobs, results):
-        per_source[job.source] = merge_stats(per_source[job.source], stats) if job.source in per_source else stats
+    for job, stats in zip(jobs, run_shard_jobs(jobs, filter_shard, num_workers, markers)):
+        per_source[job.source] = merge_stats(per_source.get(job.source, {}), stats)
     return {"sources": per_source, "total": total_stats(per_source), "rule_order": list(RULE_ORDER)}

@@ -7,6 +7,7 @@ from steps.common.documents import list_shards
 
 SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl")
 DOCUMENTS_DIR = "documents"
+QUARANTINE_DIR = "quarantine"  # bad input records, kept with their file and line
 
 
 def source_shards(documents_dir: str | Path) -> dict[str, list[Path]]:

@@ -1,6 +1,8 @@
 """The mix stage: per-source sampling factors and a held-out split, decided by a seeded hash of the id.
 
-A document goes to the held-out set when ``u_heldout < heldout_fraction``; otherwise it is written
+Each source's factor is given (``sampling``) or derived from target shares of the training mix's
+bytes (``proportions``): factor = share × total / the source's training bytes, where total is
+``total_bytes`` or, by default, the largest mix no source has to be repeated for. A document goes to the held-out set when ``u_heldout < heldout_fraction``; otherwise it is written
 ``floor(f)`` times plus once more when ``u_sample < f - floor(f)``, for its source's factor ``f``.
 ``u_heldout`` and ``u_sample`` are independent uniform numbers in [0, 1) hashed from (seed, purpose,
 source, id), so the mix is the same on every machine. Copy k >= 1 of a document gets the id
@@ -32,6 +34,8 @@ def unit_hash(seed: int, purpose: str, source: str, doc_id: str) -> float:
 @dataclass(frozen=True)
 class MixConfig:
     sampling: dict[str, float] = field(default_factory=dict)  # source name -> factor (default 1.0)
+    proportions: dict[str, float] = field(default_factory=dict)  # source name -> share of training bytes
+    total_bytes: int | None = None  # size of the training mix with ``proportions`` (default: no repeats)
     seed: int = 0
     max_shard_bytes: int = 256 * 2**20
     heldout_fraction: float = 0.0
@@ -39,6 +43,14 @@ class MixConfig:
     def __post_init__(self) -> None:
         for source, factor in self.sampling.items():
             require(factor >= 0, f"mix.sampling.{source}", "a non-negative factor", factor)
+        for source, share in self.proportions.items():
+            require(share >= 0, f"mix.proportions.{source}", "a non-negative share", share)
+        if self.proportions:
+            require(not self.sampling, "mix", "either sampling or proportions, not both", "both")
+            total = sum(self.proportions.values())
+            require(abs(total - 1) < 1e-6, "mix.proportions", "shares summing to 1", total)
+        require(self.total_bytes is None or (self.proportions and self.total_bytes > 0), "mix.total_bytes",
+                "a positive integer, with proportions", self.total_bytes)
         require(self.max_shard_bytes > 0, "mix.max_shard_bytes", "a positive integer", self.max_shard_bytes)
         require(0 <= self.heldout_fraction < 1, "mix.heldout_fraction", "a number in [0, 1)", self.heldout_fraction)
 
@@ -46,17 +58,33 @@ class MixConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "MixConfig":
         return build(cls, data, "mix")
 
-    def factor(self, source: str) -> float:
-        return self.sampling.get(source, 1.0)
+    def is_heldout(self, source: str, doc_id: str) -> bool:
+        return unit_hash(self.seed, "heldout", source, doc_id) < self.heldout_fraction
 
 
-def _placement(config: MixConfig, source: str, doc_id: str) -> tuple[bool, int]:
-    """Whether the document is held out, and how many times it goes into the training mix."""
-    if unit_hash(config.seed, "heldout", source, doc_id) < config.heldout_fraction:
-        return True, 0
-    factor = config.factor(source)
+def _copies(config: MixConfig, factor: float, source: str, doc_id: str) -> int:
+    """How many times a training document goes into the mix at its source's ``factor``."""
     whole = math.floor(factor)
-    return False, whole + (unit_hash(config.seed, "sample", source, doc_id) < factor - whole)
+    return whole + (unit_hash(config.seed, "sample", source, doc_id) < factor - whole)
+
+
+def sampling_factors(config: MixConfig, sources: dict[str, list[Path]]) -> dict[str, float]:
+    """Each source's factor: as configured, or derived from ``proportions`` and the sources' training bytes."""
+    if not config.proportions:
+        return {source: config.sampling.get(source, 1.0) for source in sources}
+    missing = sorted(set(sources) - set(config.proportions))
+    if missing:
+        raise ConfigError(f"mix.proportions: no share for source(s) {', '.join(missing)}; give every source one")
+    available = {source: sum(len(doc["text"].encode("utf-8")) for doc in _documents(shards)
+                             if not config.is_heldout(source, doc["id"]))
+                 for source, shards in sources.items()}
+    wanted = {source: share for source, share in config.proportions.items() if share > 0}
+    empty = sorted(source for source in wanted if available[source] == 0)
+    if empty:
+        raise ConfigError(f"mix.proportions: source(s) {', '.join(empty)} have no training bytes to sample from")
+    total = config.total_bytes or min(available[source] / share for source, share in wanted.items())
+    return {source: config.proportions[source] * total / available[source] if available[source] else 0.0
+            for source in sources}
 
 
 def _documents(shards: list[Path]) -> Iterator[dict[str, Any]]:
@@ -75,30 +103,31 @@ def mix_sources(input_dir: str | Path, output_dir: str | Path, config: MixConfig
     config = MixConfig.from_dict(config) if isinstance(config, Mapping) else config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     sources = source_shards(input_dir)
-    unknown = sorted(set(config.sampling) - set(sources))
-    if unknown:
-        raise ConfigError(f"mix.sampling names source(s) {', '.join(unknown)} not in {input_dir} "
-                          f"(has {', '.join(sources) or 'none'})")
+    for key in ("sampling", "proportions"):
+        unknown = sorted(set(getattr(config, key)) - set(sources))
+        if unknown:
+            raise ConfigError(f"mix.{key} names source(s) {', '.join(unknown)} not in {input_dir} "
+                              f"(has {', '.join(sources) or 'none'})")
+    factors = sampling_factors(config, sources)
     per_source = {}
     for source, shards in sources.items():
         stats = dict.fromkeys(("documents_in", "documents_out", "bytes_out", "heldout_documents", "heldout_bytes"), 0)
-        train = ShardWriter(output_dir / DOCUMENTS_DIR / source, "mix", config.max_shard_bytes)
-        heldout = ShardWriter(output_dir / HELDOUT_DIR / source, "heldout", config.max_shard_bytes)
-        for copy in range(max(1, math.ceil(config.factor(source)))):
-            for doc in _documents(shards):
-                held_out, copies = _placement(config, source, doc["id"])
-                size = len(doc["text"].encode("utf-8"))
-                if copy == 0:
-                    stats["documents_in"] += 1
-                    if held_out:
-                        heldout.write(doc)
-                        stats["heldout_documents"] += 1
-                        stats["heldout_bytes"] += size
-                if copy < copies:
-                    train.write(doc if copy == 0 else {**doc, "id": f"{doc['id']}#repeat{copy}"})
-                    stats["documents_out"] += 1
-                    stats["bytes_out"] += size
-        train.close()
-        heldout.close()
-        per_source[source] = stats
-    return {"sources": per_source, "total": total_stats(per_source)}
+        with ShardWriter(output_dir / DOCUMENTS_DIR / source, "mix", config.max_shard_bytes) as train, \
+                ShardWriter(output_dir / HELDOUT_DIR / source, "heldout", config.max_shard_bytes) as heldout:
+            for copy in range(max(1, math.ceil(factors[source]))):
+                for doc in _documents(shards):
+                    held_out = config.is_heldout(source, doc["id"])
+                    size = len(doc["text"].encode("utf-8"))
+                    if copy == 0:
+                        stats["documents_in"] += 1
+                        if held_out:
+                            heldout.write(doc)
+                            stats["heldout_documents"] += 1
+                            stats["heldout_bytes"] += size
+                    if not held_out and copy < _copies(config, factors[source], source, doc["id"]):
+                        train.write(doc if copy == 0 else {**doc, "id": f"{doc['id']}#repeat{copy}"})
+                        stats["documents_out"] += 1
+                        stats["bytes_out"] += size
+        per_source[source] = {**stats, "factor": factors[source]}
+    return {"sources": per_source, "total": total_stats(
+        {source: {k: v for k, v in stats.items() if k != "factor"} for source, stats in per_source.items()})}

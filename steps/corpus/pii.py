@@ -2,7 +2,8 @@
 
 Each match is replaced by `` |||EMAIL_ADDRESS||| ``, `` |||PHONE_NUMBER||| `` or `` |||IP_ADDRESS||| ``
 (spaces included). A phone or IP match closely preceded by "isbn", "doi" or "#" is a reference
-number, not PII. Documents with more than ``max_spans`` PII spans are removed.
+number, not PII. Tagging records the spans; the rules remove documents with more than
+``max_spans`` of them and mask the spans of the others.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from steps.corpus.config import FilterSection, require
-from steps.corpus.quality import Tagging, whole_document
+from steps.corpus.config import RuleSection, TaggerSection, require
+from steps.corpus.spans import Attributes, Edits, document_value, whole_document
 
 PII_RULES = ("pii_too_many_spans",)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -28,17 +29,22 @@ CONTEXT_CHARS = 12  # how far before a phone/IP match "isbn", "doi" or "#" makes
 
 
 @dataclass(frozen=True)
-class PiiConfig(FilterSection):
+class PiiTagging(TaggerSection):
     section = "pii"
-    max_spans: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.max_spans >= 0, "filter.pii.max_spans", "a non-negative integer", self.max_spans)
 
     @staticmethod
     def applies_by_default(source: str) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class PiiRules(RuleSection):
+    section = "pii"
+    max_spans: int = 5
+    mask: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.max_spans >= 0, "filter.pii.max_spans", "a non-negative integer", self.max_spans)
 
 
 def _email_spans(text: str) -> Iterator[tuple[int, int]]:
@@ -94,8 +100,22 @@ def mask_pii(text: str) -> tuple[str, int]:
     return "".join(pieces), len(spans)
 
 
-def tag_pii(text: str, config: PiiConfig) -> Tagging:
+def _pii_attributes(text: str) -> Attributes:
     spans = find_pii(text)
-    attributes = {kind: [[s, e, 1.0] for s, e, k in spans if k == kind] for kind in PII_KINDS}
+    attributes: Attributes = {kind: [[s, e, 1.0] for s, e, k in spans if k == kind] for kind in PII_KINDS}
     attributes["span_count"] = whole_document(text, len(spans))
-    return Tagging(attributes, ["pii_too_many_spans"] if len(spans) > config.max_spans else [])
+    return attributes
+
+
+def tag_pii(texts: list[str], tagging: PiiTagging) -> list[Attributes]:
+    return [_pii_attributes(text) for text in texts]
+
+
+def pii_flags(attributes: Attributes, rules: PiiRules, text: str) -> list[str]:
+    return ["pii_too_many_spans"] if document_value(attributes, "span_count") > rules.max_spans else []
+
+
+def pii_edits(attributes: Attributes, rules: PiiRules, text: str) -> Edits:
+    if not rules.mask:
+        return Edits()
+    return Edits(replacements=[(s, e, MASKS[kind]) for kind in PII_KINDS for s, e, _ in attributes[kind]])

@@ -1,39 +1,24 @@
-"""Quality taggers: the Gopher rules (Dolma v1.5 thresholds) and the C4 rules.
+"""The Gopher quality tagger (Rae et al. 2021) and its rules, with Dolma v1.5 thresholds.
 
-A tagger computes attributes of a document's text (Dolma spans ``[start, end, value]``, a
-whole-document value spanning ``[0, len(text)]``) and the names of the rules that would remove
-it, in the tagger's fixed rule order.
+Tagging computes each document's Gopher attributes (whole-document values); the rules compare
+them with the thresholds of :class:`GopherRules`, so a threshold change needs no re-tagging.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import NamedTuple
 
 import numpy as np
 
-from steps.corpus.config import FilterSection
+from steps.corpus.config import RuleSection
+from steps.corpus.spans import Attributes, document_value
 
-Span = list  # [start, end, value]
-
-
-class Tagging(NamedTuple):
-    attributes: dict[str, list[Span]]  # attribute name (without tagger prefix) -> spans
-    flagged: list[str]  # rules that would remove the document, in rule order
-
-
-def whole_document(text: str, value: float) -> list[Span]:
-    return [[0, len(text), value]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Gopher (Rae et al. 2021) with Dolma v1.5 thresholds. Words are ``text.split()``; lines are the
-# non-blank lines of ``text.split("\n")``, stripped (blank separator lines would otherwise count as
-# duplicate lines). The symbol ratio counts occurrences of "#" and "…" per word; stop words are
-# counted case-insensitively with surrounding punctuation stripped; a line ending in "…" or "..."
-# is an ellipsis line; duplicate lines count every occurrence of a line that occurs more than once.
+# Words are ``text.split()``; lines are the non-blank lines of ``text.split("\n")``, stripped
+# (blank separator lines would otherwise count as duplicate lines). The symbol ratio counts
+# occurrences of "#" and "…" per word; stop words are counted case-insensitively with surrounding
+# punctuation stripped; a line ending in "…" or "..." is an ellipsis line; duplicate lines count
+# every occurrence of a line that occurs more than once.
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 SYMBOLS = ("#", "\u2026")
@@ -46,7 +31,7 @@ PUNCTUATION = "!\"'()*,-./:;?[]`{}"
 
 
 @dataclass(frozen=True)
-class GopherConfig(FilterSection):
+class GopherRules(RuleSection):
     """Removal thresholds; ``min_x`` removes when attribute x is below it, ``max_x`` when above."""
 
     section = "gopher"
@@ -72,7 +57,7 @@ class GopherConfig(FilterSection):
     max_dup_10_gram_char_fraction: float = 0.10
 
 
-# (threshold field of GopherConfig, attribute it bounds), in rule order; the rule is "gopher_<field>".
+# (threshold field of GopherRules, attribute it bounds), in rule order; the rule is "gopher_<field>".
 GOPHER_THRESHOLDS: tuple[tuple[str, str], ...] = (
     ("min_words", "word_count"),
     ("max_words", "word_count"),
@@ -155,72 +140,11 @@ def gopher_attributes(text: str) -> dict[str, float]:
     }
 
 
-def tag_gopher(text: str, config: GopherConfig) -> Tagging:
-    values = gopher_attributes(text)
+def gopher_flags(attributes: Attributes, rules: GopherRules, text: str) -> list[str]:
+    """The Gopher rules that remove a document with these attributes, in rule order."""
     flagged = []
     for (field, attribute), rule in zip(GOPHER_THRESHOLDS, GOPHER_RULES):
-        threshold, value = getattr(config, field), values[attribute]
+        threshold, value = getattr(rules, field), document_value(attributes, attribute)
         if (value < threshold) if field.startswith("min_") else (value > threshold):
             flagged.append(rule)
-    return Tagging({name: whole_document(text, value) for name, value in values.items()}, flagged)
-
-
-# ---------------------------------------------------------------------------------------------
-# C4 (Raffel et al. 2020): lines not ending in terminal punctuation are removed (the only C4 rule
-# Dolma applied, and the only one on by default); the other rules are switches that remove the
-# whole document.
-
-TERMINAL_PUNCTUATION = (".", "?", "!", '"')
-# A short sample of the "List of Dirty, Naughty, Obscene, and Otherwise Bad Words" C4 used; the
-# full list can be given as ``naughty_words``.
-C4_NAUGHTY_WORDS_SAMPLE = ("fuck", "shit", "cunt", "bitch", "whore", "porn", "pornography", "xxx", "dildo", "blowjob")
-C4_RULES = ("c4_no_terminal_punctuation", "c4_naughty_words", "c4_lorem_ipsum", "c4_javascript", "c4_curly_brace")
-
-
-@dataclass(frozen=True)
-class C4Config(FilterSection):
-    section = "c4"
-    remove_naughty_words: bool = False
-    remove_lorem_ipsum: bool = False
-    remove_javascript: bool = False
-    remove_curly_brace: bool = False
-    naughty_words: tuple[str, ...] = C4_NAUGHTY_WORDS_SAMPLE
-
-
-@lru_cache(maxsize=8)
-def _word_pattern(words: tuple[str, ...]) -> re.Pattern:
-    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
-
-
-def _keeps_line(line: str) -> bool:
-    return line.rstrip().endswith(TERMINAL_PUNCTUATION)
-
-
-def c4_rewrite(text: str) -> str:
-    """``text`` without its lines that do not end in terminal punctuation (blank lines included)."""
-    return "\n".join(line for line in text.split("\n") if _keeps_line(line))
-
-
-def tag_c4(text: str, config: C4Config) -> Tagging:
-    """Spans of the lines C4 removes, whole-document flags, and the rules that would remove ``text``."""
-    removed_lines, start, any_kept = [], 0, False
-    for line in text.split("\n"):
-        if _keeps_line(line):
-            any_kept = True
-        elif line.strip():
-            removed_lines.append([start, start + len(line), 1.0])
-        start += len(line) + 1
-    lowered = text.lower()
-    hits = {  # in C4_RULES order; rule "c4_<name>" is switched on by config.remove_<name>
-        "naughty_words": bool(config.naughty_words) and bool(_word_pattern(config.naughty_words).search(text)),
-        "lorem_ipsum": "lorem ipsum" in lowered,
-        "javascript": "javascript" in lowered,
-        "curly_brace": "{" in text,
-    }
-    attributes = {
-        "lines_without_terminal_punctuation": removed_lines,
-        **{f"has_{name}": whole_document(text, float(hit)) for name, hit in hits.items()},
-    }
-    flagged = [] if any_kept else ["c4_no_terminal_punctuation"]
-    flagged += [f"c4_{name}" for name, hit in hits.items() if hit and getattr(config, f"remove_{name}")]
-    return Tagging(attributes, flagged)
+    return flagged

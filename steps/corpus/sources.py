@@ -10,6 +10,11 @@ A source is a config dict with a ``name`` (the Dolma ``source`` value of its doc
 
 :func:`source_fingerprint` hashes exactly what :func:`iter_source_documents` reads, so a change of
 content changes the fingerprint and nothing else does.
+
+Bad input (invalid JSON or UTF-8, a missing, non-string or blank ``text``, a missing ``id``, a
+document over ``max_document_bytes``, a truncated compressed shard) never stops the run silently:
+each bad record is quarantined with its file and line and counted by reason, or, with
+``strict: true``, fails the run naming file and line.
 """
 from __future__ import annotations
 
@@ -25,10 +30,14 @@ from typing import Any, Iterator, Literal, Mapping, Union
 
 import fsspec
 
-from steps.common.documents import DocumentFormatError, ShardWriter, read_documents
+from steps.common.documents import (
+    DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, read_records,
+)
 from steps.corpus.config import ConfigError, build, require
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
-from steps.corpus.layout import SHARD_SUFFIXES
+from steps.corpus.layout import DOCUMENTS_DIR, QUARANTINE_DIR, SHARD_SUFFIXES
+from steps.corpus.shards import run_shard_jobs
+from steps.corpus.stats import merge_stats
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +51,13 @@ class FilesSource:
     name: str
     type: Literal["files"]
     paths: tuple[str, ...]
+    strict: bool = False
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 
     def __post_init__(self) -> None:
         require(len(self.paths) > 0, f"source {self.name!r}.paths", "at least one path", self.paths)
+        require(self.max_document_bytes > 0, f"source {self.name!r}.max_document_bytes", "a positive integer",
+                self.max_document_bytes)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class HuggingFaceSource:
     url_field: str | None = None
     streaming: bool = True
     max_documents: int | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         require(self.max_documents is None or self.max_documents > 0, f"source {self.name!r}.max_documents",
@@ -144,17 +158,23 @@ def _file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return json.dumps({"url": fs.unstrip_protocol(path), **identity}, sort_keys=True, default=str)
 
 
-def _files_documents(spec: FilesSource) -> Iterator[dict[str, Any]]:
-    for fs, path in _expand_paths(spec):
-        for location, doc in read_documents(fs.unstrip_protocol(path)):
-            if doc["source"] != spec.name:
-                metadata = doc.get("metadata")
-                if metadata is None:
-                    metadata = {}
-                if not isinstance(metadata, dict):
-                    raise DocumentFormatError(location.path, location.line, "field 'metadata' must be an object")
-                doc = {**doc, "source": spec.name, "metadata": {**metadata, "original_source": doc["source"]}}
-            yield doc
+def _as_source(doc: dict[str, Any], name: str, location: DocumentLocation) -> dict[str, Any] | BadRecord:
+    """The document with ``source`` set to the source's name (a different original goes to metadata)."""
+    if doc.get("source") == name:
+        return doc
+    metadata = doc.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        return BadRecord(location, "metadata_not_object", "field 'metadata' must be an object or null", "")
+    if "source" in doc:
+        metadata = {**metadata, "original_source": doc["source"]}
+    return {**doc, "source": name, "metadata": metadata}
+
+
+def _files_records(spec: FilesSource, url: str) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
+    for location, record in read_records(url, spec.max_document_bytes):
+        yield location, record if isinstance(record, BadRecord) else _as_source(record, spec.name, location)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +215,7 @@ def _huggingface_fingerprint(spec: HuggingFaceSource) -> str:
     return hashlib.sha256(json.dumps([selection, content]).encode()).hexdigest()
 
 
-def _huggingface_documents(spec: HuggingFaceSource, skipped: Counter) -> Iterator[dict[str, Any]]:
+def _huggingface_records(spec: HuggingFaceSource) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
     if spec.is_local:
         rows = _load_local_split(spec)
     else:
@@ -205,24 +225,27 @@ def _huggingface_documents(spec: HuggingFaceSource, skipped: Counter) -> Iterato
         rows = datasets.load_dataset(
             spec.dataset, spec.config, split=spec.split, revision=revision, streaming=spec.streaming
         )
+    where = f"{spec.dataset} [{spec.split}]"
     for index, row in enumerate(rows):
         if spec.max_documents is not None and index >= spec.max_documents:
             break
-        where = f"{spec.dataset} [{spec.split}] row {index}"
+        location = DocumentLocation(where, index + 1)
         for field in (spec.text_field, spec.id_field, spec.url_field):
             if field is not None and field not in row:
-                raise DocumentFormatError(where, index + 1, f"row lacks field {field!r} (has {', '.join(row)})")
+                raise ConfigError(f"source {spec.name!r}: {where} has no field {field!r} (has {', '.join(row)})")
         text = row[spec.text_field]
         if not isinstance(text, str):
-            raise DocumentFormatError(where, index + 1, f"field {spec.text_field!r} must be a string")
+            yield location, BadRecord(location, "text_not_string", f"field {spec.text_field!r} must be a string",
+                                      repr(text)[:PREVIEW_BYTES])
+            continue
         if not text.strip():
-            skipped["empty"] += 1
+            yield location, BadRecord(location, "empty_text", f"field {spec.text_field!r} must not be blank", text)
             continue
         metadata: dict[str, Any] = {"split": spec.split, "row": index}
         if spec.url_field is not None:
             metadata["url"] = row[spec.url_field]
         doc_id = str(row[spec.id_field]) if spec.id_field is not None else f"{spec.name}/{index}"
-        yield {"id": doc_id, "text": text, "source": spec.name, "added": ADDED, "metadata": metadata}
+        yield location, {"id": doc_id, "text": text, "source": spec.name, "added": ADDED, "metadata": metadata}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,37 +281,92 @@ def _files_fingerprint(spec: FilesSource) -> str:
     return digest.hexdigest()
 
 
-def iter_source_documents(
-    spec: Mapping[str, Any] | SourceSpec, skipped: Counter | None = None
-) -> Iterator[dict[str, Any]]:
-    """Yield the source's documents in a deterministic order, ``source`` set to its name.
+@dataclass(frozen=True)
+class SourceJob:
+    """One input of a source: a shard of a files source, or the whole of any other source."""
 
-    Candidates that are skipped (empty, not UTF-8, unreadable, unparseable) are counted by reason
-    in ``skipped`` when given.
-    """
-    spec = validate_source(spec)
-    skipped = Counter() if skipped is None else skipped
-    if isinstance(spec, EmbeddedSource):
-        yield from embedded_documents(spec, skipped)
-    elif isinstance(spec, FilesSource):
-        yield from _files_documents(spec)
+    spec: SourceSpec
+    index: int
+    url: str | None
+    output_dir: str
+    max_shard_bytes: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.name}/{self.index:05d}"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.spec.name}-{self.index:05d}"
+
+
+def _records(job: SourceJob, skipped: Counter) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
+    spec = job.spec
+    if isinstance(spec, FilesSource):
+        yield from _files_records(spec, job.url)
+    elif isinstance(spec, HuggingFaceSource):
+        yield from _huggingface_records(spec)
     else:
-        yield from _huggingface_documents(spec, skipped)
+        for index, doc in enumerate(embedded_documents(spec, skipped)):
+            yield DocumentLocation(spec.kind, index + 1), doc
+
+
+def write_source_input(job: SourceJob) -> dict[str, Any]:
+    """Copy one input's documents into ``documents/<name>/<prefix>-NNNNN.jsonl.gz`` and its bad records
+    into ``quarantine/<name>/<prefix>.jsonl.gz``; return ``{records_in, documents, bytes, quarantined,
+    skipped}`` (``records_in == documents + sum(quarantined)``)."""
+    name, out = job.spec.name, Path(job.output_dir)
+    for stale in (out / DOCUMENTS_DIR / name).glob(f"{job.prefix}-*"):  # left by an interrupted run
+        stale.unlink()
+    skipped: Counter = Counter()
+    documents = size = records = 0
+    strict = getattr(job.spec, "strict", False)
+    with ShardWriter(out / DOCUMENTS_DIR / name, job.prefix, job.max_shard_bytes) as writer, \
+            Quarantine(out / QUARANTINE_DIR / name / f"{job.prefix}.jsonl.gz", strict) as quarantine:
+        for _, record in _records(job, skipped):
+            records += 1
+            if isinstance(record, BadRecord):
+                quarantine.add(record)
+                continue
+            writer.write(record)
+            documents += 1
+            size += len(record["text"].encode("utf-8"))
+    return {"records_in": records, "documents": documents, "bytes": size,
+            "quarantined": dict(sorted(quarantine.counts.items())), "skipped": dict(sorted(skipped.items()))}
+
+
+def source_jobs(spec: SourceSpec, output_dir: Path, max_shard_bytes: int) -> list[SourceJob]:
+    if isinstance(spec, FilesSource):
+        return [SourceJob(spec, index, fs.unstrip_protocol(path), str(output_dir), max_shard_bytes)
+                for index, (fs, path) in enumerate(_expand_paths(spec))]
+    return [SourceJob(spec, 0, None, str(output_dir), max_shard_bytes)]
 
 
 def write_source(
-    spec: Mapping[str, Any] | SourceSpec, out_dir: str | Path, max_shard_bytes: int = 256 * 2**20
+    spec: Mapping[str, Any] | SourceSpec,
+    out_dir: str | Path,
+    max_shard_bytes: int = 256 * 2**20,
+    num_workers: int = 1,
+    markers: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the source's documents to ``<out_dir>/<name>/<name>-NNNNN.jsonl.gz``.
+    """Write the source's documents to ``<out_dir>/documents/<name>/`` and its bad records to
+    ``<out_dir>/quarantine/<name>/``, one input shard per job, in parallel and resumable.
 
-    Returns ``{documents, bytes (of text, UTF-8), skipped: {reason: count}}``.
+    Returns ``{inputs, records_in, documents, bytes (of text, UTF-8), quarantined: {reason: count},
+    skipped: {reason: count}}``; ``skipped`` counts embedded candidates that make no document.
     """
     spec = validate_source(spec)
-    skipped: Counter = Counter()
-    documents = size = 0
-    with ShardWriter(Path(out_dir) / spec.name, spec.name, max_shard_bytes) as writer:
-        for doc in iter_source_documents(spec, skipped):
-            writer.write(doc)
-            documents += 1
-            size += len(doc["text"].encode("utf-8"))
-    return {"documents": documents, "bytes": size, "skipped": dict(sorted(skipped.items()))}
+    totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {}}
+    jobs = source_jobs(spec, Path(out_dir), max_shard_bytes)
+    for stats in run_shard_jobs(jobs, write_source_input, num_workers, markers):
+        totals = merge_stats(totals, stats)
+    return {"inputs": len(jobs), **totals}
+
+
+def iter_source_documents(spec: Mapping[str, Any] | SourceSpec) -> Iterator[dict[str, Any]]:
+    """The source's good documents in order (bad records left out; :func:`write_source` counts them)."""
+    spec = validate_source(spec)
+    for job in source_jobs(spec, Path("."), 1):
+        for _, record in _records(job, Counter()):
+            if not isinstance(record, BadRecord):
+                yield record

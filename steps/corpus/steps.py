@@ -9,7 +9,9 @@ from tango import Step
 from steps.common.artifacts import Artifact
 from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.dedup import DedupConfig, deduplicate
-from steps.corpus.filter import FilterConfig, filter_documents
+from steps.corpus.filter import filter_documents
+from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
+from steps.corpus.taggers import FilterConfig, TagConfig
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.corpus.mix import MixConfig, mix_sources
 from steps.corpus.sources import source_fingerprint, validate_source, write_source
@@ -19,20 +21,36 @@ def documents_dir(artifact: Artifact) -> Path:
     return artifact.path / DOCUMENTS_DIR
 
 
+class ShardedStage(ArtifactStep):
+    """A corpus stage that works shard by shard over the sources' documents and resumes after a crash:
+    its output and per-shard markers stay in its work dir until it finishes."""
+
+    def merged_sources(self, sources: list[Artifact]) -> Path:
+        staging = self.work_dir / "inputs"
+        if staging.exists():
+            for link in staging.iterdir():
+                link.unlink()
+        return _merged_input(sources, staging)
+
+    @property
+    def markers(self) -> Path:
+        return self.work_dir / "done"
+
+
 @Step.register("corpus_source")
-class CorpusSource(ArtifactStep):
+class CorpusSource(ShardedStage):
     """One stream of documents (embedded default, fsspec shards or a HF dataset), fingerprinted by content."""
 
-    VERSION = "001"
+    VERSION = "002"
     CONTENT_HASHED = {"source": ContentHash(source_fingerprint, location_keys=("paths",))}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         validate_source(kwargs["source"])
 
-    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20) -> Artifact:
-        out = self.output_dir()
-        stats = write_source(dict(source), out / DOCUMENTS_DIR, max_shard_bytes)
+    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20, num_workers: int = 1) -> Artifact:
+        out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
+        stats = write_source(dict(source), out, max_shard_bytes, num_workers, self.markers)
         return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
 
 
@@ -48,23 +66,36 @@ def _merged_input(sources: list[Artifact], staging: Path) -> Path:
     return staging
 
 
-@Step.register("filter_documents")
-class FilterDocuments(ArtifactStep):
-    """Gopher, C4, PII and code rules; every removed document counted under the rule that removed it."""
+@Step.register("tag_documents")
+class TagDocuments(ShardedStage):
+    """Language, code, Gopher, C4, toxicity and PII attributes of every document, as Dolma attribute files."""
 
     VERSION = "001"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        FilterConfig.from_dict(kwargs["config"])
+        TagConfig.from_dict(kwargs["config"])
 
     def run(self, sources: list[Artifact], config: dict, num_workers: int = 1) -> Artifact:
-        staging = self.work_dir / "inputs"
-        if staging.exists():
-            for link in staging.iterdir():
-                link.unlink()
-        out = self.output_dir()
-        stats = filter_documents(_merged_input(sources, staging), out, config, num_workers=num_workers)
+        out = self.output_dir(fresh=False)
+        stats = tag_documents(self.merged_sources(sources), out, config, num_workers, self.markers)
+        return self.artifact(out, stats)
+
+
+@Step.register("filter_documents")
+class FilterDocuments(ShardedStage):
+    """The taggers' rules applied to their attributes; every removed document counted under its rule."""
+
+    VERSION = "002"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        FilterConfig.from_dict(kwargs["config"])
+
+    def run(self, sources: list[Artifact], attributes: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+        out = self.output_dir(fresh=False)
+        stats = filter_documents(self.merged_sources(sources), attributes.path / ATTRIBUTES_DIR, out, config,
+                                 num_workers, self.markers)
         return self.artifact(out, stats)
 
 
