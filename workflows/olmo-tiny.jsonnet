@@ -12,7 +12,8 @@ local params = {
     { name: 'system-docs', type: 'embedded', kind: 'system-docs', max_documents: 300, max_chars_per_document: 20000 },
   ],
   source_shard_bytes: 524288,  // several shards per source, so the corpus stages use every core
-  // Dolma's rules and thresholds are the defaults; a recipe lists only what it changes.
+  // Dolma's taggers, rules and thresholds are the defaults; a recipe lists only what it changes.
+  tag: {},
   filter: {},
   dedup: { url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6 },
   mix: { seed: 6198, sampling: { 'python-code': 0.5 }, heldout_fraction: 0.02, max_shard_bytes: 4194304 },

@@ -20,6 +20,7 @@ local params = {
     source('reddit', 'reddit/v5/documents/*.json.gz'),
   ],
   source_shard_bytes: 1073741824,
+  tag: {},  // every tagger (language, code, Gopher, C4, toxicity, PII) on its default sources
   filter: {},  // Dolma v1.5 thresholds are the defaults
   dedup: { url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6 },
   mix: { seed: 6198, sampling: {}, heldout_fraction: 0.0001, max_shard_bytes: 1073741824 },

@@ -61,8 +61,32 @@ def test_heldout_split(corpus, tmp_path):
 def test_factor_zero_and_unknown_source(corpus, tmp_path):
     stats = mix_sources(corpus, tmp_path, {"sampling": {"web": 0}})
     assert stats["sources"]["web"] == {"documents_in": 1000, "documents_out": 0, "bytes_out": 0,
-                                       "heldout_documents": 0, "heldout_bytes": 0}
+                                       "heldout_documents": 0, "heldout_bytes": 0, "factor": 0}
     with pytest.raises(ConfigError, match="mix.sampling names source.*wiki"):
         mix_sources(corpus, tmp_path / "x", {"sampling": {"wiki": 2.0}})
     with pytest.raises(ConfigError, match=r"mix\.sampling\.web"):
         mix_sources(corpus, tmp_path / "x", {"sampling": {"web": -1}})
+
+
+def test_proportions_set_each_sources_share_of_the_training_bytes(corpus, tmp_path):
+    stats = mix_sources(corpus, tmp_path, {"proportions": {"books": 0.2, "web": 0.8}, "seed": 5})
+    books, web = stats["sources"]["books"], stats["sources"]["web"]
+    assert web["factor"] == pytest.approx(1.0)  # the default total: the largest mix without repeating a source
+    assert books["factor"] < 1
+    assert books["bytes_out"] / (books["bytes_out"] + web["bytes_out"]) == pytest.approx(0.2, abs=0.02)
+
+    sized = mix_sources(corpus, tmp_path / "sized", {"proportions": {"books": 0.5, "web": 0.5}, "total_bytes": 100_000})
+    total = sum(s["bytes_out"] for s in sized["sources"].values())
+    assert total == pytest.approx(100_000, rel=0.05)
+    assert sized["sources"]["web"]["factor"] > 2  # web alone has about 25 kB: it is repeated
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"proportions": {"books": 0.5, "web": 0.6}}, r"mix\.proportions: expected shares summing to 1"),
+    ({"proportions": {"books": 1.0}}, r"no share for source\(s\) web"),
+    ({"proportions": {"books": 0.5, "web": 0.5}, "sampling": {"web": 2.0}}, "either sampling or proportions"),
+    ({"total_bytes": 1000}, r"mix\.total_bytes: expected a positive integer, with proportions"),
+])
+def test_bad_proportions_are_rejected(corpus, tmp_path, config, message):
+    with pytest.raises(ConfigError, match=message):
+        mix_sources(corpus, tmp_path, config)

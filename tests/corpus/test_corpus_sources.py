@@ -68,7 +68,7 @@ def test_system_docs_skip_and_count_bad_files(tmp_path, monkeypatch):
 
     stats = write_source(spec, tmp_path / "out")
     assert stats["documents"] == 3 and stats["skipped"] == {"empty": 1, "not_utf8": 1}
-    docs = [doc for shard in list_shards(tmp_path / "out" / "sys") for _, doc in read_documents(shard)]
+    docs = [doc for shard in list_shards(tmp_path / "out" / "documents" / "sys") for _, doc in read_documents(shard)]
     assert [d["id"] for d in docs] == ["system-docs/common-licenses/MIT", "system-docs/doc/pkg/README",
                                        "system-docs/doc/pkg/changelog.Debian.gz"]
     assert docs[2]["text"].startswith("pkg (1.0)")
@@ -116,10 +116,57 @@ def test_files_source_over_a_remote_filesystem():
     assert source_fingerprint(spec) == source_fingerprint(spec)
 
 
-def test_files_source_errors_name_the_file_and_line(tmp_path):
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "1", "text": "ok.", "source": "w"}) + "\n{not json\n")
-    with pytest.raises(DocumentFormatError, match=r"bad\.jsonl:2"):
-        list(iter_source_documents({"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")]}))
+def _bad_shard(path):
+    good = json.dumps({"id": "1", "text": "ok.", "source": "w"})
+    lines = [good, "{not json", json.dumps({"id": "2", "text": 3}), good.replace('"1"', '"3"'),
+             json.dumps({"id": "4", "text": "fine.", "metadata": "not an object"})]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_files_source_quarantines_bad_records_with_file_and_line(tmp_path):
+    _bad_shard(tmp_path / "bad.jsonl")
+    spec = {"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")]}
+    stats = write_source(spec, tmp_path / "out")
+    assert stats["records_in"] == 5 and stats["documents"] == 2
+    assert stats["quarantined"] == {"invalid_json": 1, "text_not_string": 1, "metadata_not_object": 1}
+    assert stats["records_in"] == stats["documents"] + sum(stats["quarantined"].values())
+    rows = [json.loads(line) for shard in list_shards(tmp_path / "out" / "quarantine")
+            for line in gzip.open(shard, "rt")]
+    assert [(row["line"], row["reason"]) for row in rows] == [(2, "invalid_json"), (3, "text_not_string"),
+                                                              (5, "metadata_not_object")]
+    assert all(row["file"].endswith("bad.jsonl") for row in rows)
+    assert [d["id"] for d in iter_source_documents(spec)] == ["1", "3"]
+
+
+def test_strict_files_source_fails_naming_the_file_and_line(tmp_path):
+    _bad_shard(tmp_path / "bad.jsonl")
+    spec = {"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")], "strict": True}
+    with pytest.raises(DocumentFormatError, match=r"bad\.jsonl:2: expected a JSON object"):
+        write_source(spec, tmp_path / "out")
+
+
+def test_files_source_runs_shards_in_parallel_and_resumes(tmp_path):
+    for index in range(3):
+        write_jsonl_gz(tmp_path / "in" / f"s{index}.jsonl.gz",
+                       [{"id": f"{index}-{i}", "text": f"document {i} of shard {index}."} for i in range(20)])
+    spec = {"name": "web", "type": "files", "paths": [str(tmp_path / "in")]}
+    one = write_source(spec, tmp_path / "one", max_shard_bytes=200)
+    two = write_source(spec, tmp_path / "two", max_shard_bytes=200, num_workers=2, markers=tmp_path / "done")
+    assert one == two and one["inputs"] == 3 and one["documents"] == 60
+
+    def contents(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jsonl.gz"))}
+
+    assert contents(tmp_path / "one") == contents(tmp_path / "two")
+    (tmp_path / "done" / "web" / "00001.json").unlink()  # as if the run died while on the second shard
+    stale = tmp_path / "two" / "documents" / "web" / "web-00001-00009.jsonl.gz"
+    stale.write_bytes(b"half a shard")
+    again = write_source(spec, tmp_path / "two", max_shard_bytes=200, markers=tmp_path / "done")
+    assert again == one and not stale.exists()
+    assert contents(tmp_path / "two") == contents(tmp_path / "one")
+
+
+def test_missing_files_are_reported_by_path_index(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"paths\[0\]"):
         source_fingerprint({"name": "w", "type": "files", "paths": [str(tmp_path / "missing-*.jsonl")]})
 
@@ -130,10 +177,10 @@ def test_huggingface_local_dataset(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
     spec = {"name": "hf", "type": "huggingface", "dataset": str(tmp_path / "ds"), "text_field": "content",
             "id_field": "key"}
-    skipped = Counter()
-    docs = list(iter_source_documents(spec, skipped))
+    docs = list(iter_source_documents(spec))
     assert [(d["id"], d["text"], d["source"]) for d in docs] == [("a", "First text.", "hf"), ("c", "Third text.", "hf")]
-    assert skipped == {"empty": 1}
+    stats = write_source(spec, tmp_path / "out")
+    assert stats["records_in"] == 3 and stats["quarantined"] == {"empty_text": 1}
     assert source_fingerprint(spec) == source_fingerprint(spec)
     assert source_fingerprint(spec) != source_fingerprint({**spec, "max_documents": 1})
     assert [d["id"] for d in iter_source_documents({**spec, "max_documents": 1})] == ["a"]

@@ -1,4 +1,5 @@
 """The recipes build as Tango step graphs without running, with the paper's settings, and stable ids."""
+import functools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import_module_and_submodules("steps")  # registers the step types, as tango.yml'
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 PIPELINE = {
-    "filter", "dedup", "mix", "tokenizer", "tokenize", "instances", "training_batch", "pretrain", "anneal",
+    "tag", "filter", "dedup", "mix", "tokenizer", "tokenize", "instances", "training_batch", "pretrain", "anneal",
     "evaluate_base", "sft_data", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "export", "report",
 }
 
@@ -98,3 +99,29 @@ def test_a_config_error_is_reported_before_anything_runs(tmp_path):
     )
     with pytest.raises(ConfigurationError, match="kind"):
         StepGraph.from_file(bad)
+
+
+@pytest.mark.parametrize("ablation, changed", [
+    ("relaxed-gopher.jsonnet", "filter"),
+    ("no-paragraph-dedup.jsonnet", "dedup"),
+    ("cosine-schedule.jsonnet", "pretrain"),
+])
+def test_ablations_change_one_step_and_what_follows_it(ablation, changed):
+    base = _tiny_graph()
+    variant = StepGraph.from_file(WORKFLOWS / "ablations" / ablation)
+    assert set(base) == set(variant)
+    differs = {name for name in base if base[name].unique_id != variant[name].unique_id}
+    assert changed in differs
+    for name in differs:  # everything recomputed depends on the changed step
+        assert name == changed or _depends_on(variant[name], variant[changed])
+    if changed == "filter":
+        assert "tag" not in differs  # a threshold change does not re-tag
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_graph() -> StepGraph:
+    return StepGraph.from_file(WORKFLOWS / "olmo-tiny.jsonnet")
+
+
+def _depends_on(step, ancestor) -> bool:
+    return any(dep is ancestor or _depends_on(dep, ancestor) for dep in step.dependencies)

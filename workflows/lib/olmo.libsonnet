@@ -1,7 +1,7 @@
 // Builds the whole OLMo DAG from one params object. Recipes (olmo-tiny, olmo1b, olmo7b) pass
 // their params to `workflow`; ablations import a recipe and override one step by name.
 //
-//   sources -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_base
+//   sources -> tag -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_base
 //                                                       |                        `-> sft -> evaluate_sft -> dpo -> evaluate_dpo -> export
 //                                                       `-> training_batch                           report <- everything
 local ref(name) = { type: 'ref', ref: name };
@@ -27,12 +27,26 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
     },
 
     steps: {
-      [sourceStep(s)]: { type: 'corpus_source', source: s, max_shard_bytes: p.source_shard_bytes }
+      [sourceStep(s)]: {
+        type: 'corpus_source',
+        source: s,
+        max_shard_bytes: p.source_shard_bytes,
+        num_workers: x.num_workers,
+      }
       for s in p.sources
     } + {
+      // Tagging computes attributes; filtering applies thresholds to them, so changing a threshold
+      // re-runs only `filter` and what follows it.
+      tag: {
+        type: 'tag_documents',
+        sources: [ref(s) for s in sources],
+        config: p.tag,
+        num_workers: x.num_workers,
+      },
       filter: {
         type: 'filter_documents',
         sources: [ref(s) for s in sources],
+        attributes: ref('tag'),
         config: p.filter,
         num_workers: x.num_workers,
       },
@@ -106,6 +120,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         type: 'report',
         title: p.name,
         corpus: { [s]: ref(s) for s in sources } + {
+          tag: ref('tag'),
           filter: ref('filter'),
           dedup: ref('dedup'),
           mix: ref('mix'),
