@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from steps.corpus.accounts import corpus_accounts
+
 # Zero-shot results of the released models (HF model cards, 9 core tasks), in percent.
 PAPER_RESULTS = {
     "OLMo-1B": {"arc_challenge": 34.5, "arc_easy": 58.1, "boolq": 60.7, "copa": 79.0, "hellaswag": 62.5,
@@ -34,14 +36,20 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+ACCOUNT_COLUMNS = ("records_in", "quarantined", "removed_by_filter", "removed_by_dedup", "kept", "bytes_in",
+                   "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed")
+
+
 def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Documents per source through every corpus stage, and what each filter rule removed."""
+    """Where every input record of each source went, then each stage's counts and what each rule removed."""
     sources = {name: s for name, s in summaries.items() if name.startswith("source_")}
     stages = {name: summaries[name]["sources"] for name in ("filter", "dedup", "mix") if name in summaries}
-    parts = ["## Corpus", "", table(
-        ["source", "documents", "bytes"],
-        ([s.get("source", name), s.get("documents"), s.get("bytes")] for name, s in sources.items()),
-    )]
+    parts = ["## Corpus", ""]
+    if "filter" in summaries and "dedup" in summaries:
+        accounts = corpus_accounts(sources, summaries["filter"], summaries["dedup"])
+        parts += ["records in = quarantined + removed by filter + removed by dedup + kept, for every source.", "",
+                  table(["source", *ACCOUNT_COLUMNS], ([name, *(a[c] for c in ACCOUNT_COLUMNS)]
+                                                       for name, a in accounts.items()))]
     for stage, by_source in stages.items():
         keys = sorted({key for stats in by_source.values() for key, v in stats.items() if not isinstance(v, dict)})
         parts += ["", f"### {stage}", "", table(["source", *keys], ([src, *(st.get(k) for k in keys)] for src, st in by_source.items()))]
