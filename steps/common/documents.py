@@ -15,14 +15,12 @@ import io
 import json
 import os
 import re
-import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-import fsspec
-import zstandard
+
+from steps.common.compressed import CHUNK_BYTES, CORRUPT_SHARD_ERRORS, open_shard
 
 REQUIRED_FIELDS = ("id", "text", "source")
 DEFAULT_MAX_DOCUMENT_BYTES = 32 * 2**20
@@ -33,8 +31,6 @@ BAD_RECORD_REASONS = (
 )
 # Written shards trade a little size for speed: level 6 compresses about 3x faster than gzip's default 9.
 GZIP_LEVEL = 6
-_CHUNK_BYTES = 2**20
-_CORRUPT_SHARD_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -77,120 +73,6 @@ class BadRecord:
 # --- reading -------------------------------------------------------------------------------------
 
 
-class _ChunkStream(io.RawIOBase):
-    """A readable raw stream over byte chunks, so that io.BufferedReader gives a bounded readline."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
-class _ZstdFrames:
-    """Follows zstd frame and block headers through compressed bytes, without decompressing them,
-    to tell whether a stream ends between frames: python-zstandard's reader ends silently when a
-    stream is cut inside a frame."""
-
-    def __init__(self):
-        self._header = bytearray()
-        self._expect(4, self._magic)
-        self._checksum_bytes = 0
-
-    @property
-    def between_frames(self) -> bool:
-        return self._step == self._magic and not self._header and not self._skip
-
-    def feed(self, data: bytes) -> bytes:
-        view = memoryview(data)
-        while view:
-            if self._skip:
-                step = min(self._skip, len(view))
-                self._skip -= step
-                view = view[step:]
-                continue
-            step = self._wanted - len(self._header)
-            self._header += view[:step]
-            view = view[step:]
-            if len(self._header) == self._wanted:
-                header = int.from_bytes(self._header, "little")
-                self._header.clear()
-                self._step(header)
-        return data
-
-    def _expect(self, header_bytes: int, step: Callable[[int], None], skip: int = 0) -> None:
-        self._wanted, self._step, self._skip = header_bytes, step, skip
-
-    def _magic(self, magic: int) -> None:
-        if magic == 0xFD2FB528:
-            self._expect(1, self._descriptor)
-        elif magic >> 4 == 0x184D2A5:  # a skippable frame: its size, then that many bytes
-            self._expect(4, lambda size: self._expect(4, self._magic, skip=size))
-        else:
-            raise zstandard.ZstdError(f"not a zstd frame (magic number 0x{magic:08x})")
-
-    def _descriptor(self, descriptor: int) -> None:
-        single_segment = descriptor >> 5 & 1
-        content_size_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
-        rest = (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
-        self._checksum_bytes = 4 if descriptor & 4 else 0
-        self._expect(3, self._block, skip=rest)
-
-    def _block(self, header: int) -> None:
-        size = 1 if (header >> 1 & 3) == 1 else header >> 3  # an RLE block stores one byte
-        if header & 1:  # the frame's last block
-            self._expect(4, self._magic, skip=size + self._checksum_bytes)
-        else:
-            self._expect(3, self._block, skip=size)
-
-
-class _Watched:
-    """A file whose bytes are shown to ``watch`` as they are read."""
-
-    def __init__(self, handle, watch: Callable[[bytes], bytes]):
-        self._handle, self._watch = handle, watch
-
-    def read(self, size: int = -1) -> bytes:
-        return self._watch(self._handle.read(size))
-
-
-def _zstd_chunks(compressed) -> Iterator[bytes]:
-    frames = _ZstdFrames()
-    source = _Watched(compressed, frames.feed)
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    while chunk := reader.read1(_CHUNK_BYTES):
-        yield chunk
-    if not frames.between_frames:
-        raise zstandard.ZstdError("the compressed stream ends inside a frame")
-
-
-@contextmanager
-def _open_binary(path: str) -> Iterator[io.BufferedReader]:
-    """Open a (possibly compressed) shard for bounded binary reading via fsspec."""
-    with fsspec.open(path, "rb") as handle:
-        if path.endswith(".gz"):
-            decompressed = gzip.GzipFile(fileobj=handle, mode="rb")
-            chunks = iter(lambda: decompressed.read1(_CHUNK_BYTES), b"")
-        elif path.endswith(".zst"):
-            chunks = _zstd_chunks(handle)
-        else:
-            chunks = iter(lambda: handle.read(_CHUNK_BYTES), b"")
-        # read1 returns what one step of decompression gives, so a break loses none of the data before it
-        yield io.BufferedReader(_ChunkStream(chunks), buffer_size=_CHUNK_BYTES)
-
-
 def _shard_lines(path: str, max_line_bytes: int | None) -> Iterator[tuple[int, bytes, int]]:
     """Yield ``(line number, line without its newline, size of the line in bytes)``.
 
@@ -198,7 +80,7 @@ def _shard_lines(path: str, max_line_bytes: int | None) -> Iterator[tuple[int, b
     :data:`PREVIEW_BYTES` come back, with its full size. Decompression errors propagate.
     """
     read_limit = -1 if max_line_bytes is None else max_line_bytes + 1
-    with _open_binary(path) as stream:
+    with open_shard(path) as stream:
         number = 0
         while line := stream.readline(read_limit):
             number += 1
@@ -213,7 +95,7 @@ def _shard_lines(path: str, max_line_bytes: int | None) -> Iterator[tuple[int, b
 def _skip_rest_of_line(stream: io.BufferedReader) -> int:
     """Read past the end of the current line in bounded chunks; return how many bytes it had left."""
     skipped = 0
-    while chunk := stream.readline(_CHUNK_BYTES):
+    while chunk := stream.readline(CHUNK_BYTES):
         if chunk.endswith(b"\n"):
             return skipped + len(chunk) - 1
         skipped += len(chunk)
@@ -304,7 +186,7 @@ def read_records(
                 yield location, BadRecord(location, "too_large", expected, _preview(raw))
             elif raw.strip():
                 yield location, _record(location, raw)
-    except _CORRUPT_SHARD_ERRORS as exc:
+    except CORRUPT_SHARD_ERRORS as exc:
         location = DocumentLocation(path, number + 1)
         yield location, BadRecord(location, "truncated_shard", _truncated(number, exc), "")
 
@@ -338,7 +220,7 @@ def read_documents(path: str | Path) -> Iterator[tuple[DocumentLocation, dict[st
                 except UnicodeDecodeError as exc:
                     raise DocumentFormatError(path, number, _invalid_utf8(exc)) from None
                 yield DocumentLocation(path, number), parse_document(line, path, number)
-    except _CORRUPT_SHARD_ERRORS as exc:
+    except CORRUPT_SHARD_ERRORS as exc:
         raise DocumentFormatError(path, number + 1, _truncated(number, exc)) from exc
 
 

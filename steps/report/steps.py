@@ -1,8 +1,6 @@
 """Tango step: the report of a whole run, written to ``report.md`` and printed."""
 from __future__ import annotations
 
-from typing import Any
-
 from tango import Step
 
 from steps.common.artifacts import Artifact

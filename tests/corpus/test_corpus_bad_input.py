@@ -143,7 +143,7 @@ def test_strict_quarantine_raises_with_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(good(1) + b'{"id": "a"}\n')
     with Quarantine(tmp_path / "q.jsonl.gz", strict=True) as quarantine:
-        with pytest.raises(DocumentFormatError, match=rf"bad\.jsonl:2: expected a field 'text'$"):
+        with pytest.raises(DocumentFormatError, match=r"bad\.jsonl:2: expected a field 'text'$"):
             for _, record in read_records(path):
                 if isinstance(record, BadRecord):
                     quarantine.add(record)
