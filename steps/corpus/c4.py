@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from steps.corpus.config import RuleSection, TaggerSection
-from steps.corpus.spans import Attributes, Edits, document_value, line_deletion, whole_document
+from steps.corpus.spans import Attributes, Edits, document_value, line_deletions, whole_document
 
 TERMINAL_PUNCTUATION = (".", "?", "!", '"')
 # A short sample of the "List of Dirty, Naughty, Obscene, and Otherwise Bad Words" C4 used; the
@@ -79,4 +79,4 @@ def c4_flags(attributes: Attributes, rules: C4Rules, text: str) -> list[str]:
 def c4_edits(attributes: Attributes, rules: C4Rules, text: str) -> Edits:
     if not rules.remove_lines:
         return Edits()
-    return Edits(deletions=[line_deletion(text, start, end) for start, end, _ in attributes[LINES]])
+    return Edits(deletions=line_deletions(text, [(start, end) for start, end, _ in attributes[LINES]]))

@@ -39,9 +39,17 @@ class FilterJob:
         return f"{self.source}/{self.stem}"
 
     def tagged_by(self) -> list[str]:
-        """The taggers that tagged this shard and whose rules are enabled."""
-        return [name for name in TAGGERS if getattr(self.config, name).enabled
-                and attribute_shard(Path(self.attributes_dir), name, self.source, self.stem).exists()]
+        """The taggers that tagged this shard's source and whose rules are enabled; each must have
+        tagged this shard."""
+        taggers = []
+        for name in TAGGERS:
+            path = attribute_shard(Path(self.attributes_dir), name, self.source, self.stem)
+            if getattr(self.config, name).enabled and path.parent.is_dir():
+                if not path.exists():
+                    raise AttributeMismatchError(f"{self.shard}: the {name} tagger tagged source {self.source!r} "
+                                                 f"but not this shard ({path} is missing); re-run the tag step")
+                taggers.append(name)
+        return taggers
 
 
 def _empty_stats(rules: list[str]) -> dict[str, Any]:
@@ -55,10 +63,8 @@ def _empty_stats(rules: list[str]) -> dict[str, Any]:
 
 def _aligned(job: FilterJob, taggers: list[str]) -> Iterator[tuple[dict, dict[str, Attributes]]]:
     """Each document of the shard with its attributes from every tagger (prefix stripped)."""
-    readers = {
-        name: read_attribute_rows(attribute_shard(Path(job.attributes_dir), name, job.source, job.stem))
-        for name in taggers
-    }
+    paths = {name: attribute_shard(Path(job.attributes_dir), name, job.source, job.stem) for name in taggers}
+    readers = {name: read_attribute_rows(path) for name, path in paths.items()}
     for location, doc in read_documents(job.shard):
         attributes = {}
         for name, rows in readers.items():
@@ -70,6 +76,11 @@ def _aligned(job: FilterJob, taggers: list[str]) -> Iterator[tuple[dict, dict[st
             prefix = f"{name}__"
             attributes[name] = {key[len(prefix):]: spans for key, spans in row["attributes"].items()}
         yield doc, attributes
+    for name, rows in readers.items():
+        extra = next(rows, None)
+        if extra is not None:
+            raise AttributeMismatchError(f"{paths[name]}: row {extra['id']!r} has no document in {job.shard}; "
+                                         "re-run the tag step")
 
 
 def filter_shard(job: FilterJob) -> dict[str, Any]:

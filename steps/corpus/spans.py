@@ -37,12 +37,18 @@ class Edits:
         return bool(self.deletions or self.replacements)
 
 
-def line_deletion(text: str, start: int, end: int) -> tuple[int, int]:
-    """The span that removes the line ``text[start:end]`` together with one adjacent newline, so the
-    rest reads as if the line never was: its own newline, or the previous one for a last line."""
-    if end < len(text):
-        return start, end + 1
-    return max(start - 1, 0), end
+def line_deletions(text: str, lines: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans that remove the lines ``text[start:end]`` (in order) so that the rest reads as if they never
+    were, i.e. as the other lines joined by "\n": each line goes with its own newline, except those
+    after the last line kept, which go with the newline before them."""
+    deletions, kept_end = [], len(text)
+    for start, end in reversed(lines):
+        if end == kept_end:  # in the run of deleted lines that ends the text
+            deletions.append((max(start - 1, 0), end))
+            kept_end = start - 1
+        else:
+            deletions.append((start, end + 1))
+    return deletions[::-1]
 
 
 def apply_edits(text: str, edits: Edits) -> tuple[str, int]:

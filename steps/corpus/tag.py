@@ -30,8 +30,12 @@ def attribute_shard(attributes_dir: Path, tagger: str, source: str, stem: str) -
 def read_attribute_rows(path: Path) -> Iterator[dict[str, Any]]:
     """The rows of an attribute file, in order."""
     with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
+        for number, line in enumerate(handle, start=1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: expected a JSON attribute row ({exc.msg}); "
+                                 "re-run the tag step") from None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Attribute spans and the edits filters make from them."""
 import pytest
 
-from steps.corpus.spans import Edits, apply_edits, document_value, line_deletion, whole_document
+from steps.corpus.spans import Edits, apply_edits, document_value, line_deletions, whole_document
 
 
 def test_whole_document_value_spans_the_text():
@@ -58,6 +58,21 @@ def test_edits_extend_and_truth():
 )
 def test_line_deletion_leaves_the_text_as_if_the_line_never_was(text, line, expected):
     start = text.rindex(line) if line else len(text)
-    span = line_deletion(text, start, start + len(line))
-    assert apply_edits(text, Edits(deletions=[span])) == (expected, 0)
+    spans = line_deletions(text, [(start, start + len(line))])
+    assert apply_edits(text, Edits(deletions=spans)) == (expected, 0)
+
+
+@pytest.mark.parametrize("text, deleted", [
+    ("Kept.\nfooter one\nfooter two", (1, 2)),  # a run of deleted lines at the end
+    ("head\nKept.\n\nfoot\n", (0, 2, 3, 4)),
+    ("a\nb\nc", (0, 1, 2)),
+    ("Kept.\nx\nAlso kept.\ny", (1, 3)),
+])
+def test_deleting_lines_equals_joining_the_others(text, deleted):
+    lines, starts = text.split("\n"), []
+    for line in lines:
+        starts.append(starts[-1] + len(lines[len(starts) - 1]) + 1 if starts else 0)
+    spans = line_deletions(text, [(starts[i], starts[i] + len(lines[i])) for i in deleted])
+    expected = "\n".join(line for i, line in enumerate(lines) if i not in deleted)
+    assert apply_edits(text, Edits(deletions=spans))[0] == expected
 
