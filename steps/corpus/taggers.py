@@ -69,7 +69,14 @@ def tag_toxicity(texts: list[str], tagging: ToxicityTagging) -> list[Attributes]
 
 
 def toxicity_edits(attributes: Attributes, rules: ToxicityRules, text: str) -> Edits:
-    return Edits(deletions=[(s, e) for s, e, score in attributes["sentences"] if score >= rules.sentence_threshold])
+    """Delete each sentence scoring at least the threshold, with the spaces that follow it."""
+    deletions = []
+    for start, end, score in attributes["sentences"]:
+        if score >= rules.sentence_threshold:
+            while end < len(text) and text[end] in " \t":
+                end += 1
+            deletions.append((start, end))
+    return Edits(deletions=deletions)
 
 
 # --- Gopher: whole-document quality attributes. ---

@@ -319,7 +319,7 @@ def test_language_and_toxicity_taggers_remove_and_edit(tmp_path):
     assert stats["toxic_sentences_removed"] == 2
     kept = kept_documents(tmp_path / "out", "forum")
     assert sorted(kept) == ["english", "mixed"]
-    assert kept["mixed"]["text"] == "The weather was lovely today.  We walked to the park."
+    assert kept["mixed"]["text"] == "The weather was lovely today. We walked to the park."  # with its space
 
     no_toxicity = {**short_texts, "toxicity": {"enabled": False}}
     stats = filter_documents(tmp_path / "in", attributes, tmp_path / "out2", no_toxicity)["sources"]["forum"]
