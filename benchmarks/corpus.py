@@ -1,0 +1,476 @@
+"""Corpus benchmark: this project's tag/filter, dedup and mix stages against the dolma toolkit.
+
+``python benchmarks/corpus.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma``
+(once), writes a seeded input (:mod:`corpus_input`: 20,000 documents, 4,000 with ``--quick``, in
+8 shards over two sources), then runs each stage on it with both tools, 2 processes each where the
+tool has a setting for it, one command after the other. docs/s = documents / (wall clock − the
+command's fixed start-up, measured by dry runs); wall-clock and CPU-second figures come along:
+
+- tagging: ``dolma tag`` with gopher_v1, c4_v1, pii_regex_v1 against our tag + filter with
+  Gopher, C4 and PII (tagging, applying the rules and writing the kept documents);
+- dedup: three ``dolma dedupe`` runs (URL, exact text, paragraphs; it does one kind per run)
+  against our one URL + exact + paragraph pass;
+- mixing: ``dolma mix`` passing every document through against our ``mix_sources`` at factor 1;
+  also ``dolma mix`` with the Dolma v1.5 Gopher rules, whose kept count checks the peer decisions.
+
+Then it compares the Gopher decisions, document by document: dolma's gopher_v1 attributes judged by
+the Dolma v1.5 thresholds against ours judged by our default thresholds (and the PII span counts).
+It appends the figures to ``benchmarks/RESULTS.md`` (its "corpus" section) and prints one JSON
+line, last. How the two tools' work differs is written down in RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "RESULTS.md"
+PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
+DOLMA_VENV = BENCHMARKS / ".venv-dolma"
+DOLMA_VERSION = "1.2.1"
+# dolma pins s3fs 2023.6.0, whose aiobotocore pins botocore; with boto3 unpinned pip backtracks
+# through hundreds of boto3 releases (tens of minutes). s3fs's boto3 extra names the matching one.
+DOLMA_REQUIREMENTS = (f"dolma=={DOLMA_VERSION}", "s3fs[boto3]==2023.6.0")
+EXPERIMENT = "bench"
+PEER_TAGGERS = ("gopher_v1", "c4_v1", "pii_regex_v1")
+MAX_SHARD_BYTES = 16 * 2**20
+FALSE_POSITIVE_RATE = 1e-6
+PII_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS")
+
+# Dolma v1.5's Gopher rules (configs/dolma-v1_5/mixing, thresholds as in REFERENCE.md): remove a
+# document when gopher_v1 attribute <name> compares so with the threshold; absent attributes
+# (n-gram fractions of texts shorter than n words) remove nothing, as in its jsonpath rules.
+PEER_GOPHER_RULES: tuple[tuple[str, str, float], ...] = (
+    ("word_count", "<", 50),
+    ("word_count", ">", 100_000),
+    ("median_word_length", "<", 3),
+    ("median_word_length", ">", 10),
+    ("symbol_to_word_ratio", ">", 0.1),
+    ("fraction_of_words_with_alpha_character", "<", 0.8),
+    ("required_word_count", "<", 2),
+    ("fraction_of_lines_starting_with_bullet_point", ">", 0.9),
+    ("fraction_of_lines_ending_with_ellipsis", ">", 0.3),
+    ("fraction_of_duplicate_lines", ">", 0.3),
+    ("fraction_of_characters_in_duplicate_lines", ">", 0.3),
+    ("fraction_of_characters_in_most_common_2grams", ">", 0.20),
+    ("fraction_of_characters_in_most_common_3grams", ">", 0.18),
+    ("fraction_of_characters_in_most_common_4grams", ">", 0.16),
+    ("fraction_of_characters_in_duplicate_5grams", ">", 0.15),
+    ("fraction_of_characters_in_duplicate_6grams", ">", 0.14),
+    ("fraction_of_characters_in_duplicate_7grams", ">", 0.13),
+    ("fraction_of_characters_in_duplicate_8grams", ">", 0.12),
+    ("fraction_of_characters_in_duplicate_9grams", ">", 0.11),
+    ("fraction_of_characters_in_duplicate_10grams", ">", 0.10),
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running commands
+
+class Measured(NamedTuple):
+    seconds: float  # wall clock
+    cpu: float  # user + system seconds of the command and the processes it waited for
+    stdout: str
+
+
+def run(command: list[str], log_file: Path) -> Measured:
+    """Run ``command``, its output going to ``log_file``; fail with the tail of its errors."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log_file.write_text(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.splitlines()[-25:])
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({result.returncode}); see {log_file}:\n{tail}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Measured(seconds, cpu, result.stdout)
+
+
+def dolma_python_ok(python: Path) -> bool:
+    if not python.exists():
+        return False
+    check = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('dolma'))"],
+                           capture_output=True, text=True)
+    return check.returncode == 0 and check.stdout.strip() == DOLMA_VERSION
+
+
+def base_python() -> str:
+    """An interpreter dolma 1.2.1 supports (3.10 to 3.12) to make its virtualenv with."""
+    if (3, 10) <= sys.version_info[:2] <= (3, 12):
+        return sys.executable
+    for name in ("python3.12", "python3.11", "python3.10"):
+        if found := shutil.which(name):
+            return found
+    raise RuntimeError("dolma 1.2.1 needs Python 3.10 to 3.12; none found")
+
+
+def ensure_dolma() -> Path:
+    """The ``dolma`` executable of ``benchmarks/.venv-dolma``, installed from PyPI when missing."""
+    if not dolma_python_ok(DOLMA_VENV / "bin" / "python"):
+        log(f"installing dolma {DOLMA_VERSION} into {DOLMA_VENV} (once; about a minute)")
+        shutil.rmtree(DOLMA_VENV, ignore_errors=True)
+        subprocess.run([base_python(), "-m", "venv", str(DOLMA_VENV)], check=True)
+        run([str(DOLMA_VENV / "bin" / "pip"), "install", *DOLMA_REQUIREMENTS], DOLMA_VENV / "install.log")
+        if not dolma_python_ok(DOLMA_VENV / "bin" / "python"):
+            raise RuntimeError(f"dolma {DOLMA_VERSION} did not install into {DOLMA_VENV}")
+    return DOLMA_VENV / "bin" / "dolma"
+
+
+def startup_seconds(command: list[str], log_file: Path) -> float:
+    """The fixed cost of a command: the least wall-clock time of three runs that only start up."""
+    return min(run(command, log_file).seconds for _ in range(3))
+
+
+class Timing(NamedTuple):
+    seconds: float  # wall clock of the command(s)
+    startup: float  # of which fixed start-up cost (interpreter, imports, config), measured apart
+    cpu: float  # user + system seconds, all processes of the command(s)
+
+    def __add__(self, other: "Timing") -> "Timing":
+        return Timing(*(a + b for a, b in zip(self, other)))
+
+    def docs_per_s(self, documents: int, steady: bool = True) -> float:
+        return round(documents / (self.seconds - (self.startup if steady else 0.0)), 1)
+
+
+def run_dolma(dolma: Path, command: str, config: dict[str, Any], work: Path, name: str) -> Timing:
+    """Run ``dolma -c <config> <command>``; its start-up cost is that of the same command with --dryrun."""
+    config_file = work / "configs" / f"{name}.json"  # JSON is YAML, which dolma reads
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config, indent=1))
+    invocation = [str(dolma), "-c", str(config_file), command]
+    startup = startup_seconds([*invocation, "--dryrun"], work / "logs" / f"dolma-{name}-dryrun.log")
+    measured = run(invocation, work / "logs" / f"dolma-{name}.log")
+    return Timing(measured.seconds, startup, measured.cpu)
+
+
+def ours_command(stage: str, documents: Path, output: Path, options: dict[str, Any]) -> list[str]:
+    return [str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_ours.py"), stage, str(documents), str(output),
+            json.dumps(options)]
+
+
+def run_ours(stage: str, documents: Path, output: Path, options: dict[str, Any], work: Path) -> tuple[Timing, Any]:
+    """Run one stage of ``corpus_ours.py`` in the project's virtualenv; return its timing and stats."""
+    startup = startup_seconds(ours_command("startup", documents, output, {}), work / "logs" / "ours-startup.log")
+    measured = run(ours_command(stage, documents, output, options), work / "logs" / f"ours-{stage}.log")
+    return Timing(measured.seconds, startup, measured.cpu), json.loads(measured.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading dolma's outputs
+
+def rows(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every JSON row of the jsonl.gz files below ``directory``, files in sorted order."""
+    for path in sorted(directory.rglob("*.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            yield from map(json.loads, handle)
+
+
+def peer_gopher_decisions(attributes: Path) -> dict[str, list[str]]:
+    """``{id: the v1.5 Gopher rules that remove it}`` from dolma's gopher_v1 attributes."""
+    decisions = {}
+    for row in rows(attributes):
+        values = {name.rsplit("__", 1)[1]: spans[0][2] for name, spans in row["attributes"].items()
+                  if "__gopher_v1__" in name and spans}
+        decisions[row["id"]] = [
+            f"{name}{op}{threshold:g}" for name, op, threshold in PEER_GOPHER_RULES
+            if name in values and (values[name] < threshold if op == "<" else values[name] > threshold)
+        ]
+    return decisions
+
+
+def peer_gopher_filter(attribute_prefix: str) -> list[str]:
+    """The v1.5 Gopher rules as dolma mixer jsonpath exclusions (as in configs/dolma-v1_5/mixing)."""
+    rules = []
+    for name, op, threshold in PEER_GOPHER_RULES:
+        key = f"@.{attribute_prefix}__{name}"
+        rules.append(f"$.attributes[?({key} && {key}[0] && {key}[0][2] {op} {threshold})]")
+    return rules
+
+
+def peer_pii_spans(attributes: Path) -> dict[str, int]:
+    """``{id: PII spans dolma's pii_regex_v1 found}`` (e-mail, phone and IP spans; not its "doc" score)."""
+    return {row["id"]: sum(len(row["attributes"].get(f"{EXPERIMENT}__pii_regex_v1__{kind}", [])) for kind in PII_TYPES)
+            for row in rows(attributes)}
+
+
+def peer_dedup_counts(attributes: Path) -> dict[str, int]:
+    """Documents flagged by URL and by exact text; duplicate paragraphs, all and in unflagged documents."""
+    flagged = {kind: {row["id"] for row in rows(attributes / f"dup_{kind}") if row["attributes"].get(f"dup_{kind}")}
+               for kind in ("url", "text")}
+    paragraphs = paragraphs_in_kept = 0
+    for row in rows(attributes / "dup_paragraphs"):
+        count = len(row["attributes"].get("dup_paragraphs", []))
+        paragraphs += count
+        paragraphs_in_kept += count if row["id"] not in flagged["url"] | flagged["text"] else 0
+    return {"url": len(flagged["url"]), "exact": len(flagged["text"] - flagged["url"]),
+            "paragraphs": paragraphs, "paragraphs_in_unflagged_documents": paragraphs_in_kept}
+
+
+def count_documents(directory: Path) -> int:
+    return sum(1 for _ in rows(directory))
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+
+class Stage(NamedTuple):
+    ours: Timing
+    peer: Timing
+    ours_stats: dict[str, Any]
+    peer_stats: dict[str, Any]
+
+
+def tagging(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
+    peer = run_dolma(dolma, "tag", {
+        "documents": [str(documents / "*" / "*.jsonl.gz")], "taggers": list(PEER_TAGGERS),
+        "experiment": EXPERIMENT, "processes": workers}, work, "tag")
+    ours, stats = run_ours("filter", documents, work / "ours" / "filter", {"workers": workers}, work)
+    return Stage(ours, peer, stats, {})
+
+
+DEDUPE_KINDS = {  # dolma dedupes one kind per run
+    "url": {"documents": {"attribute_name": "dup_url", "key": "$.metadata.url"}},
+    "text": {"documents": {"attribute_name": "dup_text", "key": "$.text"}},
+    "paragraphs": {"paragraphs": {"attribute_name": "dup_paragraphs"}},
+}
+
+
+def dedup(dolma: Path, work: Path, documents: Path, workers: int, counts: dict[str, Any]) -> Stage:
+    num_documents = sum(counts["sources"].values())
+    peer = Timing(0.0, 0.0, 0.0)
+    for kind, dedupe in DEDUPE_KINDS.items():
+        expected = counts["paragraphs"] if kind == "paragraphs" else num_documents
+        peer += run_dolma(dolma, "dedupe", {
+            "documents": [str(documents / "*" / "*.jsonl.gz")],
+            "dedupe": {"name": f"dup_{kind}", "skip_empty": True, **dedupe},
+            "bloom_filter": {"file": str(work / "peer" / f"bloom-{kind}.bin"), "read_only": False,
+                             "estimated_doc_count": expected, "desired_false_positive_rate": FALSE_POSITIVE_RATE},
+            "processes": workers}, work, f"dedupe-{kind}")
+    options = {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
+               "expected_items": 2 * num_documents + counts["paragraphs"]}
+    ours, stats = run_ours("dedup", documents, work / "ours" / "dedup", options, work)
+    return Stage(ours, peer, stats, peer_dedup_counts(work / "attributes"))
+
+
+def mix_config(documents: Path, output: Path, workers: int, exclude: list[str], attributes: list[str]) -> dict:
+    streams = [{"name": source.name, "documents": [str(source / "*.jsonl.gz")], "attributes": attributes,
+                "output": {"path": str(output / source.name), "max_size_in_bytes": MAX_SHARD_BYTES,
+                           "discard_fields": ["attributes"]},
+                "filter": {"exclude": exclude}}
+               for source in sorted(p for p in documents.iterdir() if p.is_dir())]
+    return {"streams": streams, "processes": workers}
+
+
+def mixing(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
+    nothing = ["$.metadata[?(@.kind == 'no such kind')]"]  # the mixer wants a filter: this one removes nothing
+    peer = run_dolma(dolma, "mix", mix_config(documents, work / "peer" / "mix", workers, nothing, []), work, "mix")
+    ours, stats = run_ours("mix", documents, work / "ours" / "mix", {"max_shard_bytes": MAX_SHARD_BYTES}, work)
+    return Stage(ours, peer, stats, {"documents_out": count_documents(work / "peer" / "mix")})
+
+
+def gopher_mixing(dolma: Path, work: Path, documents: Path, workers: int) -> tuple[Timing, int]:
+    """dolma's mixer with the v1.5 Gopher rules: its timing and the number of documents it kept."""
+    rules = peer_gopher_filter(f"{EXPERIMENT}__gopher_v1")
+    output = work / "peer" / "mix-gopher"
+    timing = run_dolma(dolma, "mix", mix_config(documents, output, workers, rules, [EXPERIMENT]), work, "mix-gopher")
+    return timing, count_documents(output)
+
+
+def agreement(work: Path, documents: Path, kinds: dict[str, str]) -> dict[str, Any]:
+    """Gopher decisions (and PII span counts) of both tools, document by document."""
+    _, ours = run_ours("decisions", documents, work / "ours" / "filter", {}, work)
+    peer = peer_gopher_decisions(work / "attributes" / EXPERIMENT)
+    peer_pii = peer_pii_spans(work / "attributes" / EXPERIMENT)
+    if set(ours["gopher"]) != set(peer) or set(ours["pii_spans"]) != set(peer_pii):
+        raise RuntimeError(f"the two tools judged different documents ({len(ours['gopher'])} vs {len(peer)})")
+    classes = Counter(
+        (kinds[doc_id], (peer[doc_id] or ["kept"])[0], (ours["gopher"][doc_id] or ["kept"])[0])
+        for doc_id in peer if bool(peer[doc_id]) != bool(ours["gopher"][doc_id])
+    )
+    crowded = {"ours": {i for i, n in ours["pii_spans"].items() if n > 5}, "peer": {i for i, n in peer_pii.items() if n > 5}}
+    return {
+        "gopher_agreement": 1 - sum(classes.values()) / len(peer), "disagreements": classes,
+        "gopher_removed_peer": sum(map(bool, peer.values())), "gopher_removed_ours": sum(map(bool, ours["gopher"].values())),
+        "pii_spans_ours": sum(ours["pii_spans"].values()), "pii_spans_peer": sum(peer_pii.values()),
+        "pii_over_5_ours": len(crowded["ours"]), "pii_over_5_peer": len(crowded["peer"]),
+        "pii_over_5_agreement": 1 - len(crowded["ours"] ^ crowded["peer"]) / len(peer),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+
+
+def figures(stages: dict[str, Stage], documents: int) -> dict[str, float]:
+    """docs/s of each stage and tool, steady (start-up cost taken out) and wall clock; ratios ours / dolma,
+    and dolma's CPU seconds over ours (the work each did, whatever else ran on the machine)."""
+    result: dict[str, float] = {}
+    for name, stage in stages.items():
+        prefix = "" if name == "tag" else f"{name}_"
+        for steady, suffix in ((True, ""), (False, "_wall")):
+            ours, peer = stage.ours.docs_per_s(documents, steady), stage.peer.docs_per_s(documents, steady)
+            result.update({f"{prefix}ours{suffix}": ours, f"{prefix}peer{suffix}": peer,
+                           f"{prefix}ratio{suffix}": round(ours / peer, 3)})
+        result[f"{prefix}ratio_cpu"] = round(stage.peer.cpu / stage.ours.cpu, 3)
+    return result
+
+
+STAGE_TITLES = {"tag": "tag + filter: Gopher, C4, PII", "dedup": "dedup: URL + exact + paragraph",
+                "mix": "mix: pass-through"}
+
+
+def results_block(command: str, report: dict[str, Any]) -> str:
+    stages, found, n, m = report["stages"], report["agreement"], report["documents"], report["machine"]
+    fig = report["figures"]
+    lines = [
+        f"### {report['date']}: `{command}`",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, dolma {DOLMA_VERSION}; load average "
+        f"{report['load'][0]:.2f} before, {report['load'][1]:.2f} after. Input: {n} documents "
+        f"({', '.join(f'{k} {v}' for k, v in report['input']['sources'].items())}), "
+        f"{report['input']['characters'] / n:.0f} characters on average, 8 shards; {report['workers']} processes "
+        "(our dedup and mix run in one). docs/s = documents / (wall clock − start-up); start-up = least of three "
+        "runs of the same command with `--dryrun` (dolma) or of the bare imports (ours).",
+        "",
+        "| stage | ours docs/s | dolma docs/s | ours / dolma | wall clock: ours | dolma | ours / dolma "
+        "| ours s (start-up) | dolma s (start-up) | CPU s: ours | dolma |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, stage in stages.items():
+        prefix = "" if name == "tag" else f"{name}_"
+        lines.append(
+            f"| {STAGE_TITLES[name]} | {fig[prefix + 'ours']} | {fig[prefix + 'peer']} | {fig[prefix + 'ratio']:.2f} "
+            f"| {fig[prefix + 'ours_wall']} | {fig[prefix + 'peer_wall']} | {fig[prefix + 'ratio_wall']:.2f} "
+            f"| {stage.ours.seconds:.1f} ({stage.ours.startup:.1f}) | {stage.peer.seconds:.1f} ({stage.peer.startup:.1f}) "
+            f"| {stage.ours.cpu:.1f} | {stage.peer.cpu:.1f} |")
+    gopher_timing, gopher_kept = report["gopher_mix"]
+    lines += [
+        f"| mix with the v1.5 Gopher rules (dolma only) | | {gopher_timing.docs_per_s(n)} | "
+        f"| | {gopher_timing.docs_per_s(n, steady=False)} | | | {gopher_timing.seconds:.1f} ({gopher_timing.startup:.1f}) "
+        f"| | {gopher_timing.cpu:.1f} |",
+        "",
+        f"Ours, tag + filter: tagging {stages['tag'].ours_stats['tag_s']:.1f} s, filtering "
+        f"{stages['tag'].ours_stats['filter_s']:.1f} s (in-process clocks).",
+        "",
+        f"Gopher agreement: {found['gopher_agreement']:.2%} ({sum(found['disagreements'].values())} of {n} documents "
+        f"differ); removed by Gopher: ours {found['gopher_removed_ours']}, dolma {found['gopher_removed_peer']} "
+        f"(dolma's own mixer with the v1.5 rules kept {gopher_kept}: "
+        f"{'the same' if gopher_kept == n - found['gopher_removed_peer'] else 'NOT the same'} decisions as computed here "
+        "from its attributes).",
+    ]
+    if found["disagreements"]:
+        lines += ["", "| document kind | dolma (first rule) | ours (first rule) | documents |", "|---|---|---|---:|"]
+        lines += [f"| {kind} | {peer} | {ours} | {count} |"
+                  for (kind, peer, ours), count in found["disagreements"].most_common(12)]
+    ours_dedup, peer_dedup = stages["dedup"].ours_stats, stages["dedup"].peer_stats
+    filtered = stages["tag"].ours_stats
+    lines += [
+        "",
+        f"Dedup, ours (removed) / dolma (flagged): URL {ours_dedup['removed_url']} / {peer_dedup['url']}; exact text "
+        f"{ours_dedup['removed_exact']} / {peer_dedup['exact']} (not also URL); paragraphs "
+        f"{ours_dedup['paragraphs_removed']} / {peer_dedup['paragraphs']} "
+        f"({peer_dedup['paragraphs_in_unflagged_documents']} in documents flagged neither by URL nor by text); "
+        f"documents emptied by paragraph dedup (ours) {ours_dedup['documents_emptied']}.",
+        f"PII spans found, ours / dolma: {found['pii_spans_ours']} / {found['pii_spans_peer']}; documents with more "
+        f"than five: {found['pii_over_5_ours']} / {found['pii_over_5_peer']} (same decision on "
+        f"{found['pii_over_5_agreement']:.2%}). Our filter kept {filtered['documents_kept']} of "
+        f"{filtered['documents_in']} documents.",
+        f"Mix: ours wrote {stages['mix'].ours_stats['documents_out']}, dolma {stages['mix'].peer_stats['documents_out']} "
+        "documents.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def append_results(block: str) -> None:
+    """Add ``block`` at the end of the "## corpus" section of RESULTS.md (made when missing)."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    heading = "\n## corpus\n"
+    if heading not in text:
+        text = text.rstrip("\n") + "\n" + heading + "\n"
+    end = text.find("\n## ", text.index(heading) + len(heading))
+    end = len(text) if end == -1 else end + 1
+    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + ("\n" + text[end:] if end < len(text) else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4,000 documents instead of 20,000")
+    parser.add_argument("--documents", type=int, help="number of documents (overrides --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for each tool (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    args = parser.parse_args()
+    num_documents = args.documents or (4_000 if args.quick else 20_000)
+    command = " ".join(["python benchmarks/corpus.py", *sys.argv[1:]])
+
+    dolma = ensure_dolma()
+    work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
+    finished = False
+    try:
+        documents = work / "documents"
+        log(f"writing {num_documents} documents to {documents}")
+        out = run([str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_input.py"), str(documents), str(num_documents),
+                   str(args.seed)], work / "logs" / "input.log").stdout
+        counts = json.loads(out.strip().splitlines()[-1])
+        kinds = {row["id"]: row["metadata"]["kind"] for row in rows(documents)}
+        load_before = os.getloadavg()[0]
+        log("tagging: dolma, then ours")
+        stages = {"tag": tagging(dolma, work, documents, args.workers)}
+        log("dedup: dolma, then ours")
+        stages["dedup"] = dedup(dolma, work, documents, args.workers, counts)
+        log("mix: dolma, then ours")
+        stages["mix"] = mixing(dolma, work, documents, args.workers)
+        log("mix with the Gopher rules: dolma")
+        gopher_mix = gopher_mixing(dolma, work, documents, args.workers)
+        load = (load_before, os.getloadavg()[0])
+        log("comparing decisions")
+        found = agreement(work, documents, kinds)
+        finished = True
+    finally:
+        if args.keep or not finished:
+            log(f"kept {work} (inputs, outputs, configs and logs)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    result = {"benchmark": "corpus", "unit": "docs/s", **figures(stages, num_documents),
+              "gopher_agreement": round(found["gopher_agreement"], 5),
+              "mix_peer_gopher_rules": gopher_mix[0].docs_per_s(num_documents),
+              **{key: value for key, value in found.items() if key not in ("gopher_agreement", "disagreements")},
+              "documents": num_documents, "workers": args.workers}
+    report = {"stages": stages, "agreement": found, "documents": num_documents, "machine": machine(),
+              "input": counts, "workers": args.workers, "load": load, "gopher_mix": gopher_mix, "figures": result,
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    append_results(results_block(command, report))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
