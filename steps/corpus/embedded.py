@@ -1,6 +1,6 @@
 """Embedded sources: an offline corpus made from what any machine with Python has.
 
-Kinds: ``python-docs`` (the docstrings of each standard-library module, reflowed into prose),
+Kinds: ``python-docs`` (the docstrings of each standard-library module),
 ``python-code`` (the standard-library source files), ``package-metadata`` (the long description
 of each installed distribution) and ``system-docs`` (plain-text files under /usr/share/doc and the
 licenses in /usr/share/common-licenses; possibly none). Each kind lists its candidates in a sorted
@@ -187,12 +187,14 @@ def _package_description(metadata_text: str) -> str:
     return inspect.cleandoc(message.get("Description", "") or "")
 
 
-# kind -> (candidate lister, text maker); the text maker returns None for unparseable content.
+# kind -> (candidate lister, text maker); the text maker returns None for unparseable content. Prose
+# is reflowed as web text comes out of extraction: a paragraph per line, no blank separator lines
+# (Gopher's duplicate-line rule would count those).
 EMBEDDED_KINDS: dict[str, tuple[Callable[[], list[Candidate]], Callable[[str], str | None]]] = {
     "python-docs": (lambda: _python_candidates("python-docs"), _python_docs_text),
     "python-code": (lambda: _python_candidates("python-code"), lambda source: source),
-    "package-metadata": (_package_candidates, _package_description),
-    "system-docs": (_system_doc_candidates, lambda text: text),
+    "package-metadata": (_package_candidates, lambda metadata: _reflow(_package_description(metadata))),
+    "system-docs": (_system_doc_candidates, _reflow),
 }
 
 
