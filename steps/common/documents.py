@@ -39,7 +39,10 @@ class DocumentFormatError(ValueError):
 
     def __init__(self, path: str, line: int, expected: str):
         super().__init__(f"{path}:{line}: {expected}")
-        self.path, self.line = path, line
+        self.path, self.line, self.expected = path, line, expected
+
+    def __reduce__(self):  # so that it crosses from a worker process intact
+        return type(self), (self.path, self.line, self.expected)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Tango steps of the corpus: source → filter → dedup → mix, each a directory of Dolma shards."""
+"""Tango steps of the corpus: source → tag → filter → dedup → mix, each a directory of Dolma shards."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tango import Step
 
@@ -10,11 +10,11 @@ from steps.common.artifacts import Artifact
 from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import filter_documents
-from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
-from steps.corpus.taggers import FilterConfig, TagConfig
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.corpus.mix import MixConfig, mix_sources
 from steps.corpus.sources import source_fingerprint, validate_source, write_source
+from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
+from steps.corpus.taggers import FilterConfig, TagConfig
 
 
 def documents_dir(artifact: Artifact) -> Path:
@@ -99,34 +99,34 @@ class FilterDocuments(ShardedStage):
         return self.artifact(out, stats)
 
 
-class DocumentsStage(ArtifactStep):
-    """A corpus stage from one documents directory to another, configured by one dict."""
+@Step.register("deduplicate_documents")
+class DeduplicateDocuments(ArtifactStep):
+    """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept.
+    The filter and per-shard markers live in the work dir, so a re-run after a crash resumes."""
 
-    CONFIG: Any  # a dataclass with ``from_dict``
-    PROCESS: Callable[[Path, Path, dict], dict[str, Any]]
+    VERSION = "002"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        cls.CONFIG.from_dict(kwargs["config"])
+        DedupConfig.from_dict(kwargs["config"])
 
-    def run(self, documents: Artifact, config: dict) -> Artifact:
-        out = self.output_dir()
-        return self.artifact(out, type(self).PROCESS(documents_dir(documents), out, config))
-
-
-@Step.register("deduplicate_documents")
-class DeduplicateDocuments(DocumentsStage):
-    """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept."""
-
-    VERSION = "001"
-    CONFIG = DedupConfig
-    PROCESS = staticmethod(deduplicate)
+    def run(self, documents: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+        out = self.output_dir(fresh=False)
+        stats = deduplicate(documents_dir(documents), out, config, work_dir=self.work_dir / "dedup",
+                            num_workers=num_workers)
+        return self.artifact(out, stats)
 
 
 @Step.register("mix_sources")
-class MixSources(DocumentsStage):
-    """Per-source up/down-sampling by seed into output shards, and a held-out split for perplexity."""
+class MixSources(ArtifactStep):
+    """Per-source sampling (factors or target proportions) by seed into output shards, and a held-out split."""
 
-    VERSION = "001"
-    CONFIG = MixConfig
-    PROCESS = staticmethod(mix_sources)
+    VERSION = "002"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        MixConfig.from_dict(kwargs["config"])
+
+    def run(self, documents: Artifact, config: dict) -> Artifact:
+        out = self.output_dir()
+        return self.artifact(out, mix_sources(documents_dir(documents), out, config))

@@ -203,3 +203,10 @@ def test_written_shards_are_byte_for_byte_deterministic(tmp_path):
     write_jsonl_gz(tmp_path / "b" / "x.jsonl.gz", rows)
     assert (tmp_path / "a" / "x.jsonl.gz").read_bytes() == (tmp_path / "b" / "x.jsonl.gz").read_bytes()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_format_errors_cross_process_boundaries_intact():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DocumentFormatError("web/a.jsonl.gz", 7, "expected a JSON object")))
+    assert str(error) == "web/a.jsonl.gz:7: expected a JSON object" and (error.path, error.line) == ("web/a.jsonl.gz", 7)

@@ -50,7 +50,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         config: p.filter,
         num_workers: x.num_workers,
       },
-      dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup },
+      dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup, num_workers: x.num_workers },
       mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix },
       tokenizer: { type: 'tokenizer', tokenizer: p.tokenizer },
       tokenize: {
