@@ -268,8 +268,8 @@ def dedup(dolma: Path, work: Path, documents: Path, workers: int, counts: dict[s
             "bloom_filter": {"file": str(work / "peer" / f"bloom-{kind}.bin"), "read_only": False,
                              "estimated_doc_count": expected, "desired_false_positive_rate": FALSE_POSITIVE_RATE},
             "processes": workers}, work, f"dedupe-{kind}")
-    options = {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
-               "expected_items": 2 * num_documents + counts["paragraphs"]}
+    options = {"config": {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
+                          "expected_items": 2 * num_documents + counts["paragraphs"]}, "workers": workers}
     ours, stats = run_ours("dedup", documents, work / "ours" / "dedup", options, work)
     return Stage(ours, peer, stats, peer_dedup_counts(work / "attributes"))
 
@@ -356,7 +356,7 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         f"{report['load'][0]:.2f} before, {report['load'][1]:.2f} after. Input: {n} documents "
         f"({', '.join(f'{k} {v}' for k, v in report['input']['sources'].items())}), "
         f"{report['input']['characters'] / n:.0f} characters on average, 8 shards; {report['workers']} processes "
-        "(our dedup and mix run in one). docs/s = documents / (wall clock − start-up); start-up = least of three "
+        "(our mix runs in one). docs/s = documents / (wall clock − start-up); start-up = least of three "
         "runs of the same command with `--dryrun` (dolma) or of the bare imports (ours).",
         "",
         "| stage | ours docs/s | dolma docs/s | ours / dolma | wall clock: ours | dolma | ours / dolma "

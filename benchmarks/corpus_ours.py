@@ -5,7 +5,7 @@ stage over the documents directory and prints its stats as one JSON line:
 
 - ``filter``: tag with Gopher + C4 + PII, then apply the rules and write the kept documents
   (options: ``workers``);
-- ``dedup``: URL + exact-text + paragraph dedup (options: a dedup config);
+- ``dedup``: URL + exact-text + paragraph dedup (options: ``config``, a dedup config, and ``workers``);
 - ``mix``: every source at factor 1 into shards (options: a mix config);
 - ``startup``: nothing but the imports every stage makes (the fixed cost of a run);
 - ``decisions`` (not timed): per document, the Gopher rules that remove it (from the attribute
@@ -46,7 +46,7 @@ def run_filter(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -
 
 
 def run_dedup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return deduplicate(documents_dir, output_dir, options)["total"]
+    return deduplicate(documents_dir, output_dir, options["config"], num_workers=options["workers"])["total"]
 
 
 def run_mix(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
