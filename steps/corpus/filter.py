@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from steps.common.documents import read_documents, write_jsonl_gz
-from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
-from steps.corpus.shards import run_shard_jobs
+from steps.corpus.layout import DOCUMENTS_DIR
+from steps.corpus.shards import run_over_documents
 from steps.corpus.spans import Attributes, Edits, apply_edits
-from steps.corpus.stats import merge_stats, total_stats
+from steps.corpus.stats import total_stats
 from steps.corpus.tag import attribute_shard, read_attribute_rows
 from steps.corpus.taggers import EMPTIED_RULE, RULE_ORDER, TAGGERS, FilterConfig
 
@@ -151,14 +151,9 @@ def filter_documents(
     documents_kept and bytes_kept (UTF-8 bytes of text).
     """
     config = FilterConfig.from_dict(config) if isinstance(config, Mapping) else config
-    documents_dir = Path(documents_dir)
-    jobs = [
-        FilterJob(source, str(shard), shard_stem(shard, documents_dir / source), str(attributes_dir),
-                  str(output_dir), config)
-        for source, shards in source_shards(documents_dir).items()
-        for shard in shards
-    ]
-    per_source: dict[str, dict[str, Any]] = {}
-    for job, stats in zip(jobs, run_shard_jobs(jobs, filter_shard, num_workers, markers)):
-        per_source[job.source] = merge_stats(per_source.get(job.source, {}), stats)
+
+    def job(source: str, shard: Path, stem: str) -> FilterJob:
+        return FilterJob(source, str(shard), stem, str(attributes_dir), str(output_dir), config)
+
+    per_source = run_over_documents(Path(documents_dir), job, filter_shard, num_workers, markers)
     return {"sources": per_source, "total": total_stats(per_source), "rule_order": list(RULE_ORDER)}

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
+from steps.corpus.layout import shard_stem, source_shards
+from steps.corpus.stats import merge_stats
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,6 +26,12 @@ class ShardJob(Protocol):
 
 
 Job = TypeVar("Job", bound=ShardJob)
+
+
+class DocumentsJob(ShardJob, Protocol):
+    """A job on one shard of a documents directory (``<source>/<stem>.jsonl.gz``)."""
+
+    source: str
 
 
 def _marker(markers: Path, job: ShardJob) -> Path:
@@ -73,3 +82,20 @@ def run_shard_jobs(
             for index, stats in zip(pending, outcomes):
                 finished(index, stats)
     return [results[index] for index in range(len(jobs))]
+
+
+def run_over_documents(
+    documents_dir: Path,
+    make_job: Callable[[str, Path, str], DocumentsJob],
+    work: Callable[[DocumentsJob], dict[str, Any]],
+    num_workers: int = 1,
+    markers: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run ``work`` on ``make_job(source, shard, stem)`` for every shard of a documents directory;
+    return ``{source: its shards' stats, added up}``."""
+    jobs = [make_job(source, shard, shard_stem(shard, documents_dir / source))
+            for source, shards in source_shards(documents_dir).items() for shard in shards]
+    per_source: dict[str, dict[str, Any]] = {}
+    for job, stats in zip(jobs, run_shard_jobs(jobs, work, num_workers, markers)):
+        per_source[job.source] = merge_stats(per_source.get(job.source, {}), stats)
+    return per_source

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from steps.common.documents import read_documents, write_jsonl_gz
-from steps.corpus.layout import shard_stem, source_shards
-from steps.corpus.shards import run_shard_jobs
-from steps.corpus.stats import merge_stats, total_stats
+from steps.corpus.shards import run_over_documents
+from steps.corpus.stats import total_stats
 from steps.corpus.taggers import TAGGERS, TagConfig
 
 ATTRIBUTES_DIR = "attributes"
@@ -81,13 +80,9 @@ def tag_documents(
     With ``markers`` (a folder), shards finished by an interrupted run are not tagged again.
     """
     config = TagConfig.from_dict(config) if isinstance(config, Mapping) else config
-    documents_dir = Path(documents_dir)
-    jobs = [
-        TagJob(source, str(shard), shard_stem(shard, documents_dir / source), str(output_dir), config)
-        for source, shards in source_shards(documents_dir).items()
-        for shard in shards
-    ]
-    per_source: dict[str, dict[str, Any]] = {}
-    for job, stats in zip(jobs, run_shard_jobs(jobs, tag_shard, num_workers, markers)):
-        per_source[job.source] = merge_stats(per_source.get(job.source, {}), stats)
+
+    def job(source: str, shard: Path, stem: str) -> TagJob:
+        return TagJob(source, str(shard), stem, str(output_dir), config)
+
+    per_source = run_over_documents(Path(documents_dir), job, tag_shard, num_workers, markers)
     return {"sources": per_source, "total": total_stats(per_source)}
