@@ -8,7 +8,8 @@ DEDUP_REMOVALS = ("removed_url", "removed_exact", "documents_emptied")
 # The stats of a stage that saw no document of a source (it had no shard of it).
 NO_FILTER_STATS = {"documents_in": 0, "documents_kept": 0, "removed_by_rule": {}, "pii_spans_masked": 0,
                    "c4_lines_removed": 0, "toxic_sentences_removed": 0}
-NO_DEDUP_STATS = {"documents_in": 0, "documents_kept": 0, "paragraphs_removed": 0, **dict.fromkeys(DEDUP_REMOVALS, 0)}
+NO_DEDUP_STATS = {"documents_in": 0, "documents_kept": 0, "bytes_kept": 0, "paragraphs_removed": 0,
+                  **dict.fromkeys(DEDUP_REMOVALS, 0)}
 
 
 class AccountsError(ValueError):
@@ -31,6 +32,7 @@ def source_account(source: Mapping[str, Any], filtered: Mapping[str, Any], dedup
         "removed_by_filter": sum(filtered["removed_by_rule"].values()),
         "removed_by_dedup": sum(deduped[key] for key in DEDUP_REMOVALS),
         "kept": deduped["documents_kept"],
+        "bytes_kept": deduped["bytes_kept"],
         "pii_spans_masked": filtered["pii_spans_masked"],
         "c4_lines_removed": filtered["c4_lines_removed"],
         "toxic_sentences_removed": filtered["toxic_sentences_removed"],

@@ -189,7 +189,7 @@ class DedupConfig:
 
 def _empty_stats() -> dict[str, int]:
     return dict.fromkeys(("documents_in", "documents_without_url", "removed_url", "removed_exact",
-                          "paragraphs_removed", "documents_emptied", "documents_kept"), 0)
+                          "paragraphs_removed", "documents_emptied", "documents_kept", "bytes_kept"), 0)
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,7 @@ def _decide(items: ShardItems, seen: BloomFilter, config: DedupConfig, source: s
         alive &= ~emptied
     kept = [{**docs[index], "text": texts[index]} for index in np.flatnonzero(alive).tolist()]
     stats["documents_kept"] = len(kept)
+    stats["bytes_kept"] = sum(len(doc["text"].encode("utf-8")) for doc in kept)
     return ShardDecision(kept, stats, np.concatenate(added) if added else np.empty((0, 2), dtype=np.uint64))
 
 
@@ -439,7 +440,7 @@ def deduplicate(
     Returns ``{"sources": {source: stats}, "total": stats, "bloom": {items, expected_items, bits,
     hashes}}``. Stats: documents_in, documents_without_url (passed through URL dedup), removed_url,
     removed_exact, paragraphs_removed, documents_emptied (every paragraph a repeat) and
-    documents_kept, with documents_in == removed_url + removed_exact + documents_emptied + documents_kept.
+    documents_kept and bytes_kept (UTF-8 bytes of their text), with documents_in == removed_url + removed_exact + documents_emptied + documents_kept.
 
     With ``work_dir``, the filter and the per-shard markers live there and a re-run after a crash
     skips the shards already finished; without it they live in a scratch folder, removed at the end.

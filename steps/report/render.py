@@ -37,7 +37,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 ACCOUNT_COLUMNS = ("records_in", "quarantined", "removed_by_filter", "removed_by_dedup", "kept", "bytes_in",
-                   "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed")
+                   "bytes_kept", "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed")
 
 
 def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:

@@ -134,9 +134,9 @@ def test_first_occurrence_across_sources_is_kept(corpus, tmp_path):
     assert kept_docs(tmp_path / "out", "b-web") == {"b4": "Fresh start.\nFresh end.", "b5": "Only in b1."}
     a, b = stats["sources"]["a-books"], stats["sources"]["b-web"]
     assert a == {"documents_in": 3, "documents_without_url": 1, "removed_url": 0, "removed_exact": 1,
-                 "paragraphs_removed": 0, "documents_emptied": 0, "documents_kept": 2}
+                 "paragraphs_removed": 0, "documents_emptied": 0, "documents_kept": 2, "bytes_kept": 72}
     assert b == {"documents_in": 5, "documents_without_url": 0, "removed_url": 1, "removed_exact": 1,
-                 "paragraphs_removed": 3, "documents_emptied": 1, "documents_kept": 2}
+                 "paragraphs_removed": 3, "documents_emptied": 1, "documents_kept": 2, "bytes_kept": 34}
     for s in (a, b):
         assert s["documents_in"] == s["removed_url"] + s["removed_exact"] + s["documents_emptied"] + s["documents_kept"]
     assert stats["bloom"]["items"] > 0 and stats["bloom"]["hashes"] == 20
@@ -233,6 +233,7 @@ def item_by_item(root, config):
                         continue
                 kept[source][d["id"]] = text
         s["documents_kept"] = len(kept[source])
+        s["bytes_kept"] = sum(len(text.encode("utf-8")) for text in kept[source].values())
         stats[source] = s
     return kept, stats
 
