@@ -218,3 +218,20 @@ def test_unreachable_remote_source_gets_an_unverified_fingerprint(monkeypatch):
     assert sources.source_fingerprint(remote) != sources.source_fingerprint(moved)
     with pytest.raises(ConnectionError):  # local paths never fall back: their content must be hashed
         sources.source_fingerprint({"name": "local", "type": "files", "paths": ["/tmp/x/*.jsonl.gz"]})
+
+
+def test_a_large_input_shard_is_copied_with_bounded_memory(tmp_path):
+    import tracemalloc
+
+    text = "A sentence of the large input shard, repeated to make the document longer. " * 40
+    lines = (json.dumps({"id": str(i), "text": f"{i} {text}"}) + "\n" for i in range(8000))
+    with gzip.open(tmp_path / "big.jsonl.gz", "wt", compresslevel=1) as handle:
+        handle.writelines(lines)  # about 24 MB of text in one input shard
+    spec = {"name": "web", "type": "files", "paths": [str(tmp_path / "big.jsonl.gz")]}
+    tracemalloc.start()
+    stats = write_source(spec, tmp_path / "out", max_shard_bytes=2**20)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert stats["documents"] == 8000 and stats["bytes"] > 24_000_000
+    assert len(list_shards(tmp_path / "out" / "documents" / "web")) >= 23  # split into 1 MiB shards
+    assert peak < 8 * 2**20  # streamed: memory follows the output shard size, not the input
