@@ -112,7 +112,11 @@ def _expand_paths(spec: FilesSource) -> list[tuple[fsspec.AbstractFileSystem, st
     """Every shard named by ``spec.paths``, as ``(filesystem, path)``: globs and folders sorted."""
     shards: list[tuple[fsspec.AbstractFileSystem, str]] = []
     for index, url in enumerate(spec.paths):
-        fs, path = fsspec.core.url_to_fs(url)
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+        except ImportError as exc:
+            raise ImportError(f"source {spec.name!r}.paths[{index}]: {url} needs an fsspec backend that is not "
+                              f"installed ({exc}); for s3:// and gs:// run .venv/bin/pip install -e '.[cloud]'") from None
         if fsspec.core.has_magic(path):
             found = sorted(fs.glob(path))
         elif fs.isdir(path):

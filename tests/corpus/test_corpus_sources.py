@@ -235,3 +235,15 @@ def test_a_large_input_shard_is_copied_with_bounded_memory(tmp_path):
     assert stats["documents"] == 8000 and stats["bytes"] > 24_000_000
     assert len(list_shards(tmp_path / "out" / "documents" / "web")) >= 23  # split into 1 MiB shards
     assert peak < 8 * 2**20  # streamed: memory follows the output shard size, not the input
+
+
+def test_a_missing_fsspec_backend_says_how_to_install_it(monkeypatch):
+    from steps.corpus import sources
+
+    def no_backend(url):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(sources.fsspec.core, "url_to_fs", no_backend)
+    spec = {"name": "cc", "type": "files", "paths": ["s3://bucket/cc/*.jsonl.gz"]}
+    with pytest.raises(ImportError, match=r"source 'cc'\.paths\[0\]: s3://bucket.*pip install -e '\.\[cloud\]'"):
+        list(sources.iter_source_documents(spec))
