@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 from steps.common.documents import ShardWriter, read_documents
 from steps.corpus.config import ConfigError, build, require
 from steps.corpus.layout import DOCUMENTS_DIR, source_shards
+from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import total_stats
 
 HELDOUT_DIR = "heldout"
@@ -93,12 +94,61 @@ def _documents(shards: list[Path]) -> Iterator[dict[str, Any]]:
             yield doc
 
 
-def mix_sources(input_dir: str | Path, output_dir: str | Path, config: MixConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """Mix the documents directory ``input_dir`` into ``output_dir``.
+@dataclass(frozen=True)
+class MixJob:
+    """One source of the mix, with the factor it is sampled at."""
+
+    source: str
+    shards: tuple[str, ...]
+    output_dir: str
+    config: MixConfig
+    factor: float
+
+    @property
+    def key(self) -> str:
+        return self.source
+
+
+def mix_source(job: MixJob) -> dict[str, Any]:
+    """Write one source's training and held-out shards; return its stats."""
+    config, source, output_dir = job.config, job.source, Path(job.output_dir)
+    for folder in (output_dir / DOCUMENTS_DIR / source, output_dir / HELDOUT_DIR / source):
+        for stale in folder.glob("*.jsonl.gz"):  # left by an interrupted run
+            stale.unlink()
+    stats = dict.fromkeys(("documents_in", "documents_out", "bytes_out", "heldout_documents", "heldout_bytes"), 0)
+    shards = [Path(shard) for shard in job.shards]
+    with ShardWriter(output_dir / DOCUMENTS_DIR / source, "mix", config.max_shard_bytes) as train, \
+            ShardWriter(output_dir / HELDOUT_DIR / source, "heldout", config.max_shard_bytes) as heldout:
+        for copy in range(max(1, math.ceil(job.factor))):
+            for doc in _documents(shards):
+                held_out = config.is_heldout(source, doc["id"])
+                size = len(doc["text"].encode("utf-8"))
+                if copy == 0:
+                    stats["documents_in"] += 1
+                    if held_out:
+                        heldout.write(doc)
+                        stats["heldout_documents"] += 1
+                        stats["heldout_bytes"] += size
+                if not held_out and copy < _copies(config, job.factor, source, doc["id"]):
+                    train.write(doc if copy == 0 else {**doc, "id": f"{doc['id']}#repeat{copy}"})
+                    stats["documents_out"] += 1
+                    stats["bytes_out"] += size
+    return stats
+
+
+def mix_sources(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    config: MixConfig | Mapping[str, Any],
+    num_workers: int = 1,
+    markers: Path | None = None,
+) -> dict[str, Any]:
+    """Mix the documents directory ``input_dir`` into ``output_dir``, one source per worker.
 
     Writes ``documents/<source>/mix-NNNNN.jsonl.gz`` (training) and
     ``heldout/<source>/heldout-NNNNN.jsonl.gz``. Returns ``{"sources": {source: stats}, "total":
-    stats}`` with documents_in, documents_out, bytes_out, heldout_documents and heldout_bytes.
+    stats}`` with documents_in, documents_out, bytes_out, heldout_documents and heldout_bytes (and
+    each source's ``factor``). With ``markers``, sources finished by an interrupted run are kept.
     """
     config = MixConfig.from_dict(config) if isinstance(config, Mapping) else config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -109,25 +159,8 @@ def mix_sources(input_dir: str | Path, output_dir: str | Path, config: MixConfig
             raise ConfigError(f"mix.{key} names source(s) {', '.join(unknown)} not in {input_dir} "
                               f"(has {', '.join(sources) or 'none'})")
     factors = sampling_factors(config, sources)
-    per_source = {}
-    for source, shards in sources.items():
-        stats = dict.fromkeys(("documents_in", "documents_out", "bytes_out", "heldout_documents", "heldout_bytes"), 0)
-        with ShardWriter(output_dir / DOCUMENTS_DIR / source, "mix", config.max_shard_bytes) as train, \
-                ShardWriter(output_dir / HELDOUT_DIR / source, "heldout", config.max_shard_bytes) as heldout:
-            for copy in range(max(1, math.ceil(factors[source]))):
-                for doc in _documents(shards):
-                    held_out = config.is_heldout(source, doc["id"])
-                    size = len(doc["text"].encode("utf-8"))
-                    if copy == 0:
-                        stats["documents_in"] += 1
-                        if held_out:
-                            heldout.write(doc)
-                            stats["heldout_documents"] += 1
-                            stats["heldout_bytes"] += size
-                    if not held_out and copy < _copies(config, factors[source], source, doc["id"]):
-                        train.write(doc if copy == 0 else {**doc, "id": f"{doc['id']}#repeat{copy}"})
-                        stats["documents_out"] += 1
-                        stats["bytes_out"] += size
-        per_source[source] = {**stats, "factor": factors[source]}
-    return {"sources": per_source, "total": total_stats(
-        {source: {k: v for k, v in stats.items() if k != "factor"} for source, stats in per_source.items()})}
+    jobs = [MixJob(source, tuple(map(str, shards)), str(output_dir), config, factors[source])
+            for source, shards in sources.items()]
+    per_source = {job.source: stats for job, stats in zip(jobs, run_shard_jobs(jobs, mix_source, num_workers, markers))}
+    return {"sources": {source: {**stats, "factor": factors[source]} for source, stats in per_source.items()},
+            "total": total_stats(per_source)}

@@ -118,7 +118,7 @@ class DeduplicateDocuments(ArtifactStep):
 
 
 @Step.register("mix_sources")
-class MixSources(ArtifactStep):
+class MixSources(ShardedStage):
     """Per-source sampling (factors or target proportions) by seed into output shards, and a held-out split."""
 
     VERSION = "002"
@@ -127,6 +127,6 @@ class MixSources(ArtifactStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         MixConfig.from_dict(kwargs["config"])
 
-    def run(self, documents: Artifact, config: dict) -> Artifact:
-        out = self.output_dir()
-        return self.artifact(out, mix_sources(documents_dir(documents), out, config))
+    def run(self, documents: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+        out = self.output_dir(fresh=False)  # sources finished before a crash are kept
+        return self.artifact(out, mix_sources(documents_dir(documents), out, config, num_workers, self.markers))

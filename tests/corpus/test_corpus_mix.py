@@ -90,3 +90,23 @@ def test_proportions_set_each_sources_share_of_the_training_bytes(corpus, tmp_pa
 def test_bad_proportions_are_rejected(corpus, tmp_path, config, message):
     with pytest.raises(ConfigError, match=message):
         mix_sources(corpus, tmp_path, config)
+
+
+def _contents(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jsonl.gz"))}
+
+
+def test_sources_mix_in_parallel_and_a_rerun_redoes_only_unfinished_sources(corpus, tmp_path):
+    config = {"sampling": {"web": 1.5}, "seed": 4, "heldout_fraction": 0.05, "max_shard_bytes": 6000}
+    one = mix_sources(corpus, tmp_path / "one", config)
+    two = mix_sources(corpus, tmp_path / "two", config, num_workers=2, markers=tmp_path / "done")
+    assert one == two and _contents(tmp_path / "one") == _contents(tmp_path / "two")
+
+    (tmp_path / "done" / "web.json").unlink()  # as if the run died while mixing web
+    stale = tmp_path / "two" / "documents" / "web" / "mix-00099.jsonl.gz"
+    stale.write_bytes(b"half a shard")
+    finished = (tmp_path / "two" / "documents" / "books" / "mix-00000.jsonl.gz").stat().st_mtime_ns
+    again = mix_sources(corpus, tmp_path / "two", config, markers=tmp_path / "done")
+    assert again == one and not stale.exists()
+    assert _contents(tmp_path / "two") == _contents(tmp_path / "one")
+    assert (tmp_path / "two" / "documents" / "books" / "mix-00000.jsonl.gz").stat().st_mtime_ns == finished

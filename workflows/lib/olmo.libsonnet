@@ -51,7 +51,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         num_workers: x.num_workers,
       },
       dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup, num_workers: x.num_workers },
-      mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix },
+      mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix, num_workers: x.num_workers },
       tokenizer: { type: 'tokenizer', tokenizer: p.tokenizer },
       tokenize: {
         type: 'tokenize_documents',
