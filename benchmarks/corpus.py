@@ -409,10 +409,10 @@ def results_block(command: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def append_results(block: str) -> None:
-    """Add ``block`` at the end of the "## corpus" section of RESULTS.md (made when missing)."""
+def append_results(section: str, block: str) -> None:
+    """Add ``block`` at the end of the "## <section>" section of RESULTS.md (made, at the end, when missing)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    heading = "\n## corpus\n"
+    heading = f"\n## {section}\n"
     if heading not in text:
         text = text.rstrip("\n") + "\n" + heading + "\n"
     end = text.find("\n## ", text.index(heading) + len(heading))
@@ -420,16 +420,20 @@ def append_results(block: str) -> None:
     RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + ("\n" + text[end:] if end < len(text) else ""))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments(script: str, description: str) -> tuple[argparse.Namespace, int, str]:
+    """The options every document benchmark takes; returns them, the document count and the command line."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="4,000 documents instead of 20,000")
     parser.add_argument("--documents", type=int, help="number of documents (overrides --quick)")
     parser.add_argument("--workers", type=int, default=2, help="processes for each tool (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
     args = parser.parse_args()
-    num_documents = args.documents or (4_000 if args.quick else 20_000)
-    command = " ".join(["python benchmarks/corpus.py", *sys.argv[1:]])
+    return args, args.documents or (4_000 if args.quick else 20_000), " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
+
+
+def main() -> None:
+    args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0])
 
     dolma = ensure_dolma()
     work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
@@ -468,7 +472,7 @@ def main() -> None:
     report = {"stages": stages, "agreement": found, "documents": num_documents, "machine": machine(),
               "input": counts, "workers": args.workers, "load": load, "gopher_mix": gopher_mix, "figures": result,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    append_results(results_block(command, report))
+    append_results("corpus", results_block(command, report))
     print(json.dumps(result))
 
 

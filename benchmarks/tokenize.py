@@ -22,7 +22,6 @@ BENCHMARKS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
 sys.path.insert(0, str(BENCHMARKS.parent))
 
-import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -31,7 +30,8 @@ import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks.corpus import (  # noqa: E402
-    DOLMA_VERSION, PROJECT_PYTHON, RESULTS, Timing, ensure_dolma, log, machine, run, run_dolma, startup_seconds,
+    DOLMA_VERSION, PROJECT_PYTHON, Timing, append_results, ensure_dolma, log, machine, parse_arguments, run,
+    run_dolma, startup_seconds,
 )
 
 TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
@@ -135,27 +135,8 @@ def results_block(command: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def append_results(block: str) -> None:
-    """Add ``block`` at the end of the "## tokenize" section of RESULTS.md (made, at the end, when missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    heading = "\n## tokenize\n"
-    if heading not in text:
-        text = text.rstrip("\n") + "\n" + heading + "\n"
-    end = text.find("\n## ", text.index(heading) + len(heading))
-    end = len(text) if end == -1 else end + 1
-    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + ("\n" + text[end:] if end < len(text) else ""))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4,000 documents instead of 20,000")
-    parser.add_argument("--documents", type=int, help="number of documents (overrides --quick)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for each tool (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
-    args = parser.parse_args()
-    num_documents = args.documents or (4_000 if args.quick else 20_000)
-    command = " ".join(["python benchmarks/tokenize.py", *sys.argv[1:]])
+    args, num_documents, command = parse_arguments("tokenize.py", __doc__.split("\n\n")[0])
 
     dolma = ensure_dolma()
     work = Path(tempfile.mkdtemp(prefix="tokenize-bench-"))
@@ -189,7 +170,7 @@ def main() -> None:
     report = {"timed": timed, "found": found, "regen": regen, "figures": fig, "documents": num_documents,
               "machine": machine(), "workers": args.workers, "load": load,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    append_results(results_block(command, report))
+    append_results("tokenize", results_block(command, report))
     print(json.dumps(result))
 
 
