@@ -440,7 +440,8 @@ def deduplicate(
     Returns ``{"sources": {source: stats}, "total": stats, "bloom": {items, expected_items, bits,
     hashes}}``. Stats: documents_in, documents_without_url (passed through URL dedup), removed_url,
     removed_exact, paragraphs_removed, documents_emptied (every paragraph a repeat) and
-    documents_kept and bytes_kept (UTF-8 bytes of their text), with documents_in == removed_url + removed_exact + documents_emptied + documents_kept.
+    documents_kept and bytes_kept (UTF-8 bytes of their text), with
+    documents_in == removed_url + removed_exact + documents_emptied + documents_kept.
 
     With ``work_dir``, the filter and the per-shard markers live there and a re-run after a crash
     skips the shards already finished; without it they live in a scratch folder, removed at the end.

@@ -117,13 +117,12 @@ def _filtered_text(
         return None
     edits = Edits()
     for name, attrs in attributes.items():
-        if TAGGERS[name].edits is not None:
-            tagger_edits = TAGGERS[name].edits(attrs, getattr(config, name), text)
+        tagger = TAGGERS[name]
+        if tagger.edits is not None:
+            tagger_edits = tagger.edits(attrs, getattr(config, name), text)
             edits.extend(tagger_edits)
-            if name == "c4":
-                stats["c4_lines_removed"] += len(tagger_edits.deletions)
-            elif name == "toxicity":
-                stats["toxic_sentences_removed"] += len(tagger_edits.deletions)
+            if tagger.deletions_stat is not None:
+                stats[tagger.deletions_stat] += len(tagger_edits.deletions)
     text, masked = apply_edits(text, edits)
     stats["pii_spans_masked"] += masked
     stats["documents_with_pii"] += masked > 0

@@ -2,7 +2,8 @@
 
 Each source's factor is given (``sampling``) or derived from target shares of the training mix's
 bytes (``proportions``): factor = share × total / the source's training bytes, where total is
-``total_bytes`` or, by default, the largest mix no source has to be repeated for. A document goes to the held-out set when ``u_heldout < heldout_fraction``; otherwise it is written
+``total_bytes`` or, by default, the largest mix no source has to be repeated for. A document goes
+to the held-out set when ``u_heldout < heldout_fraction``; otherwise it is written
 ``floor(f)`` times plus once more when ``u_sample < f - floor(f)``, for its source's factor ``f``.
 ``u_heldout`` and ``u_sample`` are independent uniform numbers in [0, 1) hashed from (seed, purpose,
 source, id), so the mix is the same on every machine. Copy k >= 1 of a document gets the id

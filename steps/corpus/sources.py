@@ -304,10 +304,12 @@ class SourceJob:
         return f"{self.spec.name}-{self.index:05d}"
 
 
-def _records(job: SourceJob, skipped: Counter) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
-    spec = job.spec
+def _records(
+    spec: SourceSpec, url: str | None, skipped: Counter
+) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
+    """The records of one input of a source: the shard at ``url`` of a files source, else the whole source."""
     if isinstance(spec, FilesSource):
-        yield from _files_records(spec, job.url)
+        yield from _files_records(spec, url)
     elif isinstance(spec, HuggingFaceSource):
         yield from _huggingface_records(spec)
     else:
@@ -327,7 +329,7 @@ def write_source_input(job: SourceJob) -> dict[str, Any]:
     strict = getattr(job.spec, "strict", False)
     with ShardWriter(out / DOCUMENTS_DIR / name, job.prefix, job.max_shard_bytes) as writer, \
             Quarantine(out / QUARANTINE_DIR / name / f"{job.prefix}.jsonl.gz", strict) as quarantine:
-        for _, record in _records(job, skipped):
+        for _, record in _records(job.spec, job.url, skipped):
             records += 1
             if isinstance(record, BadRecord):
                 quarantine.add(record)
@@ -339,11 +341,11 @@ def write_source_input(job: SourceJob) -> dict[str, Any]:
             "quarantined": dict(sorted(quarantine.counts.items())), "skipped": dict(sorted(skipped.items()))}
 
 
-def source_jobs(spec: SourceSpec, output_dir: Path, max_shard_bytes: int) -> list[SourceJob]:
+def source_inputs(spec: SourceSpec) -> list[str | None]:
+    """The inputs of a source: the URL of each shard of a files source; one unnamed input otherwise."""
     if isinstance(spec, FilesSource):
-        return [SourceJob(spec, index, fs.unstrip_protocol(path), str(output_dir), max_shard_bytes)
-                for index, (fs, path) in enumerate(_expand_paths(spec))]
-    return [SourceJob(spec, 0, None, str(output_dir), max_shard_bytes)]
+        return [fs.unstrip_protocol(path) for fs, path in _expand_paths(spec)]
+    return [None]
 
 
 def write_source(
@@ -361,7 +363,7 @@ def write_source(
     """
     spec = validate_source(spec)
     totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {}}
-    jobs = source_jobs(spec, Path(out_dir), max_shard_bytes)
+    jobs = [SourceJob(spec, index, url, str(out_dir), max_shard_bytes) for index, url in enumerate(source_inputs(spec))]
     for stats in run_shard_jobs(jobs, write_source_input, num_workers, markers):
         totals = merge_stats(totals, stats)
     return {"inputs": len(jobs), **totals}
@@ -370,7 +372,7 @@ def write_source(
 def iter_source_documents(spec: Mapping[str, Any] | SourceSpec) -> Iterator[dict[str, Any]]:
     """The source's good documents in order (bad records left out; :func:`write_source` counts them)."""
     spec = validate_source(spec)
-    for job in source_jobs(spec, Path("."), 1):
-        for _, record in _records(job, Counter()):
+    for url in source_inputs(spec):
+        for _, record in _records(spec, url, Counter()):
             if not isinstance(record, BadRecord):
                 yield record

@@ -22,15 +22,23 @@ def documents_dir(artifact: Artifact) -> Path:
 
 
 class ShardedStage(ArtifactStep):
-    """A corpus stage that works shard by shard over the sources' documents and resumes after a crash:
-    its output and per-shard markers stay in its work dir until it finishes."""
+    """A corpus stage that resumes after a crash: its output and per-shard markers stay in its work
+    dir until it finishes."""
 
     def merged_sources(self, sources: list[Artifact]) -> Path:
+        """One documents directory in the work dir holding every source's folder (symlinks, no copies)."""
         staging = self.work_dir / "inputs"
         if staging.exists():
             for link in staging.iterdir():
                 link.unlink()
-        return _merged_input(sources, staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        for artifact in sources:
+            for folder in sorted(documents_dir(artifact).iterdir()):
+                link = staging / folder.name
+                if link.exists() or link.is_symlink():
+                    raise ValueError(f"two sources are both named {folder.name!r}; source names must be unique")
+                link.symlink_to(folder.resolve(), target_is_directory=True)
+        return staging
 
     @property
     def markers(self) -> Path:
@@ -52,18 +60,6 @@ class CorpusSource(ShardedStage):
         out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
         stats = write_source(dict(source), out, max_shard_bytes, num_workers, self.markers)
         return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
-
-
-def _merged_input(sources: list[Artifact], staging: Path) -> Path:
-    """One documents directory holding every source's folder (symlinks, no copies)."""
-    staging.mkdir(parents=True, exist_ok=True)
-    for artifact in sources:
-        for folder in sorted(documents_dir(artifact).iterdir()):
-            link = staging / folder.name
-            if link.exists() or link.is_symlink():
-                raise ValueError(f"two sources are both named {folder.name!r}; source names must be unique")
-            link.symlink_to(folder.resolve(), target_is_directory=True)
-    return staging
 
 
 @Step.register("tag_documents")

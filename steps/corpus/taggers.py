@@ -102,14 +102,16 @@ class Tagger:
     tag: Callable[[list[str], Any], list[Attributes]]
     flags: Callable[[Attributes, Any, str], list[str]] = _no_flags
     edits: Callable[[Attributes, Any, str], Edits] | None = None
+    deletions_stat: str | None = None  # the filter stat that counts the spans ``edits`` deletes
 
 
 TAGGERS: dict[str, Tagger] = {
     "language": Tagger(LanguageTagging, LanguageRules, ("language_not_english",), tag_language, language_flags),
     "code": Tagger(CodeTagging, CodeRules, CODE_RULES, tag_code, code_flags),
     "gopher": Tagger(GopherTagging, GopherRules, GOPHER_RULES, tag_gopher, gopher_flags),
-    "c4": Tagger(C4Tagging, C4Rules, C4_RULES, tag_c4, c4_flags, c4_edits),
-    "toxicity": Tagger(ToxicityTagging, ToxicityRules, (), tag_toxicity, edits=toxicity_edits),
+    "c4": Tagger(C4Tagging, C4Rules, C4_RULES, tag_c4, c4_flags, c4_edits, "c4_lines_removed"),
+    "toxicity": Tagger(ToxicityTagging, ToxicityRules, (), tag_toxicity, edits=toxicity_edits,
+                       deletions_stat="toxic_sentences_removed"),
     "pii": Tagger(PiiTagging, PiiRules, PII_RULES, tag_pii, pii_flags, pii_edits),
 }
 EMPTIED_RULE = "emptied_by_edits"  # a kept document whose edits left no text
