@@ -429,7 +429,8 @@ def parse_arguments(script: str, description: str) -> tuple[argparse.Namespace, 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
     args = parser.parse_args()
-    return args, args.documents or (4_000 if args.quick else 20_000), " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
+    command = " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
+    return args, args.documents or (4_000 if args.quick else 20_000), command
 
 
 def main() -> None:
