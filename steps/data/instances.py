@@ -21,9 +21,13 @@ from steps.data.tokenize import SUMMARY_FILE, TOKEN_DTYPES
 
 
 class InstanceDocument(NamedTuple):
-    """A document in a token file: its id, source shard (``src``), line there, and token span [start, end)."""
+    """A document in a token file: its id, source, shard (``src``), line there, and token span [start, end).
+
+    ``source`` is None for provenance written by dolma, which has only the first five columns.
+    """
 
     id: str
+    source: str | None
     src: str
     loc: int
     start: int
@@ -50,34 +54,39 @@ class Provenance:
     starts: np.ndarray
     ends: np.ndarray
     ids: list[str]
+    sources: list[str | None]
     srcs: list[str]
     locs: list[int]
 
     def document(self, row: int) -> InstanceDocument:
         start, end = int(self.starts[row]), int(self.ends[row])
-        return InstanceDocument(self.ids[row], self.srcs[row], self.locs[row], start, end)
+        return InstanceDocument(self.ids[row], self.sources[row], self.srcs[row], self.locs[row], start, end)
 
 
 def read_provenance(path: Path, num_tokens: int) -> Provenance:
-    """Read a ``start,end,id,src,loc`` csv.gz and check that its spans tile the token file exactly."""
+    """Read a ``start,end,id,src,loc[,source]`` csv.gz and check that its spans tile the token file exactly."""
     starts: list[int] = []
     ends: list[int] = []
     ids: list[str] = []
+    sources: list[str | None] = []
     srcs: list[str] = []
     locs: list[int] = []
     with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
             try:
-                start, end, doc_id, src, loc = row
+                if len(row) not in (5, 6):
+                    raise ValueError
+                start, end, doc_id, src, loc = row[:5]
                 starts.append(int(start))
                 ends.append(int(end))
                 locs.append(int(loc))
             except ValueError:
-                expected = "expected 'start,end,id,src,loc' with integer start, end, loc"
+                expected = "expected 'start,end,id,src,loc[,source]' with integer start, end, loc"
                 raise ValueError(f"{path}:{line}: {expected}") from None
             ids.append(doc_id)
             srcs.append(src)
-    provenance = Provenance(np.asarray(starts, np.int64), np.asarray(ends, np.int64), ids, srcs, locs)
+            sources.append(row[5] if len(row) == 6 else None)
+    provenance = Provenance(np.asarray(starts, np.int64), np.asarray(ends, np.int64), ids, sources, srcs, locs)
     boundaries = np.concatenate([[0], provenance.ends])
     if not (np.array_equal(provenance.starts, boundaries[:-1]) and boundaries[-1] == num_tokens):
         raise ValueError(f"{path}: document spans do not tile the {num_tokens} tokens of the token file")

@@ -4,10 +4,15 @@ For every document shard ``<documents_dir>/<source>/<name>.jsonl.gz`` this write
 
 - ``tokens/<source>/<name>.npy``: the documents' token ids, each followed by EOS, concatenated, as raw
   little-endian ``uint16`` (when every id of the tokenizer fits) or ``uint32``;
-- ``tokens/<source>/<name>.csv.gz``: one row per document, ``start,end,id,src,loc`` (token span with
-  ``end`` exclusive and the EOS at ``end - 1``; ``src`` the shard path relative to ``documents_dir``;
-  ``loc`` the document's 1-based line in that shard), no header, as dolma writes it;
+- ``tokens/<source>/<name>.csv.gz``: one row per document, ``start,end,id,src,loc,source``: dolma's five
+  columns (token span with ``end`` exclusive and the EOS at ``end - 1``; ``src`` the shard path relative to
+  ``documents_dir``; ``loc`` the document's 1-based line in that shard), then the document's ``source``
+  field; no header;
 - ``done/<source>/<name>.json``: written last; a shard with its marker and both files is skipped on re-run.
+
+As ``dolma tokens`` does, a document's text is stripped of leading and trailing whitespace before it is
+encoded, and a document with nothing left is skipped and counted (``empty_documents``), so the token ids
+equal dolma's for the same documents and tokenizer.
 
 Shards are processed in parallel (``num_workers`` processes); the bytes written do not depend on it.
 """
@@ -144,21 +149,25 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
     tmp_tokens = job.tokens_path.with_name(job.tokens_path.name + ".tmp")
     tmp_provenance = job.provenance_path.with_name(job.provenance_path.name + ".tmp")
     digest = hashlib.sha256()
-    num_tokens = num_documents = 0
+    num_tokens = num_documents = num_empty = 0
     with open(tmp_tokens, "wb") as token_out, _provenance_writer(tmp_provenance) as provenance:
         for batch in _batched(read_documents(job.shard), job.batch_size):
-            encodings = tokenizer.encode_batch([doc["text"] for _, doc in batch], add_special_tokens=False)
+            texts = [(location, doc, doc["text"].strip()) for location, doc in batch]
+            kept = [(location, doc, text) for location, doc, text in texts if text]
+            encodings = tokenizer.encode_batch([text for _, _, text in kept], add_special_tokens=False)
             ids: list[int] = []
-            for (location, doc), encoding in zip(batch, encodings):
+            for (location, doc, _), encoding in zip(kept, encodings):
                 start = num_tokens + len(ids)
                 ids.extend(encoding.ids)
                 ids.append(job.eos_token_id)
-                provenance.writerow([start, num_tokens + len(ids), doc["id"], job.source_shard, location.line])
+                end = num_tokens + len(ids)
+                provenance.writerow([start, end, doc["id"], job.source_shard, location.line, doc["source"]])
             data = np.asarray(ids, dtype=dtype).tobytes()
             token_out.write(data)
             digest.update(data)
             num_tokens += len(ids)
-            num_documents += len(batch)
+            num_documents += len(kept)
+            num_empty += len(batch) - len(kept)
     os.replace(tmp_tokens, job.tokens_path)
     os.replace(tmp_provenance, job.provenance_path)
     return {
@@ -167,6 +176,7 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
         "source_shard": job.source_shard,
         "tokens": num_tokens,
         "documents": num_documents,
+        "empty_documents": num_empty,
         "dtype": job.dtype,
         "sha256": digest.hexdigest(),
     }
@@ -251,6 +261,7 @@ def tokenize_documents(
         "files": records,
         "total_tokens": sum(r["tokens"] for r in records),
         "total_documents": sum(r["documents"] for r in records),
+        "total_empty_documents": sum(r["empty_documents"] for r in records),
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary

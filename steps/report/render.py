@@ -65,6 +65,7 @@ def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 def data_section(tokenize: Mapping[str, Any], instances: Mapping[str, Any], batch: Mapping[str, Any] | None) -> str:
     rows = [
         ["documents tokenized", tokenize.get("total_documents")],
+        ["blank documents skipped", tokenize.get("total_empty_documents")],
         ["tokens (EOS appended)", tokenize.get("total_tokens")],
         ["token dtype", tokenize.get("dtype")],
         ["sequence length", instances.get("seq_len")],

@@ -90,6 +90,7 @@ def test_fingerprint_follows_seq_len_and_content(tokenized):
 def test_instance_documents_cover_the_instance_exactly(tokenized, corpus, olmo_tokenizer):
     output, _ = tokenized
     texts = {doc_id: doc["text"] for doc_id, doc in corpus[1].items()}
+    sources = {doc_id: doc["source"] for doc_id, doc in corpus[1].items()}
     index = build_instances(output, SEQ_LEN)
     for instance in range(index.num_instances):
         k, offset = index.locate(instance)
@@ -101,6 +102,7 @@ def test_instance_documents_cover_the_instance_exactly(tokenized, corpus, olmo_t
         for doc in documents:
             assert olmo_tokenizer.decode(raw[doc.start : doc.end - 1].tolist()) == texts[doc.id]
             assert doc.src == f"{index.files[k].path[len('tokens/'):-len('.npy')]}.jsonl.gz"
+            assert doc.source == sources[doc.id]
 
 
 def test_document_instances_follow_the_token_spans(tokenized, corpus):
@@ -134,7 +136,7 @@ def test_document_only_in_a_dropped_tail_is_in_no_instance(hand_made):
     assert index.document_instances(root, "d") == [2]
     assert index.document_instances(root, "e") == []
     assert [d.id for d in index.instance_documents(root, 1)] == ["a", "b"]
-    assert index.instance_documents(root, 0) == [("a", "x.jsonl", 1, 0, 5)]
+    assert index.instance_documents(root, 0) == [("a", None, "x.jsonl", 1, 0, 5)]  # dolma's five columns
 
 
 def test_provenance_that_does_not_tile_the_file_is_reported(hand_made):
@@ -145,5 +147,5 @@ def test_provenance_that_does_not_tile_the_file_is_reported(hand_made):
 
 def test_malformed_provenance_row_names_file_and_line(hand_made):
     index = with_provenance(*hand_made, "0,4,a,x.jsonl,1\n4,ten,b,x.jsonl,2\n")
-    with pytest.raises(ValueError, match="f0.csv.gz:2: expected 'start,end,id,src,loc'"):
+    with pytest.raises(ValueError, match=r"f0.csv.gz:2: expected 'start,end,id,src,loc\[,source\]'"):
         index.instance_documents(hand_made[0], 0)

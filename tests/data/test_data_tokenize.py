@@ -67,12 +67,12 @@ def test_provenance_points_back_to_the_documents(tokenized, corpus, olmo_tokeniz
         source_docs = list(read_documents(documents_dir / f["source_shard"]))
         assert len(rows) == f["documents"] == len(source_docs)
         previous_end = 0
-        for (start, end, doc_id, src, loc), (location, doc) in zip(rows, source_docs):
+        for (start, end, doc_id, src, loc, source), (location, doc) in zip(rows, source_docs):
             start, end = int(start), int(end)
             assert start == previous_end and end > start
             assert tokens[end - 1] == OLMO_EOS and OLMO_EOS not in tokens[start : end - 1]
             assert olmo_tokenizer.decode(tokens[start : end - 1].tolist()) == doc["text"]
-            assert (doc_id, src, int(loc)) == (doc["id"], f["source_shard"], location.line)
+            assert (doc_id, src, int(loc), source) == (doc["id"], f["source_shard"], location.line, doc["source"])
             previous_end = end
         assert previous_end == f["tokens"]
 
@@ -133,3 +133,19 @@ def test_bad_document_names_file_and_line(tmp_path, olmo_tokenizer_file):
     shard.write_text('{"id": "a", "text": "fine", "source": "web"}\n{"id": "b", "source": "web"}\n')
     with pytest.raises(ValueError, match=r"part-00000.jsonl:2: document lacks field\(s\) text"):
         tokenize_documents(tmp_path / "docs", olmo_tokenizer_file, tmp_path / "out", OLMO_EOS)
+
+
+def test_texts_are_stripped_and_blank_documents_skipped_and_counted(tmp_path, olmo_tokenizer_file, olmo_tokenizer):
+    shard = tmp_path / "docs/web/part-00000.jsonl"
+    shard.parent.mkdir(parents=True)
+    rows = [{"id": "a", "text": "  Hello world.\n\n"}, {"id": "blank", "text": " \n\t "}, {"id": "b", "text": "Bye."}]
+    shard.write_text("".join(json.dumps({**row, "source": "web"}) + "\n" for row in rows))
+    summary = tokenize_documents(tmp_path / "docs", olmo_tokenizer_file, tmp_path / "out", OLMO_EOS)
+
+    assert (summary["total_documents"], summary["total_empty_documents"]) == (2, 1)
+    f = summary["files"][0]
+    tokens = np.fromfile(tmp_path / "out" / f["path"], dtype="<u2").tolist()
+    expected = [*olmo_tokenizer.encode("Hello world.").ids, OLMO_EOS, *olmo_tokenizer.encode("Bye.").ids, OLMO_EOS]
+    assert tokens == expected
+    ids_and_lines = [(row[2], row[4]) for row in provenance_rows(tmp_path / "out" / f["provenance"])]
+    assert ids_and_lines == [("a", "1"), ("b", "3")]
