@@ -82,9 +82,12 @@ class LoadTokenizer(ArtifactStep):
 
 @Step.register("tokenize_documents")
 class TokenizeDocuments(ArtifactStep):
-    """Documents → OLMo raw memmap token files (EOS after each document) with per-document provenance."""
+    """Documents → OLMo raw memmap token files (EOS after each document) with per-document provenance.
 
-    VERSION = "001"
+    Texts are stripped, and blank ones skipped and counted, as ``dolma tokens`` does.
+    """
+
+    VERSION = "002"
 
     def run(self, documents: Artifact, tokenizer: Artifact, num_workers: int = 1) -> Artifact:
         out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped
@@ -96,7 +99,7 @@ class TokenizeDocuments(ArtifactStep):
             num_workers=num_workers,
         )
         shutil.rmtree(out / DONE_DIR, ignore_errors=True)
-        files = [{k: f[k] for k in ("path", "tokens", "documents", "dtype")} for f in summary["files"]]
+        files = [{k: f[k] for k in ("path", "tokens", "documents", "empty_documents", "dtype")} for f in summary["files"]]
         return self.artifact(out, {**{k: v for k, v in summary.items() if k != "files"}, "files": files})
 
 
