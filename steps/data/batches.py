@@ -47,16 +47,22 @@ def describe_batch(
     world_size: int,
     micro_batch_size: int,
 ) -> dict[str, Any]:
-    """Everything about global batch ``step``: instances, exact token ids, hash, per-rank micro-batches,
-    and for each instance the documents it holds (document spans in file tokens, and the part of the
-    instance each one covers as ``[first, last)`` instance positions)."""
+    """Everything about global batch ``step``: instances, exact token ids, hash, and for each instance the
+    documents it holds (document spans in file tokens, and the part of the instance each one covers as
+    ``[first, last)`` instance positions). Per rank: the rows of the global batch it trains on, their
+    instances split into micro-batches, and the hash of its rows (the trainer's ``rank_batch_hashes``)."""
     _check_order(index, order)
     instances = order.global_batch(step, batch_size)
+    tokens = index.read_instances(root_dir, instances)
     ranks = []
     for rank in range(world_size):
-        rank_micro_batches = micro_batches(rank_slice(instances, rank, world_size), micro_batch_size)
-        ranks.append({"rank": rank, "micro_batches": [m.tolist() for m in rank_micro_batches]})
-    tokens = index.read_instances(root_dir, instances)
+        rows = rank_slice(np.arange(batch_size), rank, world_size)
+        ranks.append({
+            "rank": rank,
+            "rows": rows.tolist(),
+            "micro_batches": [instances[m].tolist() for m in micro_batches(rows, micro_batch_size)],
+            "batch_hash": batch_hash(tokens[rows]),
+        })
     documents = []
     for instance in instances.tolist():
         k, offset = index.locate(instance)

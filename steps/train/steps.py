@@ -29,14 +29,14 @@ def model_config(spec: dict[str, Any]) -> OlmoConfig:
     return OlmoConfig.preset(preset, **spec) if preset is not None else OlmoConfig.from_dict(spec)
 
 
-def pretraining_batches(instances: Artifact, data_order: dict[str, Any], device: torch.device) -> Callable[[int], dict]:
-    """``batches(k)``: the token ids of global batch ``k`` of the data order, with their hash."""
+def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
+    """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash."""
     index, root = load_instances(instances)
     order = order_for(instances, data_order)
 
     def batch(step: int) -> dict[str, Any]:
         tokens = index.read_instances(root, order.global_batch(step, data_order["global_batch_size"]))
-        return {"input_ids": torch.from_numpy(tokens).to(device), "batch_hash": batch_hash(tokens)}
+        return {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
 
     return batch
 
@@ -160,7 +160,7 @@ class PretrainOlmo(TrainingStep):
             olmo = Olmo(config)
         olmo.to_empty(device=target)
         olmo.reset_parameters(torch.Generator().manual_seed(settings.seed))
-        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings, log_every)
+        state = self.fit(olmo, pretraining_batches(instances, data_order), settings, log_every)
         return self.save(olmo, state, {"seed": settings.seed, "global_batch_size": settings.global_batch_size})
 
 
@@ -207,5 +207,5 @@ class AnnealOlmo(TrainingStep):
         target = resolve_device(device)
         olmo = load_artifact_model(pretrained, target)
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        state = self.fit(olmo, pretraining_batches(instances, data_order, target), settings, log_every, start_state=start)
+        state = self.fit(olmo, pretraining_batches(instances, data_order), settings, log_every, start_state=start)
         return self.save(olmo, state, {"start_lr": start_lr, "continued_from_data_step": start.data_step})

@@ -3,7 +3,8 @@
 A *batch* is a dict of tensors with a leading instance dimension (a bare tensor means
 ``{"input_ids": tensor}``); keys ending in ``input_ids`` hold tokens, an optional ``labels`` tensor
 (aligned with ``input_ids``, ``IGNORE_INDEX`` = not trained on) defaults to ``input_ids``, and an
-optional ``batch_hash`` string is copied into the step's metrics.
+optional ``batch_hash`` string is copied into the step's metrics, together with the hash of the rows each
+rank trained on (``rank_batch_hashes``).
 
 Each step: fetch the global batch for the current data step, keep this rank's rows
 (``batch[rank::world_size]``), split them into micro-batches, and accumulate gradients of
@@ -29,6 +30,7 @@ from torch import nn
 
 from olmo_model import LRSchedule, build_adamw
 from olmo_model.config import check_field_types, dataclass_from_dict
+from steps.data.batches import batch_hash
 
 from .checkpoint import (
     TrainState,
@@ -298,7 +300,8 @@ def _train_step(
     device = next(model.parameters()).device
     for group in optimizer.param_groups:
         group["lr"] = lr
-    local = map_tensors(batch, lambda t: t[rank::world_size].to(device))
+    rows = map_tensors(batch, lambda t: t[rank::world_size])
+    local = map_tensors(rows, lambda t: t.to(device))
     loss_sum, metric_sums = _accumulate_gradients(model, objective, local, units, config, world_size)
     if world_size > 1:
         metric_sums = _all_reduce({"loss": loss_sum, **metric_sums})
@@ -316,7 +319,19 @@ def _train_step(
         logger.warning("%s: non-finite loss (%s) or gradient norm (%s); update skipped", where, loss, grad_norm)
     optimizer.zero_grad(set_to_none=True)
     metrics = {"loss": loss, "grad_norm": grad_norm, **{k: float(v) / units for k, v in metric_sums.items()}}
+    if "batch_hash" in batch:
+        metrics["rank_batch_hashes"] = _rank_batch_hashes(rows["input_ids"], world_size)
     return metrics if finite else {**metrics, "skipped": True}
+
+
+def _rank_batch_hashes(rank_tokens: torch.Tensor, world_size: int) -> list[str]:
+    """``batch_hash`` of the rows each rank trained on, gathered from every rank (in rank order)."""
+    local = batch_hash(rank_tokens.cpu().numpy())
+    if world_size == 1:
+        return [local]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, local)
+    return gathered
 
 
 def train(
@@ -363,10 +378,11 @@ def train(
         lr = config.schedule.lr_at(step)
         outcome = _train_step(model, optimizer, objective, batch, lr, config, where)
         tokens = batch_tokens(batch)
-        state.step, state.data_step, state.tokens_seen = step, state.data_step + 1, state.tokens_seen + tokens
+        step_data = state.data_step
+        state.step, state.data_step, state.tokens_seen = step, step_data + 1, state.tokens_seen + tokens
         state.skipped_steps += int(outcome.get("skipped", False))
         metrics = {
-            "step": step, "lr": lr, "tokens": tokens, "tokens_seen": state.tokens_seen,
+            "step": step, "data_step": step_data, "lr": lr, "tokens": tokens, "tokens_seen": state.tokens_seen,
             "tokens_per_second": tokens / (time.perf_counter() - started), **outcome,
         }
         if "batch_hash" in batch:

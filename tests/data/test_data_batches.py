@@ -54,6 +54,8 @@ def test_describe_batch_gives_the_exact_tokens_ranks_and_documents(pipeline, cor
         [instances[0:4:2].tolist(), instances[4:8:2].tolist()],
         [instances[1:4:2].tolist(), instances[5:8:2].tolist()],
     ]
+    assert [r["rows"] for r in described["ranks"]] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [r["batch_hash"] for r in described["ranks"]] == [batch_hash(tokens[0::2]), batch_hash(tokens[1::2])]
     for row, entry in zip(tokens, described["documents"]):
         raw = np.fromfile(root / entry["file"], dtype="<u2")
         assert np.array_equal(raw[entry["offset"] : entry["offset"] + SEQ_LEN], row)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from olmo_model import LRSchedule
+from steps.data.batches import batch_hash
 from steps.train.checkpoint import list_checkpoints
 from steps.train.trainer import (
     IGNORE_INDEX,
@@ -154,6 +155,7 @@ def test_anneal_starts_mid_order(make_model):
     cfg = config(max_steps=3, schedule=LRSchedule.anneal(1e-3, 3).to_dict())
     state = train(make_model(), batches, cfg, start_state=start, log=quiet)
     assert seen == [100, 101, 102] and state.data_step == 103
+    assert [m["data_step"] for m in state.history] == seen
     assert state.tokens_seen == 1000 + 3 * 4 * SEQ_LEN
     assert [m["lr"] for m in state.history] == pytest.approx([2e-3 / 3, 1e-3 / 3, 0.0])
     assert start.data_step == 100  # the caller's state is not mutated
@@ -164,7 +166,19 @@ def test_metrics_are_logged_every_log_every_steps_and_at_the_end(make_model):
     state = train(make_model(), random_batches, config(max_steps=10, log_every=4), log=logged.append)
     assert [m["step"] for m in logged] == [4, 8, 10]
     assert logged == state.history
-    assert set(logged[0]) == {"step", "loss", "lr", "grad_norm", "tokens", "tokens_seen", "tokens_per_second"}
+    expected = {"step", "data_step", "loss", "lr", "grad_norm", "tokens", "tokens_seen", "tokens_per_second"}
+    assert set(logged[0]) == expected
+
+
+def test_batches_with_a_hash_log_it_and_the_hash_of_the_rows_trained_on(make_model):
+    def hashed(step: int) -> dict:
+        tokens = random_batches(step)
+        return {"input_ids": tokens, "batch_hash": batch_hash(tokens.numpy())}
+
+    state = train(make_model(), hashed, config(max_steps=2), log=quiet)
+    for metrics in state.history:
+        expected = batch_hash(random_batches(metrics["data_step"]).numpy())
+        assert metrics["batch_hash"] == expected and metrics["rank_batch_hashes"] == [expected]
 
 
 def test_bf16_autocast_keeps_fp32_weights(make_model):
