@@ -138,7 +138,7 @@ class TrainingBatch(ArtifactStep):
     training it stays in the fingerprint; the global batch itself does not depend on it.
     """
 
-    VERSION = "001"
+    VERSION = "002"
     SKIP_ID_ARGUMENTS = ArtifactStep.SKIP_ID_ARGUMENTS - {"world_size"}
 
     @classmethod

@@ -123,7 +123,7 @@ class TrainingStep(ArtifactStep):
 class PretrainOlmo(TrainingStep):
     """Trains OLMo from the mitchell init on the instances, in the data order, with AdamW + LR schedule."""
 
-    VERSION = "001"
+    VERSION = "002"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -172,7 +172,7 @@ class AnnealOlmo(TrainingStep):
     from the pretrain step's last batch; the optimizer state starts fresh.
     """
 
-    VERSION = "001"
+    VERSION = "002"
 
     @classmethod
     def anneal_config(
