@@ -4,6 +4,10 @@ Each token file is cut into consecutive ``seq_len``-token instances; the tail of
 an instance is dropped (and counted), so an instance never spans two files. Instances are numbered file
 after file in the order of the tokenize summary. The index holds only per-file counts; token files are
 memory-mapped and provenance files read on first use.
+
+Label masks (optional, as OLMo's ``label_mask``): tokens whose id is in ``ignore_token_ids`` (say the PII
+placeholders, or padding) are inputs but never targets. The mask is a function of the token ids, so it needs
+no files of its own and is covered by the index's fingerprint.
 """
 from __future__ import annotations
 
@@ -100,6 +104,7 @@ class InstanceIndex:
     seq_len: int
     files: tuple[TokenFile, ...]
     dropped_tokens: int
+    ignore_token_ids: tuple[int, ...] = ()
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
     _tokens: dict[tuple[str, int], np.memmap] = field(default_factory=dict, init=False, repr=False, compare=False)
     _provenance: dict[tuple[str, int], Provenance] = field(
@@ -118,13 +123,14 @@ class InstanceIndex:
             "seq_len": self.seq_len,
             "num_instances": self.num_instances,
             "dropped_tokens": self.dropped_tokens,
+            "ignore_token_ids": list(self.ignore_token_ids),
             "files": [asdict(f) for f in self.files],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "InstanceIndex":
         try:
-            index = _cut(data["seq_len"], data["files"])
+            index = _cut(data["seq_len"], data["files"], data["ignore_token_ids"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"instance index: malformed dict ({exc!r})") from None
         if index.to_dict() != dict(data):
@@ -165,6 +171,10 @@ class InstanceIndex:
             out[row] = self.read_instance(root_dir, int(instance))
         return out
 
+    def label_mask(self, tokens: np.ndarray) -> np.ndarray:
+        """True where a token is a training target: every token whose id is not in ``ignore_token_ids``."""
+        return ~np.isin(tokens, self.ignore_token_ids)
+
     def provenance(self, root_dir: str | Path, k: int) -> Provenance:
         """The documents of token file ``k`` (read once, then cached)."""
         key = (str(root_dir), k)
@@ -199,9 +209,15 @@ class InstanceIndex:
         return instances
 
 
-def _cut(seq_len: int, files: Sequence[Mapping[str, Any]]) -> InstanceIndex:
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _cut(seq_len: int, files: Sequence[Mapping[str, Any]], ignore_token_ids: Sequence[int] = ()) -> InstanceIndex:
+    if not _is_count(seq_len) or seq_len < 1:
         raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+    if not all(_is_count(token) for token in ignore_token_ids):
+        raise ValueError(f"ignore_token_ids: expected non-negative integer token ids, got {list(ignore_token_ids)!r}")
     token_files: list[TokenFile] = []
     first_instance = dropped = 0
     for f in files:
@@ -219,15 +235,18 @@ def _cut(seq_len: int, files: Sequence[Mapping[str, Any]]) -> InstanceIndex:
         )
         first_instance += num_instances
         dropped += f["num_tokens"] - num_instances * seq_len
-    return InstanceIndex(seq_len, tuple(token_files), dropped)
+    return InstanceIndex(seq_len, tuple(token_files), dropped, tuple(sorted(set(ignore_token_ids))))
 
 
-def build_instances(tokens: Mapping[str, Any] | str | Path, seq_len: int) -> InstanceIndex:
-    """Cut the token files of a tokenize summary (or of a tokenize output directory) into instances."""
+def build_instances(
+    tokens: Mapping[str, Any] | str | Path, seq_len: int, ignore_token_ids: Sequence[int] = ()
+) -> InstanceIndex:
+    """Cut the token files of a tokenize summary (or of a tokenize output directory) into instances;
+    ``ignore_token_ids`` are masked out of the labels."""
     if not isinstance(tokens, Mapping):
         tokens = json.loads(Path(tokens, SUMMARY_FILE).read_text())
     for f in tokens["files"]:
         if f["dtype"] not in TOKEN_DTYPES:
             raise ValueError(f"{f['path']}: dtype {f['dtype']!r}, expected one of {sorted(TOKEN_DTYPES)}")
     files = [{**f, "num_tokens": f["tokens"]} for f in tokens["files"]]
-    return _cut(seq_len, files)
+    return _cut(seq_len, files, ignore_token_ids)

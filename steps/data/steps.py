@@ -91,20 +91,27 @@ class TokenizeDocuments(ArtifactStep):
 
 @Step.register("build_instances")
 class BuildInstances(ArtifactStep):
-    """Token files → fixed-length instances (each file's tail that does not fill one is dropped, counted)."""
+    """Token files → fixed-length instances (each file's tail that does not fill one is dropped, counted).
 
-    VERSION = "001"
+    ``ignore_token_ids``: token ids never used as labels (OLMo's label mask), e.g. the PII placeholders.
+    """
+
+    VERSION = "002"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         if not isinstance(kwargs.get("seq_len"), int) or kwargs["seq_len"] < 2:
             raise ValueError("seq_len: expected an integer >= 2")
+        ignored = kwargs.get("ignore_token_ids", [])
+        if not isinstance(ignored, list) or not all(isinstance(t, int) and t >= 0 for t in ignored):
+            raise ValueError(f"ignore_token_ids: expected a list of non-negative token ids, got {ignored!r}")
 
-    def run(self, tokens: Artifact, seq_len: int) -> Artifact:
+    def run(self, tokens: Artifact, seq_len: int, ignore_token_ids: list[int] | None = None) -> Artifact:
         out = self.output_dir()
         link_or_copy_tree(tokens.path / TOKENS_DIR, out / TOKENS_DIR)
         shutil.copyfile(tokens.path / TOKENIZER_FILE, out / TOKENIZER_FILE)
-        index = build_instances(json.loads((tokens.path / SUMMARY_FILE).read_text()), seq_len)
+        summary_file = json.loads((tokens.path / SUMMARY_FILE).read_text())
+        index = build_instances(summary_file, seq_len, ignore_token_ids or ())
         (out / INDEX_FILE).write_text(json.dumps(index.to_dict(), indent=2))
         summary = {
             "seq_len": seq_len,
@@ -112,6 +119,7 @@ class BuildInstances(ArtifactStep):
             "tokens": index.num_instances * seq_len,
             "dropped_tokens": index.dropped_tokens,
             "token_files": len(index.files),
+            "ignore_token_ids": list(index.ignore_token_ids),
         }
         return self.artifact(out, summary)
 

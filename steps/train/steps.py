@@ -5,6 +5,7 @@ import json
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tango import Step
 
@@ -15,7 +16,7 @@ from steps.common.step import ArtifactStep
 from steps.data.batches import batch_hash
 from steps.data.steps import load_instances, order_for, validate_data_order
 from steps.train.checkpoint import TrainState, save_model
-from steps.train.trainer import TrainConfig, train
+from steps.train.trainer import IGNORE_INDEX, TrainConfig, train
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_POINTS = 50
@@ -30,13 +31,18 @@ def model_config(spec: dict[str, Any]) -> OlmoConfig:
 
 
 def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
-    """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash."""
+    """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash, and labels
+    with the instances' label mask applied when it masks anything."""
     index, root = load_instances(instances)
     order = order_for(instances, data_order)
 
     def batch(step: int) -> dict[str, Any]:
         tokens = index.read_instances(root, order.global_batch(step, data_order["global_batch_size"]))
-        return {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
+        batch = {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
+        if index.ignore_token_ids:
+            labels = np.where(index.label_mask(tokens), tokens, IGNORE_INDEX)
+            batch["labels"] = torch.from_numpy(labels)
+        return batch
 
     return batch
 

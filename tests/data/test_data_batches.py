@@ -50,6 +50,7 @@ def test_describe_batch_gives_the_exact_tokens_ranks_and_documents(pipeline, cor
     assert described["epoch"] == 1 and described["instances"] == instances.tolist()
     assert described["token_ids"] == tokens.tolist()
     assert described["batch_hash"] == batch_hash(tokens)
+    assert described["label_masked_tokens"] == 0
     assert [r["micro_batches"] for r in described["ranks"]] == [
         [instances[0:4:2].tolist(), instances[4:8:2].tolist()],
         [instances[1:4:2].tolist(), instances[5:8:2].tolist()],

@@ -149,3 +149,20 @@ def test_malformed_provenance_row_names_file_and_line(hand_made):
     index = with_provenance(*hand_made, "0,4,a,x.jsonl,1\n4,ten,b,x.jsonl,2\n")
     with pytest.raises(ValueError, match=r"f0.csv.gz:2: expected 'start,end,id,src,loc\[,source\]'"):
         index.instance_documents(hand_made[0], 0)
+
+
+def test_label_mask_ignores_the_listed_token_ids_and_enters_the_fingerprint(hand_made):
+    root, summary = hand_made
+    plain = build_instances(summary, seq_len=4)
+    masked = build_instances(summary, seq_len=4, ignore_token_ids=[102, 1, 102])
+    tokens = masked.read_instances(root, [0, 1])  # [[0, 1, 2, 3], [4, 5, 6, 7]] of file 0
+    assert masked.ignore_token_ids == (1, 102)
+    assert masked.label_mask(tokens).tolist() == [[True, False, True, True], [True] * 4]
+    assert plain.label_mask(tokens).all()
+    assert masked.fingerprint() != plain.fingerprint()
+    assert InstanceIndex.from_dict(json.loads(json.dumps(masked.to_dict()))) == masked
+
+
+def test_bad_ignore_token_ids_are_rejected(hand_made):
+    with pytest.raises(ValueError, match="ignore_token_ids: expected non-negative integer token ids"):
+        build_instances(hand_made[1], seq_len=4, ignore_token_ids=[-1])
