@@ -10,7 +10,9 @@ from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
 from steps.common.step import ArtifactStep, ContentHash, check_keys
+from steps.corpus.layout import DOCUMENTS_DIR
 from steps.data.batches import describe_batch
+from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
 from steps.data.instances import InstanceIndex, build_instances
 from steps.data.order import DataOrder
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
@@ -64,6 +66,33 @@ class LoadTokenizer(ArtifactStep):
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
         return self.artifact(out, summary)
+
+
+@Step.register("train_tokenizer")
+class TrainBpeTokenizer(ArtifactStep):
+    """A byte-level BPE tokenizer trained on a documents artifact; it stands in for the ``tokenizer`` step.
+
+    Its vocabulary is ``vocab_size`` rounded up to a multiple of 128: EOS is the last id, pad is 1, and
+    the PII placeholders are single tokens (layout in :mod:`steps.data.bpe`). ``max_documents`` trains on
+    the first documents in shard order only.
+    """
+
+    VERSION = "001"
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        check_bpe_config(kwargs.get("vocab_size"), kwargs.get("min_frequency", 2), kwargs.get("max_documents"))
+
+    def run(
+        self, documents: Artifact, vocab_size: int, min_frequency: int = 2, max_documents: int | None = None
+    ) -> Artifact:
+        texts = document_texts(documents.path / DOCUMENTS_DIR, max_documents)
+        tokenizer = train_bpe(texts, vocab_size, min_frequency)
+        content = tokenizer.to_str().encode("utf-8")
+        out = self.output_dir()
+        (out / TOKENIZER_FILE).write_bytes(content)
+        summary = tokenizer_summary(content, bpe_spec(out / TOKENIZER_FILE, vocab_size))
+        return self.artifact(out, {**summary, **bpe_statistics(tokenizer)})
 
 
 @Step.register("tokenize_documents")
