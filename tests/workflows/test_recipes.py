@@ -105,6 +105,7 @@ def test_a_config_error_is_reported_before_anything_runs(tmp_path):
     ("relaxed-gopher.jsonnet", "filter"),
     ("no-paragraph-dedup.jsonnet", "dedup"),
     ("cosine-schedule.jsonnet", "pretrain"),
+    ("own-tokenizer.jsonnet", "tokenizer"),
 ])
 def test_ablations_change_one_step_and_what_follows_it(ablation, changed):
     base = _tiny_graph()
@@ -116,6 +117,19 @@ def test_ablations_change_one_step_and_what_follows_it(ablation, changed):
         assert name == changed or _depends_on(variant[name], variant[changed])
     if changed == "filter":
         assert "tag" not in differs  # a threshold change does not re-tag
+
+
+def test_own_tokenizer_ablation_sizes_the_model_to_the_trained_vocabulary():
+    from steps.data.bpe import bpe_spec
+    from steps.train.steps import model_config
+
+    graph = StepGraph.from_file(WORKFLOWS / "ablations" / "own-tokenizer.jsonnet")
+    tokenizer = graph["tokenizer"]
+    assert tokenizer.config["type"] == "train_tokenizer" and tokenizer.dependencies == {graph["mix"]}
+    spec = bpe_spec("tokenizer.json", tokenizer.kwargs["vocab_size"])
+    config = model_config(graph["pretrain"].kwargs["model"])
+    assert (config.eos_token_id, config.pad_token_id) == (spec.eos_token_id, spec.pad_token_id)
+    assert config.vocab_size == config.embedding_size == spec.eos_token_id + 1 < 50280
 
 
 @functools.lru_cache(maxsize=1)

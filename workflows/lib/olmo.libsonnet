@@ -14,6 +14,21 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
   // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
   execution:: { device: 'auto', num_workers: 2, world_size: 1, sharding: 'full', log_every: 10, checkpoint_every: null },
 
+  // A BPE tokenizer trained on the mixed corpus (it stands in for the `tokenizer` step), and the token
+  // ids the model then needs: steps/data/bpe.py rounds the vocabulary up to a multiple of 128 and puts
+  // pad at 1 and EOS last.
+  trainedTokenizer(vocab_size, min_frequency=2, max_documents=null):: {
+    local size = std.ceil(vocab_size / 128) * 128,
+    step: {
+      type: 'train_tokenizer',
+      documents: ref('mix'),
+      vocab_size: vocab_size,
+      min_frequency: min_frequency,
+      max_documents: max_documents,
+    },
+    model: { vocab_size: size, eos_token_id: size - 1, pad_token_id: 1 },
+  },
+
   workflow(p):: {
     local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
     local sources = [sourceStep(s) for s in p.sources],
