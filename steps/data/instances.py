@@ -3,7 +3,7 @@
 Each token file is cut into consecutive ``seq_len``-token instances; the tail of a file that does not fill
 an instance is dropped (and counted), so an instance never spans two files. Instances are numbered file
 after file in the order of the tokenize summary. The index holds only per-file counts; token files are
-memory-mapped and provenance files read on first use.
+read instance by instance (positioned reads) and provenance files read on first use.
 
 Label masks (optional, as OLMo's ``label_mask``): tokens whose id is in ``ignore_token_ids`` (say the PII
 placeholders, or padding) are inputs but never targets. The mask is a function of the token ids, so it needs
@@ -15,7 +15,10 @@ import csv
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import os
+import resource
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -97,6 +100,35 @@ def read_provenance(path: Path, num_tokens: int) -> Provenance:
     return provenance
 
 
+class OpenFiles:
+    """Read-only file descriptors for positioned reads; beyond ``limit`` the least recently used is closed."""
+
+    def __init__(self, limit: int | None = None):
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.limit = limit or max(16, min(4096, soft_limit // 4))
+        self._descriptors: OrderedDict[Path, int] = OrderedDict()
+
+    def read(self, path: Path, offset: int, size: int) -> bytes:
+        """``size`` bytes of ``path`` from byte ``offset``."""
+        descriptor = self._descriptors.pop(path, None)
+        if descriptor is None:
+            descriptor = os.open(path, os.O_RDONLY)
+            if len(self._descriptors) >= self.limit:
+                os.close(self._descriptors.popitem(last=False)[1])
+        self._descriptors[path] = descriptor
+        data = os.pread(descriptor, size, offset)
+        if len(data) != size:
+            raise ValueError(f"{path}: {len(data)} bytes at offset {offset}, expected {size} (file truncated?)")
+        return data
+
+    def close(self) -> None:
+        while self._descriptors:
+            os.close(self._descriptors.popitem()[1])
+
+    def __del__(self) -> None:
+        self.close()
+
+
 @dataclass
 class InstanceIndex:
     """Where every instance lives: ``files[k]`` holds instances ``first_instance .. + num_instances``."""
@@ -106,7 +138,8 @@ class InstanceIndex:
     dropped_tokens: int
     ignore_token_ids: tuple[int, ...] = ()
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
-    _tokens: dict[tuple[str, int], np.memmap] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _paths: dict[tuple[str, int], Path] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _open_files: OpenFiles = field(default_factory=lambda: OpenFiles(), init=False, repr=False, compare=False)
     _provenance: dict[tuple[str, int], Provenance] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -124,7 +157,7 @@ class InstanceIndex:
             "num_instances": self.num_instances,
             "dropped_tokens": self.dropped_tokens,
             "ignore_token_ids": list(self.ignore_token_ids),
-            "files": [asdict(f) for f in self.files],
+            "files": [dict(vars(f)) for f in self.files],
         }
 
     @classmethod
@@ -148,27 +181,39 @@ class InstanceIndex:
         k = int(np.searchsorted(self._offsets, instance, side="right")) - 1
         return k, (instance - self.files[k].first_instance) * self.seq_len
 
-    def _token_file(self, root_dir: str | Path, k: int) -> np.memmap:
+    def _token_path(self, root_dir: str | Path, k: int) -> Path:
+        """Path of token file ``k``, its size checked against the index on first use."""
         key = (str(root_dir), k)
-        if key not in self._tokens:
+        if key not in self._paths:
             f = self.files[k]
             path = Path(root_dir, f.path)
             size = path.stat().st_size
             if size != f.num_tokens * TOKEN_DTYPES[f.dtype].itemsize:
                 raise ValueError(f"{path}: {size} bytes, expected {f.num_tokens} {f.dtype} tokens")
-            self._tokens[key] = np.memmap(path, dtype=TOKEN_DTYPES[f.dtype], mode="r", shape=(f.num_tokens,))
-        return self._tokens[key]
+            self._paths[key] = path
+        return self._paths[key]
 
     def read_instance(self, root_dir: str | Path, instance: int) -> np.ndarray:
         """The ``seq_len`` token ids of one instance, as int64."""
-        k, offset = self.locate(instance)
-        return self._token_file(root_dir, k)[offset : offset + self.seq_len].astype(np.int64)
+        return self.read_instances(root_dir, [instance])[0]
 
     def read_instances(self, root_dir: str | Path, instances: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Token ids of several instances, shape ``[len(instances), seq_len]``, int64."""
+        """Token ids of several instances, shape ``[len(instances), seq_len]``, int64.
+
+        Each instance is one positioned read of its file (random access: no read-ahead, no memory map).
+        """
+        instances = np.asarray(instances, dtype=np.int64).reshape(-1)
+        if instances.size and (instances.min() < 0 or instances.max() >= self.num_instances):
+            bad = instances[(instances < 0) | (instances >= self.num_instances)][0]
+            raise IndexError(f"instance {bad} out of range [0, {self.num_instances})")
+        files = np.searchsorted(self._offsets, instances, side="right") - 1
+        offsets = (instances - self._offsets[files]) * self.seq_len
         out = np.empty((len(instances), self.seq_len), dtype=np.int64)
-        for row, instance in enumerate(instances):
-            out[row] = self.read_instance(root_dir, int(instance))
+        for row, (k, offset) in enumerate(zip(files.tolist(), offsets.tolist())):
+            dtype = TOKEN_DTYPES[self.files[k].dtype]
+            data = self._open_files.read(self._token_path(root_dir, k), offset * dtype.itemsize,
+                                         self.seq_len * dtype.itemsize)
+            out[row] = np.frombuffer(data, dtype=dtype)
         return out
 
     def label_mask(self, tokens: np.ndarray) -> np.ndarray:

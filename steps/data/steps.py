@@ -131,7 +131,7 @@ class BuildInstances(ArtifactStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         if not isinstance(kwargs.get("seq_len"), int) or kwargs["seq_len"] < 2:
             raise ValueError("seq_len: expected an integer >= 2")
-        ignored = kwargs.get("ignore_token_ids", [])
+        ignored = kwargs.get("ignore_token_ids") or []
         if not isinstance(ignored, list) or not all(isinstance(t, int) and t >= 0 for t in ignored):
             raise ValueError(f"ignore_token_ids: expected a list of non-negative token ids, got {ignored!r}")
 
@@ -139,8 +139,8 @@ class BuildInstances(ArtifactStep):
         out = self.output_dir()
         link_or_copy_tree(tokens.path / TOKENS_DIR, out / TOKENS_DIR)
         shutil.copyfile(tokens.path / TOKENIZER_FILE, out / TOKENIZER_FILE)
-        summary_file = json.loads((tokens.path / SUMMARY_FILE).read_text())
-        index = build_instances(summary_file, seq_len, ignore_token_ids or ())
+        tokenized = json.loads((tokens.path / SUMMARY_FILE).read_text())
+        index = build_instances(tokenized, seq_len, ignore_token_ids or ())
         (out / INDEX_FILE).write_text(json.dumps(index.to_dict(), indent=2))
         summary = {
             "seq_len": seq_len,

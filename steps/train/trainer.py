@@ -3,8 +3,8 @@
 A *batch* is a dict of tensors with a leading instance dimension (a bare tensor means
 ``{"input_ids": tensor}``); keys ending in ``input_ids`` hold tokens, an optional ``labels`` tensor
 (aligned with ``input_ids``, ``IGNORE_INDEX`` = not trained on) defaults to ``input_ids``, and an
-optional ``batch_hash`` string is copied into the step's metrics, together with the hash of the rows each
-rank trained on (``rank_batch_hashes``).
+optional ``batch_hash`` string is copied into the step's metrics, together with ``rank_batch_hashes``: the
+``batch_hash`` of the ``input_ids`` rows each rank trained on (when the batch has ``input_ids``).
 
 Each step: fetch the global batch for the current data step, keep this rank's rows
 (``batch[rank::world_size]``), split them into micro-batches, and accumulate gradients of
@@ -319,7 +319,7 @@ def _train_step(
         logger.warning("%s: non-finite loss (%s) or gradient norm (%s); update skipped", where, loss, grad_norm)
     optimizer.zero_grad(set_to_none=True)
     metrics = {"loss": loss, "grad_norm": grad_norm, **{k: float(v) / units for k, v in metric_sums.items()}}
-    if "batch_hash" in batch:
+    if "batch_hash" in batch and "input_ids" in batch:
         metrics["rank_batch_hashes"] = _rank_batch_hashes(rows["input_ids"], world_size)
     return metrics if finite else {**metrics, "skipped": True}
 

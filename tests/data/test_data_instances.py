@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from steps.data.instances import InstanceIndex, build_instances
+from steps.data.instances import InstanceIndex, OpenFiles, build_instances
 
 SEQ_LEN = 64
 
@@ -166,3 +166,21 @@ def test_label_mask_ignores_the_listed_token_ids_and_enters_the_fingerprint(hand
 def test_bad_ignore_token_ids_are_rejected(hand_made):
     with pytest.raises(ValueError, match="ignore_token_ids: expected non-negative integer token ids"):
         build_instances(hand_made[1], seq_len=4, ignore_token_ids=[-1])
+
+
+def test_reads_keep_at_most_limit_files_open(hand_made):
+    root, summary = hand_made
+    index = build_instances(summary, seq_len=2)
+    index._open_files = OpenFiles(limit=2)
+    tokens = index.read_instances(root, range(index.num_instances))  # instances in all three files
+    assert tokens[:, 0].tolist() == [0, 2, 4, 6, 8, 100, 102, 104, 200]
+    assert len(index._open_files._descriptors) == 2
+
+
+def test_token_file_truncated_after_first_use_is_reported(hand_made):
+    root, summary = hand_made
+    index = build_instances(summary, seq_len=4)
+    index.read_instance(root, 0)
+    write_raw_tokens(root / "tokens/f0.npy", np.arange(5))
+    with pytest.raises(ValueError, match=r"f0.npy: 2 bytes at offset 8, expected 8 \(file truncated\?\)"):
+        index.read_instance(root, 1)
