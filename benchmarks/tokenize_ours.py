@@ -6,8 +6,7 @@
   (options: ``documents``, ``tokenizer``, ``output``, ``eos``, ``workers``); prints tokens and documents;
 - ``startup``: nothing but the imports ``tokenize`` makes (the fixed cost of a run);
 - ``compare`` (not timed): every document's token ids in our output against dolma's ``part-*.npy`` +
-  ``part-*.csv.gz`` (options: ``documents``, ``tokenizer``, ``ours``, ``peer``, ``eos``), keyed by document id;
-  a document that differs is checked against our tokenizer run on its whitespace-stripped text;
+  ``part-*.csv.gz`` (options: ``ours``, ``peer``), keyed by document id;
 - ``batch_regen`` (options: ``tokens``, ``steps``, ``seed``): the instance indices and token ids of random
   global batches of an OLMo-7B-shaped plan (token ids read from a small token file, reused).
 """
@@ -27,16 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from steps.common.documents import read_documents  # noqa: E402
+from steps.data.batches import batch_hash  # noqa: E402
+from steps.data.instances import InstanceIndex  # noqa: E402
 from steps.data.order import DataOrder  # noqa: E402
 from steps.data.tokenize import SUMMARY_FILE, tokenize_documents  # noqa: E402
-from steps.data.tokenizer import parse_tokenizer  # noqa: E402
-
-# OLMo-7B's plan: 2T tokens in 2048-token instances, global batch 2048 instances (4M tokens)
-PLAN_TOKENS = 2 * 10**12
-SEQ_LEN = 2048
-GLOBAL_BATCH = 2048
-PLAN_FINGERPRINT = "olmo-7b-shaped-plan"  # stands in for an instances artifact's fingerprint
+from tests.data.sparse_plan import OLMO_BATCH_SIZE, read_stamps, sparse_plan, stamp_instances  # noqa: E402
 
 
 def run_tokenize(options: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +40,7 @@ def run_tokenize(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def provenance_rows(path: Path) -> Iterator[list[str]]:
-    """``start,end,id,src,loc`` rows of a csv.gz written by either tool."""
+    """``start,end,id,src,loc[,source]`` rows of a csv.gz written by either tool."""
     with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
         yield from csv.reader(handle)
 
@@ -68,24 +62,14 @@ def peer_documents(output: Path) -> dict[str, np.ndarray]:
             for doc_id, ids in documents_of(npy, npy.with_suffix(".csv.gz"))}
 
 
-def read_documents_of(documents: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
-    for shard in sorted(documents.glob("*/*.jsonl.gz")):
-        yield from read_documents(shard)
-
-
 def compare(options: dict[str, Any]) -> dict[str, Any]:
-    """Per-document equality; a difference is explained when dolma's ids are those of the stripped text."""
+    """Per-document equality of the token ids, keyed by document id."""
     ours, peer = ours_documents(Path(options["ours"])), peer_documents(Path(options["peer"]))
     differing = sorted(doc_id for doc_id in ours.keys() & peer.keys() if not np.array_equal(ours[doc_id], peer[doc_id]))
-    texts = {doc["id"]: doc["text"] for _, doc in read_documents_of(Path(options["documents"])) if doc["id"] in differing}
-    tokenizer = parse_tokenizer(Path(options["tokenizer"]).read_bytes(), options["tokenizer"])
-    stripped = [doc_id for doc_id in differing if texts[doc_id] != texts[doc_id].strip() and np.array_equal(
-        tokenizer.encode(texts[doc_id].strip(), add_special_tokens=False).ids + [options["eos"]], peer[doc_id])]
     return {
         "documents_ours": len(ours), "documents_peer": len(peer),
         "only_ours": sorted(ours.keys() - peer.keys())[:20], "only_peer": sorted(peer.keys() - ours.keys())[:20],
-        "differing": len(differing), "differing_explained_by_strip": len(stripped),
-        "unexplained": [doc_id for doc_id in differing if doc_id not in stripped][:20],
+        "differing": len(differing), "unexplained": differing[:20],
         "tokens_ours": int(sum(map(len, ours.values()))), "tokens_peer": int(sum(map(len, peer.values()))),
     }
 
@@ -105,33 +89,46 @@ def measured(function: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 
 def batch_regen(options: dict[str, Any]) -> dict[str, Any]:
-    """Regenerate random global batches of a plan shaped like OLMo-7B's, from scratch each time.
+    """Regenerate random global batches of a plan shaped like OLMo-7B's.
 
-    The order maths run at full size (a fresh DataOrder over 976,562,500 instances per batch, round keys
-    included); the tokens come from a small token file reused: instance ``i`` reads that file's instance
-    ``i mod (instances in the file)``.
+    The plan is the tests' sparse one (2T tokens on 1000 token files, ``plan`` names its folder). The
+    batches' instances are stamped with their numbers first (untimed), which also puts their pages in
+    the page cache as warm token files would be. Timed, each from nothing but the index's JSON form, the
+    fingerprint, the seed and the step: loading the index; a fresh ``DataOrder`` giving the batch's
+    instances; those plus reading the token ids through the index; and the batch hash. Each batch is
+    checked against its stamps.
     """
-    tokens = np.memmap(options["tokens"], dtype="<u2", mode="r")
-    file_instances = len(tokens) // SEQ_LEN
-    num_instances = PLAN_TOKENS // SEQ_LEN
-    steps_per_epoch = num_instances // GLOBAL_BATCH
-    rng = np.random.default_rng(options["seed"])
-    steps = iter(rng.integers(0, steps_per_epoch, size=2 * options["steps"] + 2).tolist())
+    directory = Path(options["plan"])
+    plan = sparse_plan(directory)
+    index_dict, fingerprint, seed = plan.to_dict(), plan.fingerprint(), options["seed"]
+    steps_per_epoch = plan.num_instances // OLMO_BATCH_SIZE
+    steps = np.random.default_rng(seed).integers(0, steps_per_epoch, size=options["steps"] + 1).tolist()
+    order = DataOrder(plan.num_instances, fingerprint, seed)
+    for step in steps:
+        stamp_instances(directory, plan, order.global_batch(step, OLMO_BATCH_SIZE))
+
+    index = InstanceIndex.from_dict(index_dict)
+    queue = iter(steps * 3)
 
     def indices() -> np.ndarray:
-        return DataOrder(num_instances, PLAN_FINGERPRINT, options["seed"]).global_batch(next(steps), GLOBAL_BATCH)
+        return DataOrder(index.num_instances, fingerprint, seed).global_batch(next(queue), OLMO_BATCH_SIZE)
 
     def batch() -> np.ndarray:
-        out = np.empty((GLOBAL_BATCH, SEQ_LEN), dtype=np.int64)
-        for row, instance in enumerate((indices() % file_instances).tolist()):
-            out[row] = tokens[instance * SEQ_LEN:(instance + 1) * SEQ_LEN]
-        return out
+        instances = indices()
+        tokens = index.read_instances(directory, instances)
+        if not np.array_equal(read_stamps(tokens), instances):
+            raise AssertionError("a regenerated batch does not hold the instances it should")
+        return tokens
 
+    tokens = batch()
+    load_ms, load_mb = measured(lambda: InstanceIndex.from_dict(index_dict), options["steps"])
     indices_ms, indices_mb = measured(indices, options["steps"])
     batch_ms, batch_mb = measured(batch, options["steps"])
-    return {"instances": num_instances, "steps_per_epoch": steps_per_epoch, "steps_measured": options["steps"],
+    hash_ms, _ = measured(lambda: batch_hash(tokens), options["steps"])
+    return {"instances": index.num_instances, "token_files": len(index.files), "steps_per_epoch": steps_per_epoch,
+            "steps_measured": options["steps"], "index_ms": load_ms, "index_mb": load_mb,
             "indices_ms": indices_ms, "indices_mb": indices_mb, "batch_ms": batch_ms, "batch_mb": batch_mb,
-            "file_instances": file_instances}
+            "hash_ms": hash_ms}
 
 
 MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
