@@ -1,9 +1,7 @@
 """End to end through the `tango` command: the micro workflow runs, re-runs from the cache, and an
-ablation recomputes exactly the overridden step and its descendants."""
+ablation recomputes exactly the overridden step and its descendants. The workflow's first run is the
+session fixture ``micro_workspace`` (tests/conftest.py), shared with other end-to-end tests."""
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,9 @@ from tango.workspaces import LocalWorkspace
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
-TANGO = Path(sys.executable).parent / "tango"
 
 pytestmark = pytest.mark.slow
 import_module_and_submodules("steps")
-
-
-def tango_run(workflow: Path, workspace: Path) -> tuple[set[str], str]:
-    """Run ``tango run`` from the repository root; return the steps it started and its output."""
-    result = subprocess.run(
-        [str(TANGO), "run", str(workflow), "-w", str(workspace)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "Traceback" not in output
-    return set(re.findall(r'Starting step "([^"]+)"', output)), output
 
 
 def descendants(graph: StepGraph, name: str) -> set[str]:
@@ -43,17 +28,9 @@ def descendants(graph: StepGraph, name: str) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("workspace")
-    started, output = tango_run(MICRO, directory)
-    assert started == set(StepGraph.from_file(MICRO))  # a fresh workspace computes every step
-    return directory
-
-
-def test_every_stage_ran_and_reported(workspace):
+def test_every_stage_ran_and_reported(micro_workspace):
     graph = StepGraph.from_file(MICRO)
-    cache = LocalWorkspace(workspace).step_cache
+    cache = LocalWorkspace(micro_workspace).step_cache
     report = cache[graph["report"]]
     text = (report.path / "report.md").read_text()
     for section in ("## Evaluation", "## Corpus", "### filter", "### dedup", "### mix", "## Tokens", "## Training"):
@@ -70,13 +47,13 @@ def test_every_stage_ran_and_reported(workspace):
     assert json.loads((hf / "config.json").read_text())["model_type"] == "olmo"
 
 
-def test_second_run_comes_from_the_cache(workspace):
-    started, output = tango_run(MICRO, workspace)
+def test_second_run_comes_from_the_cache(micro_workspace, tango_run):
+    started, output = tango_run(MICRO, micro_workspace)
     assert started == set()
     assert "Found output for step" in output
 
 
-def test_ablation_recomputes_only_the_overridden_step_and_descendants(workspace, tmp_path):
+def test_ablation_recomputes_only_the_overridden_step_and_descendants(micro_workspace, tango_run, tmp_path):
     ablation = tmp_path / "no-paragraph-dedup.jsonnet"
     ablation.write_text(f"(import '{MICRO}') + {{ steps+: {{ dedup+: {{ config+: {{ paragraph: false }} }} }} }}")
     graph = StepGraph.from_file(ablation)
@@ -84,7 +61,7 @@ def test_ablation_recomputes_only_the_overridden_step_and_descendants(workspace,
     assert {"mix", "tokenize", "pretrain", "report"} <= expected
     assert not expected & {"filter", "tokenizer"} and not any(n.startswith("source_") for n in expected)
 
-    cache = LocalWorkspace(workspace).step_cache
+    cache = LocalWorkspace(micro_workspace).step_cache
     assert {name for name, step in graph.items() if step not in cache} == expected
-    started, _ = tango_run(ablation, workspace)
+    started, _ = tango_run(ablation, micro_workspace)
     assert started == expected

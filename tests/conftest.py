@@ -1,0 +1,46 @@
+"""Fixtures shared by test packages: ``tango run`` from the repository root, and the micro workflow run
+once per session (the slow end-to-end tests read it)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
+TANGO = Path(sys.executable).parent / "tango"
+
+
+def run_tango(workflow: Path, workspace: Path) -> tuple[set[str], str]:
+    """Run ``tango run`` from the repository root; return the steps it started and its output."""
+    result = subprocess.run(
+        [str(TANGO), "run", str(workflow), "-w", str(workspace)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Traceback" not in output
+    return set(re.findall(r'Starting step "([^"]+)"', output)), output
+
+
+@pytest.fixture(scope="session")
+def tango_run():
+    """:func:`run_tango`: ``tango_run(workflow, workspace) -> (steps started, output)``."""
+    return run_tango
+
+
+@pytest.fixture(scope="session")
+def micro_workspace(tmp_path_factory) -> Path:
+    """A workspace in which ``tango run workflows/olmo-micro.jsonnet`` computed every step. Tests may add
+    steps to it (an ablation, regenerated batches) but must not remove or change any."""
+    from tango import StepGraph
+    from tango.common.util import import_module_and_submodules
+
+    import_module_and_submodules("steps")
+    directory = tmp_path_factory.mktemp("micro-workspace")
+    started, _ = run_tango(MICRO, directory)
+    assert started == set(StepGraph.from_file(MICRO))  # a fresh workspace computes every step
+    return directory
