@@ -169,6 +169,15 @@ class TrainingBatch(ArtifactStep):
         validate_data_order(kwargs["data_order"])
         if not isinstance(kwargs.get("step"), int) or kwargs["step"] < 0:
             raise ValueError("step: expected a non-negative integer")
+        batch_size, world_size = kwargs["data_order"]["global_batch_size"], kwargs.get("world_size") or 1
+        micro_batch_size = kwargs.get("micro_batch_size")
+        if not isinstance(world_size, int) or world_size < 1 or batch_size % world_size:
+            raise ValueError(f"world_size: expected a positive divisor of the batch size {batch_size}, got {world_size}")
+        if not isinstance(micro_batch_size, int) or micro_batch_size < 1 or (batch_size // world_size) % micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size: expected a positive divisor of the {batch_size // world_size} instances per rank, "
+                f"got {micro_batch_size!r}"
+            )
 
     def run(
         self, instances: Artifact, data_order: dict, step: int, micro_batch_size: int, world_size: int = 1

@@ -15,6 +15,8 @@ from steps.common.models import MODEL_DIR, load_artifact_model, resolve_device
 from steps.common.step import ArtifactStep
 from steps.data.batches import batch_hash
 from steps.data.steps import load_instances, order_for, validate_data_order
+from steps.data.tokenize import TOKENIZER_FILE
+from steps.data.tokenizer import load_tokenizer
 from steps.train.checkpoint import TrainState, save_model
 from steps.train.trainer import IGNORE_INDEX, TrainConfig, train
 
@@ -45,6 +47,16 @@ def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Call
         return batch
 
     return batch
+
+
+def check_vocabulary(instances: Artifact, config: OlmoConfig) -> None:
+    """Fail unless the model's vocabulary covers every id of the tokenizer the instances were made with."""
+    tokenizer = load_tokenizer(instances.path / TOKENIZER_FILE)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise ValueError(
+            f"the instances' tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
+            f"{config.vocab_size}: set model.vocab_size (and its eos/pad ids) to the tokenizer's"
+        )
 
 
 def loss_curve(history: list[dict[str, Any]], points: int = CURVE_POINTS) -> list[list[float]]:
@@ -153,6 +165,7 @@ class PretrainOlmo(TrainingStep):
     ) -> Artifact:
         self.check_parallelism(world_size, sharding)
         config = model_config(model)
+        check_vocabulary(instances, config)
         if instances.summary["seq_len"] > config.max_sequence_length:
             raise ValueError(
                 f"instances are {instances.summary['seq_len']} tokens, longer than the model's "

@@ -1,15 +1,19 @@
 """The pretraining data feed: global batches in the data order, hashed, with the instances' label mask."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.data.batches import batch_hash
 from steps.data.instances import build_instances
 from steps.data.order import DataOrder
 from steps.data.steps import INDEX_FILE
-from steps.train.steps import pretraining_batches
+from steps.data.tokenize import TOKENIZER_FILE
+from steps.data.tokenizer import olmo_tokenizers_dir
+from steps.train.steps import check_vocabulary, pretraining_batches
 from steps.train.trainer import IGNORE_INDEX
 
 SEQ_LEN = 8
@@ -42,3 +46,12 @@ def test_batches_follow_the_order_and_mask_the_ignored_ids(tmp_path, ignored):
         assert np.array_equal(batch["labels"].numpy(), np.where(masked, IGNORE_INDEX, expected))
     else:
         assert "labels" not in batch
+
+
+def test_a_model_smaller_than_the_instances_tokenizer_is_refused(tmp_path):
+    artifact = instances_artifact(tmp_path)
+    shutil.copyfile(olmo_tokenizers_dir() / "allenai_gpt-neox-olmo-dolma-v1_5.json", tmp_path / TOKENIZER_FILE)
+    check_vocabulary(artifact, OlmoConfig.preset("olmo-micro"))  # 50280 ids: fits
+    small = OlmoConfig.preset("olmo-micro", vocab_size=128, eos_token_id=0, pad_token_id=1)
+    with pytest.raises(ValueError, match="tokenizer has 50280 ids but the model's vocab_size is 128"):
+        check_vocabulary(artifact, small)
