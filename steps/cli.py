@@ -4,6 +4,7 @@
                    [--json | --output FILE]
   olmo-tango batch -w WORKSPACE --instances UNIQUE_ID --seed S --batch-size B --step K ...
   olmo-tango seen WORKFLOW --document DOC_ID [--epochs N] [-w WORKSPACE] [--json | --output FILE]
+  olmo-tango global-indices WORKFLOW --to FILE [--epoch E] [-w WORKSPACE]
 
 The logic is in :mod:`steps.data.regenerate`; this module parses arguments and prints answers.
 """
@@ -20,7 +21,9 @@ from tango.common.exceptions import ConfigurationError
 from steps.data.regenerate import (
     DataPlan,
     RegenerationError,
+    export_global_indices,
     format_batch,
+    format_global_indices,
     format_seen,
     logged_batches,
     open_workspace,
@@ -92,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_at_least(1), help="epochs to search (default: those the workflow's training touches)"
     )
     seen.set_defaults(answers=_seen, describe=format_seen)
+    export = commands.add_parser(
+        "global-indices", help="write one epoch of the data order as OLMo's global_indices.npy (raw uint32)"
+    )
+    _add_plan_arguments(export)
+    export.add_argument("--epoch", type=_at_least(0), default=0, help="the epoch (default 0)")
+    export.add_argument("--to", type=Path, required=True, help="the file to write")
+    export.set_defaults(answers=_global_indices, describe=format_global_indices)
     return parser
 
 
@@ -119,6 +129,10 @@ def _batches(plan: DataPlan, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _seen(plan: DataPlan, args: argparse.Namespace) -> list[dict[str, Any]]:
     return [steps_seeing(plan, args.document, args.epochs)]
+
+
+def _global_indices(plan: DataPlan, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [export_global_indices(plan, args.epoch, args.to)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -295,6 +295,29 @@ def steps_seeing(plan: DataPlan, document: str, epochs: int | None = None) -> di
     }
 
 
+def export_global_indices(plan: DataPlan, epoch: int, path: Path) -> dict[str, Any]:
+    """Write epoch ``epoch`` of the plan's data order as OLMo's ``global_indices.npy`` (raw uint32)."""
+    artifact = plan.workspace.step_cache[plan.instances]
+    order = order_for(artifact, plan.data_order)
+    order.export_global_indices(path, epoch)
+    return {
+        "path": str(path),
+        "epoch": epoch,
+        "instances": order.num_instances,
+        "instances_step": plan.instances.unique_id,
+        "data_order": plan.data_order,
+        "batches_per_epoch": order.batches_per_epoch(plan.batch_size),
+    }
+
+
+def format_global_indices(answer: dict[str, Any]) -> str:
+    return (
+        f"wrote {answer['path']}: epoch {answer['epoch']} of the order of {answer['instances']} instances "
+        f"(raw uint32, OLMo's global_indices.npy layout; batch k = indices[k*{answer['data_order']['global_batch_size']}"
+        f":(k+1)*{answer['data_order']['global_batch_size']}])"
+    )
+
+
 def format_batch(batch: dict[str, Any], max_documents: int = 8) -> str:
     """A short human-readable account of :func:`regenerate_batch`'s answer."""
     lines = [

@@ -221,6 +221,18 @@ def test_command_line_answers(trained, tmp_path, capsys):
     assert "olmo-tango seen: error: document 'no-such-document'" in capsys.readouterr().err
 
 
+def test_global_indices_export_olmo_layout_whose_slices_are_the_batches(plan, trained, tmp_path, capsys):
+    workflow, workspace = trained
+    target = tmp_path / "global_indices.npy"
+    assert main(["global-indices", str(workflow), "-w", str(workspace.dir), "--epoch", "0", "--to", str(target)]) == 0
+    assert f"wrote {target}: epoch 0" in capsys.readouterr().out
+    indices = np.fromfile(target, dtype="<u4")
+    assert np.array_equal(np.sort(indices), np.arange(len(indices)))
+    size = plan.batch_size
+    for step in range(2):
+        assert indices[step * size : (step + 1) * size].tolist() == regenerate_batch(plan, step)["instances"]
+
+
 @pytest.mark.slow
 def test_micro_workflow_batches_regenerate_in_a_fresh_process_to_their_logged_hashes(micro_workspace):
     """The issue's acceptance test: train (the micro workflow), then rebuild every trained batch through the
