@@ -17,7 +17,12 @@ local params = {
   filter: {},
   dedup: { url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6 },
   mix: { seed: 6198, sampling: { 'python-code': 0.5 }, heldout_fraction: 0.02, max_shard_bytes: 4194304 },
-  tokenizer: { name: 'allenai_gpt-neox-olmo-dolma-v1_5', eos_token_id: 50279, pad_token_id: 1 },
+  tokenizer: {
+    name: 'allenai_gpt-neox-olmo-dolma-v1_5',
+    eos_token_id: 50279,
+    pad_token_id: 1,
+    pii_tokens: ['|||EMAIL_ADDRESS|||', '|||PHONE_NUMBER|||', '|||IP_ADDRESS|||'],
+  },
   seq_len: 256,
   data_order: { seed: 6198, global_batch_size: 8 },
   inspect_batch: 0,

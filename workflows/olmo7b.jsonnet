@@ -24,7 +24,12 @@ local params = {
   filter: {},  // Dolma v1.5 thresholds are the defaults
   dedup: { url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6 },
   mix: { seed: 6198, sampling: {}, heldout_fraction: 0.0001, max_shard_bytes: 1073741824 },
-  tokenizer: { name: 'allenai_gpt-neox-olmo-dolma-v1_5', eos_token_id: 50279, pad_token_id: 1 },
+  tokenizer: {
+    name: 'allenai_gpt-neox-olmo-dolma-v1_5',
+    eos_token_id: 50279,
+    pad_token_id: 1,
+    pii_tokens: ['|||EMAIL_ADDRESS|||', '|||PHONE_NUMBER|||', '|||IP_ADDRESS|||'],
+  },
   seq_len: 2048,
   data_order: { seed: 6198, global_batch_size: 2048 },
   inspect_batch: 0,
