@@ -57,6 +57,16 @@ def test_olmo_7b_sized_order_gives_any_batch_and_its_inverse():
     assert np.array_equal(positions, np.arange(79_163 * 2048, 79_164 * 2048))
 
 
+@pytest.mark.parametrize("epoch", [0, 1, 7])
+def test_olmo_7b_sized_order_is_injective_on_a_million_sampled_positions(epoch):
+    order = DataOrder(OLMO_7B_INSTANCES, "olmo-7b-instances", seed=6198)
+    positions = np.unique(np.random.default_rng(epoch).integers(0, OLMO_7B_INSTANCES, size=1 << 20))
+    instances = order.index(epoch, positions)
+    assert instances.min() >= 0 and instances.max() < OLMO_7B_INSTANCES
+    assert len(np.unique(instances)) == len(positions)  # no two positions share an instance
+    assert np.array_equal(order.position_of(instances, epoch), positions)
+
+
 def test_batches_are_contiguous_slices_and_skip_the_partial_batch_of_each_epoch():
     order = DataOrder(10, "fp", seed=0)
     assert order.batches_per_epoch(3) == 3 and order.skipped_per_epoch(3) == 1
