@@ -7,8 +7,8 @@
 - ``startup``: nothing but the imports ``tokenize`` makes (the fixed cost of a run);
 - ``compare`` (not timed): every document's token ids in our output against dolma's ``part-*.npy`` +
   ``part-*.csv.gz`` (options: ``ours``, ``peer``), keyed by document id;
-- ``batch_regen`` (options: ``tokens``, ``steps``, ``seed``): the instance indices and token ids of random
-  global batches of an OLMo-7B-shaped plan (token ids read from a small token file, reused).
+- ``batch_regen`` (options: ``plan``, ``steps``, ``seed``): the instance indices, token ids and hash of random
+  global batches of an OLMo-7B-shaped plan (2T tokens on 1000 sparse token files, built in ``plan``).
 """
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         answers = args.answers(_plan(args, parser), args)
-    except (RegenerationError, ConfigurationError) as exc:
+    except (RegenerationError, ConfigurationError, ValueError, OSError) as exc:
         print(f"olmo-tango {args.command}: error: {exc}", file=sys.stderr)
         return 1
     json_lines = "".join(json.dumps(answer) + "\n" for answer in answers)

@@ -95,7 +95,7 @@ class AdaptationStep(TrainingStep):
 class SupervisedFinetune(AdaptationStep):
     """SFT: next-token loss on the assistant turns only (user turns and headers masked)."""
 
-    VERSION = "001"
+    VERSION = "002"
 
     def run(
         self,
@@ -125,7 +125,7 @@ class SupervisedFinetune(AdaptationStep):
 class DirectPreferenceOptimization(AdaptationStep):
     """DPO: the sigmoid loss on summed response log-probs against the frozen input model."""
 
-    VERSION = "001"
+    VERSION = "002"
 
     def run(
         self,

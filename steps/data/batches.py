@@ -83,7 +83,7 @@ def describe_batch(
         "instances": instances.tolist(),
         "token_ids": tokens.tolist(),
         "batch_hash": batch_hash(tokens),
-        "label_masked_tokens": int((~index.label_mask(tokens)).sum()),
+        "label_masked_tokens": int((~index.label_mask(tokens[:, 1:])).sum()),  # position 0 is never a target
         "ranks": ranks,
         "documents": documents,
     }

@@ -5,9 +5,10 @@ an instance is dropped (and counted), so an instance never spans two files. Inst
 after file in the order of the tokenize summary. The index holds only per-file counts; token files are
 read instance by instance (positioned reads) and provenance files read on first use.
 
-Label masks (optional, as OLMo's ``label_mask``): tokens whose id is in ``ignore_token_ids`` (say the PII
-placeholders, or padding) are inputs but never targets. The mask is a function of the token ids, so it needs
-no files of its own and is covered by the index's fingerprint.
+Label masks (optional; OLMo reads its ``label_mask`` from boolean memmaps): tokens whose id is in
+``ignore_token_ids`` (say the PII placeholders, or padding) are inputs but never targets. Here the mask is a
+function of the token ids, so it needs no files of its own; it is part of the index and its fingerprint
+(so, like any change to the instances, it also gives another data order).
 """
 from __future__ import annotations
 
@@ -126,7 +127,12 @@ class OpenFiles:
             os.close(self._descriptors.popitem()[1])
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_descriptors"):
+            self.close()
+
+    def __reduce__(self) -> tuple:
+        """A copy (pickled or deep-copied) opens files of its own: descriptors are never shared."""
+        return OpenFiles, (self.limit,)
 
 
 @dataclass
@@ -139,7 +145,7 @@ class InstanceIndex:
     ignore_token_ids: tuple[int, ...] = ()
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
     _paths: dict[tuple[str, int], Path] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _open_files: OpenFiles = field(default_factory=lambda: OpenFiles(), init=False, repr=False, compare=False)
+    _open_files: OpenFiles = field(default_factory=OpenFiles, init=False, repr=False, compare=False)
     _provenance: dict[tuple[str, int], Provenance] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -254,14 +260,15 @@ class InstanceIndex:
         return instances
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
+    """A non-negative ``int`` (``bool`` excluded)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _cut(seq_len: int, files: Sequence[Mapping[str, Any]], ignore_token_ids: Sequence[int] = ()) -> InstanceIndex:
-    if not _is_count(seq_len) or seq_len < 1:
+    if not is_count(seq_len) or seq_len < 1:
         raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
-    if not all(_is_count(token) for token in ignore_token_ids):
+    if not all(is_count(token) for token in ignore_token_ids):
         raise ValueError(f"ignore_token_ids: expected non-negative integer token ids, got {list(ignore_token_ids)!r}")
     token_files: list[TokenFile] = []
     first_instance = dropped = 0

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
-import integrations.tango_compat  # noqa: F401  (Tango fixes, before any step runs)
 from tango import Step, StepGraph
 from tango.common.util import import_module_and_submodules
 from tango.settings import TangoGlobalSettings
@@ -92,8 +91,8 @@ def plan_from_workflow(
         workspace,
         instances,
         dict(pretrain.kwargs["data_order"]),
-        pretrain.kwargs["world_size"] if world_size is None else world_size,
-        pretrain.kwargs["train"]["micro_batch_size"] if micro_batch_size is None else micro_batch_size,
+        pretrain.kwargs.get("world_size", 1) if world_size is None else world_size,
+        pretrain.kwargs["train"].get("micro_batch_size", 1) if micro_batch_size is None else micro_batch_size,
         planned,
     )
 
@@ -168,6 +167,11 @@ def _checked_plan(
     planned_data_steps: int = 0,
 ) -> DataPlan:
     batch_size = data_order["global_batch_size"]
+    num_instances = workspace.step_cache[instances].summary["num_instances"]
+    if batch_size > num_instances:
+        raise RegenerationError(
+            f"global batch size {batch_size} exceeds the {num_instances} instances of {instances.unique_id}"
+        )
     if world_size < 1 or batch_size % world_size:
         raise RegenerationError(f"world size {world_size} does not divide the global batch size {batch_size}")
     if micro_batch_size < 1 or (batch_size // world_size) % micro_batch_size:

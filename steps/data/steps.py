@@ -13,7 +13,7 @@ from steps.common.step import ArtifactStep, ContentHash, check_keys
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.data.batches import describe_batch
 from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
-from steps.data.instances import InstanceIndex, build_instances
+from steps.data.instances import InstanceIndex, build_instances, is_count
 from steps.data.order import DataOrder
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
 from steps.data.tokenizer import TokenizerSpec, resolve_tokenizer_file, tokenizer_fingerprint, tokenizer_summary
@@ -122,7 +122,7 @@ class TokenizeDocuments(ArtifactStep):
 class BuildInstances(ArtifactStep):
     """Token files → fixed-length instances (each file's tail that does not fill one is dropped, counted).
 
-    ``ignore_token_ids``: token ids never used as labels (OLMo's label mask), e.g. the PII placeholders.
+    ``ignore_token_ids``: token ids never used as labels (a label mask), e.g. the PII placeholders.
     """
 
     VERSION = "002"
@@ -132,7 +132,7 @@ class BuildInstances(ArtifactStep):
         if not isinstance(kwargs.get("seq_len"), int) or kwargs["seq_len"] < 2:
             raise ValueError("seq_len: expected an integer >= 2")
         ignored = kwargs.get("ignore_token_ids") or []
-        if not isinstance(ignored, list) or not all(isinstance(t, int) and t >= 0 for t in ignored):
+        if not isinstance(ignored, list) or not all(is_count(token) for token in ignored):
             raise ValueError(f"ignore_token_ids: expected a list of non-negative token ids, got {ignored!r}")
 
     def run(self, tokens: Artifact, seq_len: int, ignore_token_ids: list[int] | None = None) -> Artifact:
@@ -169,7 +169,7 @@ class TrainingBatch(ArtifactStep):
         validate_data_order(kwargs["data_order"])
         if not isinstance(kwargs.get("step"), int) or kwargs["step"] < 0:
             raise ValueError("step: expected a non-negative integer")
-        batch_size, world_size = kwargs["data_order"]["global_batch_size"], kwargs.get("world_size") or 1
+        batch_size, world_size = kwargs["data_order"]["global_batch_size"], kwargs.get("world_size", 1)
         micro_batch_size = kwargs.get("micro_batch_size")
         if not isinstance(world_size, int) or world_size < 1 or batch_size % world_size:
             raise ValueError(f"world_size: expected a positive divisor of the batch size {batch_size}, got {world_size}")

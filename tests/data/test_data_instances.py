@@ -1,3 +1,4 @@
+import copy
 import gzip
 import json
 
@@ -184,3 +185,13 @@ def test_token_file_truncated_after_first_use_is_reported(hand_made):
     write_raw_tokens(root / "tokens/f0.npy", np.arange(5))
     with pytest.raises(ValueError, match=r"f0.npy: 2 bytes at offset 8, expected 8 \(file truncated\?\)"):
         index.read_instance(root, 1)
+
+
+def test_a_copied_index_opens_its_own_files(hand_made):
+    root, summary = hand_made
+    index = build_instances(summary, seq_len=2)
+    index.read_instance(root, 0)
+    twin = copy.deepcopy(index)
+    assert twin == index and twin._open_files is not index._open_files and not twin._open_files._descriptors
+    del index
+    assert twin.read_instance(root, 1).tolist() == [2, 3]

@@ -57,6 +57,7 @@ def test_two_rank_batches_regenerate_to_their_logged_hashes(micro_workspace, tmp
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rebuilt = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rebuilt) == len(two_ranks) == STEPS and len(one_process) >= STEPS
 
     for logged, batch, alone in zip(two_ranks, rebuilt, one_process):
         assert batch["step"] == logged["data_step"] == alone["data_step"]

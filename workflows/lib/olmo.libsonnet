@@ -80,7 +80,6 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         instances: ref('instances'),
         data_order: p.data_order,
         step: p.inspect_batch,
-        world_size: x.world_size,
         micro_batch_size: p.pretrain.micro_batch_size,
       },
       pretrain: {
