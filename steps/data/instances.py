@@ -3,7 +3,8 @@
 Each token file is cut into consecutive ``seq_len``-token instances; the tail of a file that does not fill
 an instance is dropped (and counted), so an instance never spans two files. Instances are numbered file
 after file in the order of the tokenize summary. The index holds only per-file counts; token files are
-read instance by instance (positioned reads) and provenance files read on first use.
+read instance by instance (positioned reads), and provenance looked up through its sidecars (see
+:mod:`steps.data.provenance`).
 
 Label masks (optional; OLMo reads its ``label_mask`` from boolean memmaps): tokens whose id is in
 ``ignore_token_ids`` (say the PII placeholders, or padding) are inputs but never targets. Here the mask is a
@@ -12,8 +13,6 @@ function of the token ids, so it needs no files of its own; it is part of the in
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
 import json
 import os
@@ -21,25 +20,12 @@ import resource
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from steps.data.provenance import InstanceDocument, ProvenanceFile
 from steps.data.tokenize import SUMMARY_FILE, TOKEN_DTYPES
-
-
-class InstanceDocument(NamedTuple):
-    """A document in a token file: its id, source, shard (``src``), line there, and token span [start, end).
-
-    ``source`` is None for provenance written by dolma, which has only the first five columns.
-    """
-
-    id: str
-    source: str | None
-    src: str
-    loc: int
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
@@ -53,52 +39,6 @@ class TokenFile:
     first_instance: int
     provenance: str | None = None
     sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """The documents of one token file, in token order."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    ids: list[str]
-    sources: list[str | None]
-    srcs: list[str]
-    locs: list[int]
-
-    def document(self, row: int) -> InstanceDocument:
-        start, end = int(self.starts[row]), int(self.ends[row])
-        return InstanceDocument(self.ids[row], self.sources[row], self.srcs[row], self.locs[row], start, end)
-
-
-def read_provenance(path: Path, num_tokens: int) -> Provenance:
-    """Read a ``start,end,id,src,loc[,source]`` csv.gz and check that its spans tile the token file exactly."""
-    starts: list[int] = []
-    ends: list[int] = []
-    ids: list[str] = []
-    sources: list[str | None] = []
-    srcs: list[str] = []
-    locs: list[int] = []
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
-        for line, row in enumerate(csv.reader(handle), start=1):
-            try:
-                if len(row) not in (5, 6):
-                    raise ValueError
-                start, end, doc_id, src, loc = row[:5]
-                starts.append(int(start))
-                ends.append(int(end))
-                locs.append(int(loc))
-            except ValueError:
-                expected = "expected 'start,end,id,src,loc[,source]' with integer start, end, loc"
-                raise ValueError(f"{path}:{line}: {expected}") from None
-            ids.append(doc_id)
-            srcs.append(src)
-            sources.append(row[5] if len(row) == 6 else None)
-    provenance = Provenance(np.asarray(starts, np.int64), np.asarray(ends, np.int64), ids, sources, srcs, locs)
-    boundaries = np.concatenate([[0], provenance.ends])
-    if not (np.array_equal(provenance.starts, boundaries[:-1]) and boundaries[-1] == num_tokens):
-        raise ValueError(f"{path}: document spans do not tile the {num_tokens} tokens of the token file")
-    return provenance
 
 
 class OpenFiles:
@@ -146,7 +86,7 @@ class InstanceIndex:
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
     _paths: dict[tuple[str, int], Path] = field(default_factory=dict, init=False, repr=False, compare=False)
     _open_files: OpenFiles = field(default_factory=OpenFiles, init=False, repr=False, compare=False)
-    _provenance: dict[tuple[str, int], Provenance] = field(
+    _provenance: dict[tuple[str, int], ProvenanceFile] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -226,34 +166,35 @@ class InstanceIndex:
         """True where a token is a training target: every token whose id is not in ``ignore_token_ids``."""
         return ~np.isin(tokens, self.ignore_token_ids)
 
-    def provenance(self, root_dir: str | Path, k: int) -> Provenance:
-        """The documents of token file ``k`` (read once, then cached)."""
+    def provenance(self, root_dir: str | Path, k: int) -> ProvenanceFile:
+        """The documents of token file ``k`` (opened once, then cached)."""
         key = (str(root_dir), k)
         if key not in self._provenance:
             f = self.files[k]
             if f.provenance is None:
                 raise ValueError(f"{f.path}: the index has no provenance file for this token file")
-            self._provenance[key] = read_provenance(Path(root_dir, f.provenance), f.num_tokens)
+            self._provenance[key] = ProvenanceFile(Path(root_dir, f.provenance), f.num_tokens)
         return self._provenance[key]
 
     def instance_documents(self, root_dir: str | Path, instance: int) -> list[InstanceDocument]:
         """The documents with at least one token in the instance, in token order (spans in file tokens)."""
         k, offset = self.locate(instance)
-        provenance = self.provenance(root_dir, k)
-        first = int(np.searchsorted(provenance.ends, offset, side="right"))
-        last = int(np.searchsorted(provenance.starts, offset + self.seq_len, side="left"))
-        return [provenance.document(row) for row in range(first, last)]
+        return self.provenance(root_dir, k).overlapping(offset, offset + self.seq_len)
 
     def document_instances(self, root_dir: str | Path, doc_id: str) -> list[int]:
-        """Every instance holding a token of a document with this id (none if all its tokens were dropped)."""
+        """Every instance holding a token of a document with this id (none if all its tokens were dropped).
+
+        This reads every provenance file through (an id has no index).
+        """
         found = False
         instances: list[int] = []
         for k, f in enumerate(self.files):
-            provenance = self.provenance(root_dir, k)
-            for row in (r for r, i in enumerate(provenance.ids) if i == doc_id):
+            for document in self.provenance(root_dir, k).documents():
+                if document.id != doc_id:
+                    continue
                 found = True
-                first = int(provenance.starts[row]) // self.seq_len
-                last = min((int(provenance.ends[row]) - 1) // self.seq_len, f.num_instances - 1)
+                first = document.start // self.seq_len
+                last = min((document.end - 1) // self.seq_len, f.num_instances - 1)
                 instances.extend(range(f.first_instance + first, f.first_instance + last + 1))
         if not found:
             raise KeyError(f"document {doc_id!r} is not in any provenance file of the index")

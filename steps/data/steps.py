@@ -102,7 +102,7 @@ class TokenizeDocuments(ArtifactStep):
     Texts are stripped, and blank ones skipped and counted, as ``dolma tokens`` does.
     """
 
-    VERSION = "002"
+    VERSION = "003"
 
     def run(self, documents: Artifact, tokenizer: Artifact, num_workers: int = 1) -> Artifact:
         out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped

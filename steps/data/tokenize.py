@@ -7,7 +7,8 @@ For every document shard ``<documents_dir>/<source>/<name>.jsonl.gz`` this write
 - ``tokens/<source>/<name>.csv.gz``: one row per document, ``start,end,id,src,loc,source``: dolma's five
   columns (token span with ``end`` exclusive and the EOS at ``end - 1``; ``src`` the shard path relative to
   ``documents_dir``; ``loc`` the document's 1-based line in that shard), then the document's ``source``
-  field; no header;
+  field; no header; with ``<name>.ends.bin`` and ``<name>.blocks.bin`` beside it for random access
+  (:mod:`steps.data.provenance`);
 - ``done/<source>/<name>.json``: written last; a shard with its marker and both files is skipped on re-run.
 
 As ``dolma tokens`` does, a document's text is stripped of leading and trailing whitespace before it is
@@ -18,15 +19,11 @@ Shards are processed in parallel (``num_workers`` processes); the bytes written 
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import itertools
 import json
 import multiprocessing
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
@@ -36,6 +33,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from steps.common.documents import list_shards, read_documents
+from steps.data.provenance import ProvenanceWriter, sidecar_paths
 from steps.data.tokenizer import parse_tokenizer
 
 TOKENS_DIR = "tokens"
@@ -124,14 +122,6 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-@contextmanager
-def _provenance_writer(path: Path) -> Iterator[Any]:
-    """A csv writer into a deterministic gzip file (no name, no timestamp in the header)."""
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
-        with io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
-            yield csv.writer(text, lineterminator="\n")
-
-
 _TOKENIZERS: dict[str, Tokenizer] = {}
 
 
@@ -147,10 +137,11 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
     dtype = TOKEN_DTYPES[job.dtype]
     job.tokens_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_tokens = job.tokens_path.with_name(job.tokens_path.name + ".tmp")
-    tmp_provenance = job.provenance_path.with_name(job.provenance_path.name + ".tmp")
+    outputs = [job.provenance_path, *sidecar_paths(job.provenance_path)]
+    temporary = [path.with_name(path.name + ".tmp") for path in outputs]
     digest = hashlib.sha256()
     num_tokens = num_documents = num_empty = 0
-    with open(tmp_tokens, "wb") as token_out, _provenance_writer(tmp_provenance) as provenance:
+    with open(tmp_tokens, "wb") as token_out, ProvenanceWriter(*temporary) as provenance:
         for batch in _batched(read_documents(job.shard), job.batch_size):
             texts = [(location, doc, doc["text"].strip()) for location, doc in batch]
             kept = [(location, doc, text) for location, doc, text in texts if text]
@@ -161,7 +152,7 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
                 ids.extend(encoding.ids)
                 ids.append(job.eos_token_id)
                 end = num_tokens + len(ids)
-                provenance.writerow([start, end, doc["id"], job.source_shard, location.line, doc["source"]])
+                provenance.write(start, end, doc["id"], job.source_shard, location.line, doc["source"])
             data = np.asarray(ids, dtype=dtype).tobytes()
             token_out.write(data)
             digest.update(data)
@@ -169,7 +160,8 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
             num_documents += len(kept)
             num_empty += len(batch) - len(kept)
     os.replace(tmp_tokens, job.tokens_path)
-    os.replace(tmp_provenance, job.provenance_path)
+    for done, path in zip(temporary, outputs):
+        os.replace(done, path)
     return {
         "path": Path(TOKENS_DIR, f"{job.stem}.npy").as_posix(),
         "provenance": Path(TOKENS_DIR, f"{job.stem}.csv.gz").as_posix(),
@@ -184,7 +176,8 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
 
 def _finished_record(job: ShardJob) -> dict[str, Any] | None:
     """The record of a shard finished by an earlier run with the same settings, if any."""
-    if not (job.marker_path.is_file() and job.tokens_path.is_file() and job.provenance_path.is_file()):
+    outputs = [job.tokens_path, job.provenance_path, *sidecar_paths(job.provenance_path)]
+    if not (job.marker_path.is_file() and all(path.is_file() for path in outputs)):
         return None
     marker = json.loads(job.marker_path.read_text())
     return marker["file"] if marker.get("settings") == job.settings else None
