@@ -103,6 +103,7 @@ def _init_sharded_and_gather(rank: int, world_size: int, rendezvous: str, out_di
         full = {name: p.full_tensor() for name, p in model.named_parameters()}
         if rank == 0:
             torch.save(full, f"{out_dir}/full.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -30,6 +30,7 @@ def main(spec_file: str) -> None:
                   log=lambda metrics: None)
     if dist.get_rank() == 0:
         Path(spec["metrics"]).write_text("".join(json.dumps(m) + "\n" for m in state.history))
+    dist.barrier()  # no rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 
