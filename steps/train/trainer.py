@@ -171,9 +171,13 @@ def target_labels(batch: Batch) -> torch.Tensor:
 
 def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(labels[:, t+1] | tokens ≤ t) for each position [B, T-1], in fp32; 0 where ignored."""
-    return -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    # Every position's logits against the next label (the last position's target ignored), over contiguous
+    # [B·T, V] rows: no [B, V, T] transpose and no slice of the logits, whose backward would fill and copy them.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
+    return -flat.view(targets.shape)[:, :-1]
 
 
 class NextTokenLoss:
