@@ -114,7 +114,8 @@ class TokenizeDocuments(ArtifactStep):
             num_workers=num_workers,
         )
         shutil.rmtree(out / DONE_DIR, ignore_errors=True)
-        files = [{k: f[k] for k in ("path", "tokens", "documents", "empty_documents", "dtype")} for f in summary["files"]]
+        kept = ("path", "tokens", "documents", "empty_documents", "dtype")
+        files = [{key: f[key] for key in kept} for f in summary["files"]]
         return self.artifact(out, {**{k: v for k, v in summary.items() if k != "files"}, "files": files})
 
 
@@ -149,6 +150,7 @@ class BuildInstances(ArtifactStep):
             "dropped_tokens": index.dropped_tokens,
             "token_files": len(index.files),
             "ignore_token_ids": list(index.ignore_token_ids),
+            "eos_token_id": tokenized["eos_token_id"],
         }
         return self.artifact(out, summary)
 
@@ -172,10 +174,13 @@ class TrainingBatch(ArtifactStep):
         batch_size, world_size = kwargs["data_order"]["global_batch_size"], kwargs.get("world_size", 1)
         micro_batch_size = kwargs.get("micro_batch_size")
         if not isinstance(world_size, int) or world_size < 1 or batch_size % world_size:
-            raise ValueError(f"world_size: expected a positive divisor of the batch size {batch_size}, got {world_size}")
-        if not isinstance(micro_batch_size, int) or micro_batch_size < 1 or (batch_size // world_size) % micro_batch_size:
             raise ValueError(
-                f"micro_batch_size: expected a positive divisor of the {batch_size // world_size} instances per rank, "
+                f"world_size: expected a positive divisor of the batch size {batch_size}, got {world_size}"
+            )
+        per_rank = batch_size // world_size
+        if not isinstance(micro_batch_size, int) or micro_batch_size < 1 or per_rank % micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size: expected a positive divisor of the {per_rank} instances per rank, "
                 f"got {micro_batch_size!r}"
             )
 

@@ -50,12 +50,18 @@ def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Call
 
 
 def check_vocabulary(instances: Artifact, config: OlmoConfig) -> None:
-    """Fail unless the model's vocabulary covers every id of the tokenizer the instances were made with."""
+    """Fail unless the model's vocabulary covers every id of the tokenizer the instances were made with,
+    and the model's EOS id is the one the documents were ended with."""
     tokenizer = load_tokenizer(instances.path / TOKENIZER_FILE)
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise ValueError(
             f"the instances' tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
             f"{config.vocab_size}: set model.vocab_size (and its eos/pad ids) to the tokenizer's"
+        )
+    eos = instances.summary.get("eos_token_id")
+    if eos is not None and eos != config.eos_token_id:
+        raise ValueError(
+            f"the instances end documents with EOS {eos}, the model's eos_token_id is {config.eos_token_id}"
         )
 
 

@@ -55,3 +55,6 @@ def test_a_model_smaller_than_the_instances_tokenizer_is_refused(tmp_path):
     small = OlmoConfig.preset("olmo-micro", vocab_size=128, eos_token_id=0, pad_token_id=1)
     with pytest.raises(ValueError, match="tokenizer has 50280 ids but the model's vocab_size is 128"):
         check_vocabulary(artifact, small)
+    artifact.manifest["summary"]["eos_token_id"] = 0  # as with the pii-special file, where EOS is 0
+    with pytest.raises(ValueError, match="the instances end documents with EOS 0, the model's eos_token_id is 50279"):
+        check_vocabulary(artifact, OlmoConfig.preset("olmo-micro"))
