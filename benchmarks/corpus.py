@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 import time
 from collections import Counter
 from pathlib import Path
@@ -420,6 +421,30 @@ def append_results(section: str, block: str) -> None:
     RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + ("\n" + text[end:] if end < len(text) else ""))
 
 
+@contextmanager
+def work_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for one run: removed after it unless ``keep``; kept (and named) on failure."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    except BaseException:
+        log(f"kept {work} (inputs, outputs, configs and logs)")
+        raise
+    if keep:
+        log(f"kept {work} (inputs, outputs, configs and logs)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_input(work: Path, num_documents: int, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Write the seeded benchmark documents (:mod:`corpus_input`) under ``work``; return their folder and counts."""
+    documents = work / "documents"
+    log(f"writing {num_documents} documents to {documents}")
+    out = run([str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_input.py"), str(documents), str(num_documents),
+               str(seed)], work / "logs" / "input.log").stdout
+    return documents, json.loads(out.strip().splitlines()[-1])
+
+
 def parse_arguments(script: str, description: str) -> tuple[argparse.Namespace, int, str]:
     """The options every document benchmark takes; returns them, the document count and the command line."""
     parser = argparse.ArgumentParser(description=description)
@@ -437,14 +462,8 @@ def main() -> None:
     args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0])
 
     dolma = ensure_dolma()
-    work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
-    finished = False
-    try:
-        documents = work / "documents"
-        log(f"writing {num_documents} documents to {documents}")
-        out = run([str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_input.py"), str(documents), str(num_documents),
-                   str(args.seed)], work / "logs" / "input.log").stdout
-        counts = json.loads(out.strip().splitlines()[-1])
+    with work_directory("corpus-bench-", args.keep) as work:
+        documents, counts = write_input(work, num_documents, args.seed)
         kinds = {row["id"]: row["metadata"]["kind"] for row in rows(documents)}
         load_before = os.getloadavg()[0]
         log("tagging: dolma, then ours")
@@ -458,12 +477,6 @@ def main() -> None:
         load = (load_before, os.getloadavg()[0])
         log("comparing decisions")
         found = agreement(work, documents, kinds)
-        finished = True
-    finally:
-        if args.keep or not finished:
-            log(f"kept {work} (inputs, outputs, configs and logs)")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
     result = {"benchmark": "corpus", "unit": "docs/s", **figures(stages, num_documents),
               "gopher_agreement": round(found["gopher_agreement"], 5),

@@ -26,13 +26,11 @@ sys.path.insert(0, str(BENCHMARKS.parent))
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks.corpus import (  # noqa: E402
     DOLMA_VERSION, PROJECT_PYTHON, Timing, append_results, ensure_dolma, log, machine, parse_arguments, run,
-    run_dolma, startup_seconds,
+    run_dolma, startup_seconds, work_directory, write_input,
 )
 
 TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
@@ -141,14 +139,9 @@ def main() -> None:
     args, num_documents, command = parse_arguments("tokenize.py", __doc__.split("\n\n")[0])
 
     dolma = ensure_dolma()
-    work = Path(tempfile.mkdtemp(prefix="tokenize-bench-"))
-    finished = False
-    try:
+    with work_directory("tokenize-bench-", args.keep) as work:
         tokenizer = tokenizer_file(work)
-        documents = work / "documents"
-        log(f"writing {num_documents} documents to {documents}")
-        run([str(PROJECT_PYTHON), str(BENCHMARKS / "corpus_input.py"), str(documents), str(num_documents),
-             str(args.seed)], work / "logs" / "input.log")
+        documents, _ = write_input(work, num_documents, args.seed)
         load_before = os.getloadavg()[0]
         log("tokenizing: dolma, then ours")
         timed = tokenize_both(dolma, work, documents, tokenizer, args.workers)
@@ -159,12 +152,6 @@ def main() -> None:
         log("regenerating batches of an OLMo-7B-shaped plan")
         _, _, regen = ours("batch_regen", {"plan": str(work / "plan"), "steps": REGEN_STEPS, "seed": args.seed},
                            work / "logs" / "batch-regen.log")
-        finished = True
-    finally:
-        if args.keep or not finished:
-            log(f"kept {work} (inputs, outputs, configs and logs)")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
     fig = figures(timed, found, regen)
     result = {"benchmark": "tokenize", "unit": "tokens/s", **fig, "documents": num_documents, "workers": args.workers}

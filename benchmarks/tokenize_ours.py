@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import statistics
 import sys
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from steps.data.batches import batch_hash  # noqa: E402
 from steps.data.instances import InstanceIndex  # noqa: E402
 from steps.data.order import DataOrder  # noqa: E402
+from steps.data.provenance import read_documents as read_provenance  # noqa: E402
 from steps.data.tokenize import SUMMARY_FILE, tokenize_documents  # noqa: E402
 from tests.data.sparse_plan import OLMO_BATCH_SIZE, read_stamps, sparse_plan, stamp_instances  # noqa: E402
 
@@ -39,16 +38,11 @@ def run_tokenize(options: dict[str, Any]) -> dict[str, Any]:
     return {"tokens": summary["total_tokens"], "documents": summary["total_documents"]}
 
 
-def provenance_rows(path: Path) -> Iterator[list[str]]:
-    """``start,end,id,src,loc[,source]`` rows of a csv.gz written by either tool."""
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
-        yield from csv.reader(handle)
-
-
 def documents_of(token_file: Path, provenance: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Each document's token ids, from a token file and its provenance (written by either tool)."""
     tokens = np.fromfile(token_file, dtype="<u2")
-    for start, end, doc_id, *_ in provenance_rows(provenance):
-        yield doc_id, tokens[int(start):int(end)]
+    for document in read_provenance(provenance):
+        yield document.id, tokens[document.start:document.end]
 
 
 def ours_documents(output: Path) -> dict[str, np.ndarray]:

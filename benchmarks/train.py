@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS_DIR
 sys.path.insert(0, str(BENCHMARKS_DIR.parent))
 
 from benchmarks.corpus import (  # noqa: E402
-    BENCHMARKS, PROJECT_PYTHON, append_results, base_python, log, machine, run,
+    BENCHMARKS, PROJECT_PYTHON, append_results, base_python, log, machine, run, work_directory,
 )
 
 PEER_VENV = BENCHMARKS / ".venv-transformers"
@@ -119,17 +118,11 @@ def main() -> None:
     command = " ".join(["python benchmarks/train.py", *sys.argv[1:]])
 
     peer_python = ensure_peer()
-    work = Path(tempfile.mkdtemp(prefix="train-bench-"))
-    try:
+    with work_directory("train-bench-", args.keep) as work:
         options = prepare(work, steps, batch, args.seed)
         log(f"training ours, then transformers: {steps} steps of {batch} x {SHAPE['max_sequence_length']} tokens")
         ours = train_side(PROJECT_PYTHON, "ours", options, work)
         peer = train_side(peer_python, "peer", options, work)
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
     difference = max(abs(a - b) for a, b in zip(ours["losses"], peer["losses"]))
     report = {"ours": ours, "peer": peer, "machine": machine(), "threads": options["threads"], "steps": steps,

@@ -64,6 +64,11 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**data)
 
 
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (OLMo pads its embedding this way: 50280 -> 50304)."""
+    return -(-vocab_size // multiple) * multiple
+
+
 @dataclasses.dataclass(frozen=True)
 class OlmoConfig:
     """Shape and token ids of an OLMo v1 decoder.
@@ -114,7 +119,7 @@ class OlmoConfig:
     @property
     def embedding_size(self) -> int:
         """Rows of the embedding matrix: ``vocab_size`` padded up to ``pad_to_multiple``."""
-        return -(-self.vocab_size // self.pad_to_multiple) * self.pad_to_multiple
+        return padded_vocab_size(self.vocab_size, self.pad_to_multiple)
 
     @property
     def head_dim(self) -> int:

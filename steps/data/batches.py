@@ -24,6 +24,17 @@ def batch_hash(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<u4").tobytes()).hexdigest()
 
 
+def check_batch_split(batch_size: int, world_size: int, micro_batch_size: int) -> None:
+    """Fail unless ``world_size`` ranks split a global batch evenly into whole micro-batches."""
+    if not isinstance(world_size, int) or world_size < 1 or batch_size % world_size:
+        raise ValueError(f"world size {world_size} does not divide the global batch size {batch_size}")
+    if not isinstance(micro_batch_size, int) or micro_batch_size < 1 or (batch_size // world_size) % micro_batch_size:
+        raise ValueError(
+            f"micro-batch size {micro_batch_size} does not divide a rank's {batch_size // world_size} instances "
+            f"(global batch {batch_size}, world size {world_size})"
+        )
+
+
 def micro_batches(rank_instances: np.ndarray, micro_batch_size: int) -> list[np.ndarray]:
     """Split one rank's instances into consecutive micro-batches of ``micro_batch_size``."""
     if micro_batch_size < 1 or len(rank_instances) % micro_batch_size:

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from steps.common.documents import list_shards, read_documents
-from steps.data.tokenizer import DEFAULT_EOS_TOKEN, PAD_TOKEN, PII_TOKENS, TokenizerSpec, padded_vocab_size
+from olmo_model.config import padded_vocab_size
+from steps.data.tokenizer import DEFAULT_EOS_TOKEN, PAD_TOKEN, PII_TOKENS, TokenizerSpec
 
 BYTE_TOKENS = 256
 LEADING_TOKENS = (PII_TOKENS["ip_address"], PAD_TOKEN)  # ids 0 and 1

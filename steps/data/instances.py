@@ -201,16 +201,20 @@ class InstanceIndex:
         return instances
 
 
-def is_count(value: Any) -> bool:
-    """A non-negative ``int`` (``bool`` excluded)."""
+def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def check_ignore_token_ids(ignore_token_ids: Any) -> None:
+    """Fail unless ``ignore_token_ids`` is a list (or tuple) of non-negative integer token ids."""
+    if not isinstance(ignore_token_ids, (list, tuple)) or not all(_is_count(t) for t in ignore_token_ids):
+        raise ValueError(f"ignore_token_ids: expected non-negative integer token ids, got {ignore_token_ids!r}")
+
+
 def _cut(seq_len: int, files: Sequence[Mapping[str, Any]], ignore_token_ids: Sequence[int] = ()) -> InstanceIndex:
-    if not is_count(seq_len) or seq_len < 1:
+    if not _is_count(seq_len) or seq_len < 1:
         raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
-    if not all(is_count(token) for token in ignore_token_ids):
-        raise ValueError(f"ignore_token_ids: expected non-negative integer token ids, got {list(ignore_token_ids)!r}")
+    check_ignore_token_ids(ignore_token_ids)
     token_files: list[TokenFile] = []
     first_instance = dropped = 0
     for f in files:

@@ -21,7 +21,7 @@ import gzip
 import io
 from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -147,21 +147,18 @@ class ProvenanceFile:
         return document
 
     def _block(self, block: int) -> list[InstanceDocument]:
+        """The documents of one gzip member (the most recently used :data:`CACHED_BLOCKS` are kept)."""
         if block not in self._blocks:
+            start, end = self._block_offsets[block], self._block_offsets[block + 1]
             with open(self.path, "rb") as handle:
-                documents = self._read_block(handle, block)
+                handle.seek(start)
+                text = gzip.decompress(handle.read(end - start)).decode("utf-8")
+            rows = csv.reader(io.StringIO(text, newline=""))
             if len(self._blocks) >= CACHED_BLOCKS:
                 self._blocks.popitem(last=False)
-            self._blocks[block] = documents
+            self._blocks[block] = list(_parse_rows(self.path, rows, first_line=int(self._block_first_rows[block]) + 1))
         self._blocks.move_to_end(block)
         return self._blocks[block]
-
-    def _read_block(self, handle: IO[bytes], block: int) -> list[InstanceDocument]:
-        start, end = self._block_offsets[block], self._block_offsets[block + 1]
-        handle.seek(start)
-        text = gzip.decompress(handle.read(end - start)).decode("utf-8")
-        rows = csv.reader(io.StringIO(text, newline=""))
-        return list(_parse_rows(self.path, rows, first_line=int(self._block_first_rows[block]) + 1))
 
     def overlapping(self, start: int, end: int) -> list[InstanceDocument]:
         """The documents with at least one token in [start, end), in order."""

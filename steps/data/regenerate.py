@@ -22,7 +22,7 @@ from tango.settings import TangoGlobalSettings
 from tango.step_info import StepInfo, StepState
 from tango.workspace import StepInfoSort, Workspace
 
-from steps.data.batches import steps_seeing_document
+from steps.data.batches import check_batch_split, steps_seeing_document
 from steps.data.steps import BATCH_FILE, BuildInstances, TrainingBatch, load_instances, order_for
 from steps.train.steps import METRICS_FILE, AnnealOlmo, PretrainOlmo
 
@@ -172,13 +172,10 @@ def _checked_plan(
         raise RegenerationError(
             f"global batch size {batch_size} exceeds the {num_instances} instances of {instances.unique_id}"
         )
-    if world_size < 1 or batch_size % world_size:
-        raise RegenerationError(f"world size {world_size} does not divide the global batch size {batch_size}")
-    if micro_batch_size < 1 or (batch_size // world_size) % micro_batch_size:
-        raise RegenerationError(
-            f"micro-batch size {micro_batch_size} does not divide a rank's {batch_size // world_size} instances "
-            f"(global batch {batch_size}, world size {world_size})"
-        )
+    try:
+        check_batch_split(batch_size, world_size, micro_batch_size)
+    except ValueError as exc:
+        raise RegenerationError(str(exc)) from None
     return DataPlan(workspace, instances, data_order, world_size, micro_batch_size, planned_data_steps)
 
 

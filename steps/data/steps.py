@@ -11,9 +11,9 @@ from tango import Step
 from steps.common.artifacts import Artifact, link_or_copy_tree
 from steps.common.step import ArtifactStep, ContentHash, check_keys
 from steps.corpus.layout import DOCUMENTS_DIR
-from steps.data.batches import describe_batch
+from steps.data.batches import check_batch_split, describe_batch
 from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
-from steps.data.instances import InstanceIndex, build_instances, is_count
+from steps.data.instances import InstanceIndex, build_instances, check_ignore_token_ids
 from steps.data.order import DataOrder
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
 from steps.data.tokenizer import TokenizerSpec, resolve_tokenizer_file, tokenizer_fingerprint, tokenizer_summary
@@ -132,9 +132,7 @@ class BuildInstances(ArtifactStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         if not isinstance(kwargs.get("seq_len"), int) or kwargs["seq_len"] < 2:
             raise ValueError("seq_len: expected an integer >= 2")
-        ignored = kwargs.get("ignore_token_ids") or []
-        if not isinstance(ignored, list) or not all(is_count(token) for token in ignored):
-            raise ValueError(f"ignore_token_ids: expected a list of non-negative token ids, got {ignored!r}")
+        check_ignore_token_ids(kwargs.get("ignore_token_ids") or [])
 
     def run(self, tokens: Artifact, seq_len: int, ignore_token_ids: list[int] | None = None) -> Artifact:
         out = self.output_dir()
@@ -171,18 +169,9 @@ class TrainingBatch(ArtifactStep):
         validate_data_order(kwargs["data_order"])
         if not isinstance(kwargs.get("step"), int) or kwargs["step"] < 0:
             raise ValueError("step: expected a non-negative integer")
-        batch_size, world_size = kwargs["data_order"]["global_batch_size"], kwargs.get("world_size", 1)
-        micro_batch_size = kwargs.get("micro_batch_size")
-        if not isinstance(world_size, int) or world_size < 1 or batch_size % world_size:
-            raise ValueError(
-                f"world_size: expected a positive divisor of the batch size {batch_size}, got {world_size}"
-            )
-        per_rank = batch_size // world_size
-        if not isinstance(micro_batch_size, int) or micro_batch_size < 1 or per_rank % micro_batch_size:
-            raise ValueError(
-                f"micro_batch_size: expected a positive divisor of the {per_rank} instances per rank, "
-                f"got {micro_batch_size!r}"
-            )
+        check_batch_split(
+            kwargs["data_order"]["global_batch_size"], kwargs.get("world_size", 1), kwargs.get("micro_batch_size")
+        )
 
     def run(
         self, instances: Artifact, data_order: dict, step: int, micro_batch_size: int, world_size: int = 1

@@ -124,11 +124,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return parse_tokenizer(handle.read(), str(path))
 
 
-def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
-    """``vocab_size`` rounded up to a multiple of ``multiple`` (OLMo pads its embedding this way: 50280 -> 50304)."""
-    return -(-vocab_size // multiple) * multiple
-
-
 def pii_token_ids(tokenizer: Tokenizer, spec: TokenizerSpec) -> dict[str, int]:
     """``{token: id}`` for the spec's PII tokens; fail naming the first that does not encode as one token."""
     ids = {}

@@ -3,12 +3,12 @@ token ids, PII-masked text, and the embedding size OLMo pads the vocabulary to."
 import pytest
 
 from olmo_model import OlmoConfig
+from olmo_model.config import padded_vocab_size
 from steps.corpus.pii import mask_pii
 from steps.data.tokenizer import (
     PII_TOKENS,
     TokenizerSpec,
     TokenizerSpecError,
-    padded_vocab_size,
     resolve_tokenizer_file,
     tokenizer_from_spec,
     tokenizer_summary,
