@@ -23,7 +23,7 @@ import fsspec
 from tokenizers import Tokenizer
 
 from steps.common.documents import list_shards, read_documents
-from steps.train.trainer import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
 CONTINUE_PROMPT = "Continue the text:\n"

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from steps.train.trainer import autocast, label_logprobs
+from steps.train.objectives import label_logprobs
+from steps.train.trainer import autocast
 
 from .batching import ExampleBatches
 from .chat import Rendered, check_messages, render_chat

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from tokenizers import Tokenizer
 
-from steps.train.trainer import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX
 
 from .batching import ExampleBatches, pad_right
 from .chat import Rendered, check_messages, render_chat

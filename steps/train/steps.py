@@ -18,7 +18,8 @@ from steps.data.steps import load_instances, order_for, validate_data_order
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import load_tokenizer
 from steps.train.checkpoint import TrainState, save_model
-from steps.train.trainer import IGNORE_INDEX, TrainConfig, train
+from steps.train.objectives import IGNORE_INDEX
+from steps.train.trainer import TrainConfig, train
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_POINTS = 50

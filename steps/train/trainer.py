@@ -21,11 +21,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from olmo_model import LRSchedule, build_adamw
@@ -40,12 +39,11 @@ from .checkpoint import (
     prune_checkpoints,
     save_training_checkpoint,
 )
+from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective
 
-IGNORE_INDEX = -100
 PRECISIONS = ("fp32", "bf16")
 NAN_POLICIES = ("stop", "skip")
 
-Batch = dict[str, Any]
 BatchSource = Callable[[int], "torch.Tensor | Batch"]
 
 logger = logging.getLogger(__name__)
@@ -149,46 +147,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     opt = config.optimizer
     return build_adamw(model, lr=config.schedule.peak_lr, betas=opt.betas, eps=opt.eps,
                        weight_decay=opt.weight_decay)
-
-
-# ---------------------------------------------------------------- objectives
-
-
-class Objective(Protocol):
-    """A loss the trainer can accumulate exactly over micro-batches and ranks."""
-
-    def units(self, batch: Batch) -> int:
-        """How many units (label tokens, pairs...) the loss of ``batch`` is averaged over."""
-
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss *summed* over the units of ``batch``, and extra metrics summed the same way."""
-
-
-def target_labels(batch: Batch) -> torch.Tensor:
-    """Labels of the next-token predictions: ``labels`` (or ``input_ids``) without the first position."""
-    return batch.get("labels", batch["input_ids"])[:, 1:]
-
-
-def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(labels[:, t+1] | tokens ≤ t) for each position [B, T-1], in fp32; 0 where ignored."""
-    # Every position's logits against the next label (the last position's target ignored), over contiguous
-    # [B·T, V] rows: no [B, V, T] transpose and no slice of the logits, whose backward would fill and copy them.
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    flat = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return -flat.view(targets.shape)[:, :-1]
-
-
-class NextTokenLoss:
-    """Next-token cross entropy summed over label tokens (``IGNORE_INDEX`` positions excluded)."""
-
-    def units(self, batch: Batch) -> int:
-        return int((target_labels(batch) != IGNORE_INDEX).sum())
-
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labels = batch.get("labels", batch["input_ids"])
-        return -label_logprobs(model(batch["input_ids"]), labels).sum(), {}
 
 
 # ---------------------------------------------------------------- batches

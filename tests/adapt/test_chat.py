@@ -17,7 +17,7 @@ from steps.adapt.chat import (
     render_prompt,
 )
 from steps.common.documents import write_jsonl_gz
-from steps.train.trainer import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX
 
 EOS = 50279
 CONVERSATION = [

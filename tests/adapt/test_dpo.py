@@ -15,7 +15,8 @@ from steps.adapt.dpo import (
     sequence_logprobs,
     with_reference_logprobs,
 )
-from steps.train.trainer import IGNORE_INDEX, TrainConfig, train
+from steps.train.objectives import IGNORE_INDEX
+from steps.train.trainer import TrainConfig, train
 
 EOS, PAD = 0, 1  # the small test tokenizer's ids
 

@@ -7,7 +7,8 @@ import torch
 
 from steps.adapt.batching import ExampleBatches
 from steps.adapt.sft import sft_batches
-from steps.train.trainer import IGNORE_INDEX, NextTokenLoss, TrainConfig, train
+from steps.train.objectives import IGNORE_INDEX, NextTokenLoss
+from steps.train.trainer import TrainConfig, train
 
 EOS, PAD = 0, 1  # the small test tokenizer's ids
 

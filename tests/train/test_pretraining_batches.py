@@ -14,7 +14,7 @@ from steps.data.steps import INDEX_FILE
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import olmo_tokenizers_dir
 from steps.train.steps import check_vocabulary, pretraining_batches
-from steps.train.trainer import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX
 
 SEQ_LEN = 8
 

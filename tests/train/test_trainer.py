@@ -9,9 +9,8 @@ import torch
 from olmo_model import LRSchedule
 from steps.data.batches import batch_hash
 from steps.train.checkpoint import list_checkpoints
+from steps.train.objectives import IGNORE_INDEX, NextTokenLoss
 from steps.train.trainer import (
-    IGNORE_INDEX,
-    NextTokenLoss,
     NonFiniteLossError,
     TrainConfig,
     TrainState,
