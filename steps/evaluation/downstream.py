@@ -11,7 +11,7 @@ the predicted choice is the argmax (first index on ties) of
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from steps.evaluation.scorer import LogLikelihoodScorer
 from steps.evaluation.tasks import MultipleChoiceQuestion, Source, TaskSpec, get_task_spec, load_task
@@ -84,6 +84,24 @@ def evaluate_task(
     }
 
 
+def load_tasks(
+    task_names: Sequence[str], limit: int | None = None, seed: int = 0, source: Source = "auto"
+) -> dict[str, list[MultipleChoiceQuestion]]:
+    """Each task's questions by name; unknown names fail before any task is read."""
+    if not task_names:
+        raise ValueError("no tasks to evaluate")
+    specs = [get_task_spec(name) for name in task_names]
+    return {spec.name: load_task(spec.name, limit, seed, source) for spec in specs}
+
+
+def evaluate_questions(
+    scorer: LogLikelihoodScorer, questions: Mapping[str, Sequence[MultipleChoiceQuestion]]
+) -> dict[str, Any]:
+    """``{"tasks": {name: metrics}, "average": mean primary accuracy over the tasks}`` of loaded tasks."""
+    results = {name: evaluate_task(scorer, task, get_task_spec(name)) for name, task in questions.items()}
+    return {"tasks": results, "average": sum(r["primary"] for r in results.values()) / len(results)}
+
+
 def evaluate_tasks(
     scorer: LogLikelihoodScorer,
     task_names: Sequence[str],
@@ -91,11 +109,5 @@ def evaluate_tasks(
     seed: int = 0,
     source: Source = "auto",
 ) -> dict[str, Any]:
-    """``{"tasks": {name: metrics}, "average": mean primary accuracy over the tasks}``."""
-    if not task_names:
-        raise ValueError("no tasks to evaluate")
-    specs = [get_task_spec(name) for name in task_names]  # unknown names fail before any scoring
-    results = {
-        spec.name: evaluate_task(scorer, load_task(spec.name, limit, seed, source), spec) for spec in specs
-    }
-    return {"tasks": results, "average": sum(r["primary"] for r in results.values()) / len(results)}
+    """:func:`evaluate_questions` of the tasks :func:`load_tasks` reads."""
+    return evaluate_questions(scorer, load_tasks(task_names, limit, seed, source))

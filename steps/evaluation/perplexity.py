@@ -66,12 +66,15 @@ def bits_per_byte(
     model: torch.nn.Module,
     tokenizer: Any,
     documents: Iterable[dict[str, Any]],
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     batch_size: int = 4,
     max_length: int | None = None,
 ) -> dict[str, Any]:
-    """Bits per byte and token perplexity: ``{"overall", "sources": {s}, "domains": {s: {d}}}``."""
-    model = prepare_model(model, device)
+    """Bits per byte and token perplexity: ``{"overall", "sources": {s}, "domains": {s: {d}}}``.
+
+    ``device`` as in :func:`~steps.evaluation.scorer.prepare_model`.
+    """
+    model, device = prepare_model(model, device)
     window = max_length or model.config.max_sequence_length
     overall, sources = Totals(), defaultdict(Totals)
     domains: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))

@@ -22,11 +22,19 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(getattr(encoded, "ids", encoded))
 
 
-def prepare_model(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
-    """Put the model on ``device`` in eval mode; on CPU in fp32."""
+def prepare_model(
+    model: torch.nn.Module, device: str | torch.device | None
+) -> tuple[torch.nn.Module, torch.device]:
+    """The model in eval mode and the device its inputs go to.
+
+    With a ``device`` the model is moved there (in fp32 on CPU); with ``None`` it stays where and as
+    it is (a model being trained, sharded or not) and its inputs go where its parameters are.
+    """
+    if device is None:
+        return model.eval(), next(model.parameters()).device
     device = torch.device(device)
     model = model.to(device=device, dtype=torch.float32) if device.type == "cpu" else model.to(device)
-    return model.eval()
+    return model.eval(), device
 
 
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -84,14 +92,15 @@ class LogLikelihoodScorer:
     concatenates the ids; ``"joint"`` (lm-eval-harness) encodes ``context + continuation`` once and
     splits at the length of the encoded context, after moving the context's trailing whitespace
     into the continuation. Contexts are cut from the left to fit the model's sequence length; an
-    empty context becomes the EOS token. Identical pairs are scored once.
+    empty context becomes the EOS token. Identical pairs are scored once. ``device`` as in
+    :func:`prepare_model`.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "cpu",
         batch_size: int = 16,
         tokenization: Tokenization = "separate",
         max_length: int | None = None,
@@ -100,9 +109,8 @@ class LogLikelihoodScorer:
             raise ValueError(f"tokenization must be 'separate' or 'joint', got {tokenization!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = prepare_model(model, device)
+        self.model, self.device = prepare_model(model, device)
         self.tokenizer = tokenizer
-        self.device = torch.device(device)
         self.batch_size = batch_size
         self.tokenization = tokenization
         self.max_length = max_length or model.config.max_sequence_length
