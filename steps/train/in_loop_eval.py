@@ -1,0 +1,132 @@
+"""Evaluation inside the training loop: held-out bits per byte and downstream accuracy every N steps.
+
+The trainer calls an :class:`InLoopEvaluator` every ``every`` optimizer steps, on every rank, with the
+model it trains. The evaluator runs the ``evaluate`` step's code (``steps/evaluation``) on that model
+where and as it is (device, precision, FSDP2 shards untouched), in eval mode under ``torch.no_grad``,
+and puts it back in the mode it was in. Each rank scores the same requests in the same order, so under
+FSDP2 every rank makes the same forward calls with the same shapes and gets the same metrics; rank 0
+logs them (the work is repeated, not split, across ranks). Scoring draws no random numbers: the RNG
+state training uses is left as it was.
+
+Metrics (names follow the ``evaluate`` step's summary):
+
+- ``eval/heldout/bits_per_byte``, ``eval/heldout/perplexity``: over the held-out documents;
+- ``eval/heldout/<source>/bits_per_byte``: per source of those documents;
+- ``eval/<task>/accuracy``: the task's primary accuracy (its ``primary`` in ``evaluate``);
+- ``eval/downstream/average``: the mean of those accuracies (``average`` in ``evaluate``).
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Mapping, get_args
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+from torch.nn.parallel import DistributedDataParallel
+
+from steps.common.step import check_keys
+from steps.data.tokenizer import load_tokenizer
+from steps.evaluation.downstream import evaluate_questions, load_tasks
+from steps.evaluation.perplexity import bits_per_byte, read_heldout
+from steps.evaluation.scorer import LogLikelihoodScorer
+from steps.evaluation.steps import CONFIG_KEYS
+from steps.evaluation.tasks import Source, get_task_spec
+
+IN_LOOP_EVAL_KEYS = CONFIG_KEYS | {"every"}
+SCORING_METHODS = ("hidden_states", "project")  # what the scorer calls instead of forward
+
+
+def _check_positive_int(config: Mapping[str, Any], key: str) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"in_loop_eval.{key}: expected a positive integer, got {value!r}")
+
+
+def validate_in_loop_eval(config: Any) -> None:
+    """Check an in-loop evaluation config before any compute; ``ValueError`` names the bad key.
+
+    ``{"every": steps, "tasks": [names] (may be empty: held-out only), "limit": questions per task
+    or null, "heldout_documents": count or null, "seed": int, "source": "auto" | "oe_eval" | "hf"}``;
+    the last four are optional, with the ``evaluate`` step's defaults (null, null, 0, "auto").
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"in_loop_eval: expected a dict with keys {sorted(IN_LOOP_EVAL_KEYS)}, got {config!r}")
+    check_keys(config, IN_LOOP_EVAL_KEYS, "in_loop_eval")
+    for key in ("every", "tasks"):
+        if key not in config:
+            raise ValueError(f"in_loop_eval.{key}: required")
+    _check_positive_int(config, "every")
+    for key in ("limit", "heldout_documents"):
+        if config.get(key) is not None:
+            _check_positive_int(config, key)
+    tasks = config["tasks"]
+    if not isinstance(tasks, (list, tuple)) or not all(isinstance(name, str) for name in tasks):
+        raise ValueError(f"in_loop_eval.tasks: expected a list of task names, got {tasks!r}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"in_loop_eval.tasks: a task is listed twice in {list(tasks)}")
+    for name in tasks:
+        try:
+            get_task_spec(name)
+        except ValueError as exc:
+            raise ValueError(f"in_loop_eval.tasks: {exc}") from None
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"in_loop_eval.seed: expected an integer, got {seed!r}")
+    if config.get("source", "auto") not in get_args(Source):
+        raise ValueError(f"in_loop_eval.source: expected one of {get_args(Source)}, got {config['source']!r}")
+
+
+class InLoopEvaluator:
+    """Held-out documents and task questions read once; ``evaluator(model)`` scores them with the model.
+
+    ``tokenizer`` is a tokenizer JSON file (path or fsspec URL) or a loaded tokenizer; ``heldout`` a
+    documents directory (the ``mix`` artifact's held-out split, ``<mix>/heldout``).
+    """
+
+    def __init__(self, tokenizer: str | Path | Any, heldout: str | Path, config: Mapping[str, Any]):
+        validate_in_loop_eval(config)
+        self.every: int = config["every"]
+        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+        self.documents = list(itertools.islice(read_heldout(heldout), config.get("heldout_documents")))
+        if not any(doc.get("text") for doc in self.documents):
+            raise ValueError(f"{heldout}: the held-out documents hold no text to evaluate on")
+        tasks = config["tasks"]
+        self.questions = (
+            load_tasks(tasks, config.get("limit"), config.get("seed", 0), config.get("source", "auto")) if tasks else {}
+        )
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """The metrics of ``model`` (FSDP2-sharded, DDP-wrapped or plain), left in the mode it was in."""
+        if isinstance(model, DistributedDataParallel):  # scoring needs the model's own methods
+            model = model.module
+        for method in SCORING_METHODS:
+            if method not in vars(model):  # once per model: FSDP2 then gathers parameters around the method
+                register_fsdp_forward_method(model, method)  # (a no-op on a model without FSDP2)
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                return self.evaluate(model)
+        finally:
+            for module in model.modules():  # FSDP2 leaves the root's parameters gathered after a forward
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+            model.train(was_training)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The metrics, computed with ``model`` as it is (the caller sets eval mode and no_grad)."""
+        heldout = bits_per_byte(model, self.tokenizer, self.documents, device=None)
+        metrics = {
+            "eval/heldout/bits_per_byte": heldout["overall"]["bits_per_byte"],
+            "eval/heldout/perplexity": heldout["overall"]["perplexity"],
+            **{
+                f"eval/heldout/{source}/bits_per_byte": totals["bits_per_byte"]
+                for source, totals in heldout["sources"].items()
+            },
+        }
+        if self.questions:
+            downstream = evaluate_questions(LogLikelihoodScorer(model, self.tokenizer, device=None), self.questions)
+            metrics.update({f"eval/{name}/accuracy": task["primary"] for name, task in downstream["tasks"].items()})
+            metrics["eval/downstream/average"] = downstream["average"]
+        return metrics
