@@ -118,6 +118,18 @@ def test_the_model_is_scored_where_and_as_it_is(tokenizer, heldout):
     assert math.isfinite(metrics["eval/heldout/bits_per_byte"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_model_on_the_gpu_is_scored_there(tokenizer, heldout):
+    config = {**CONFIG, "tasks": ["copa"], "limit": 4}
+    on_cpu = InLoopEvaluator(tokenizer, heldout, config)(seeded_model())
+    model = seeded_model().cuda()
+    on_gpu = InLoopEvaluator(tokenizer, heldout, config)(model)
+    assert all(param.is_cuda for param in model.parameters())
+    assert on_gpu.keys() == on_cpu.keys()
+    heldout_metrics = [key for key in on_cpu if key.startswith("eval/heldout/")]
+    assert [on_gpu[key] for key in heldout_metrics] == pytest.approx([on_cpu[key] for key in heldout_metrics], rel=1e-4)
+
+
 def test_data_is_read_once_and_each_call_scores_the_current_weights(tokenizer, heldout, monkeypatch):
     evaluator = InLoopEvaluator(tokenizer, heldout, CONFIG)
     shutil.rmtree(heldout)
