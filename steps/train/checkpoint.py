@@ -1,21 +1,15 @@
-"""Model artifacts and resumable training checkpoints, in safetensors + JSON (never pickle).
+"""Model directories in safetensors + JSON (never pickle), and the checksummed atomic writes they and the
+sharded training checkpoints (``steps.train.sharded_checkpoint``) share.
 
 A *model directory* (``save_model``) holds ``model.safetensors`` (tied weights stored once),
-``config.json`` (``OlmoConfig.to_dict()``) and ``train_state.json``.
-A *training checkpoint* (``save_training_checkpoint``) holds the same model files plus
-``optimizer.safetensors`` (every tensor of the optimizer state, keyed ``state.<param index>.<name>``),
-``optimizer.json`` (the non-tensor rest: param groups and scalar state) and ``rng.safetensors``
-(torch CPU and CUDA generator states). The trainer draws no other random numbers: the data order is
-a pure function of its inputs, so Python and NumPy generator states are not saved.
-
-Both are written into a temporary sibling directory that is renamed into place once complete, and
-both carry ``checksums.sha256`` (``sha256sum -c`` format) that loading verifies.
+``config.json`` (``OlmoConfig.to_dict()``) and ``train_state.json``. It is written into a temporary
+sibling directory that is renamed into place once complete, and carries ``checksums.sha256``
+(``sha256sum -c`` format) that loading verifies.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import uuid
@@ -32,11 +26,7 @@ from olmo_model import Olmo, OlmoConfig
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.json"
-OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
-OPTIMIZER_META_FILE = "optimizer.json"
-RNG_FILE = "rng.safetensors"
 CHECKSUM_FILE = "checksums.sha256"
-CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(RuntimeError):
@@ -73,11 +63,11 @@ class TrainState:
 # ---------------------------------------------------------------- files, checksums, atomic writes
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -94,26 +84,42 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(directory: Path) -> None:
-    """Write ``checksums.sha256`` covering every other file in ``directory``."""
-    lines = [
-        f"{_sha256(path)}  {path.name}\n"
-        for path in sorted(directory.iterdir())
-        if path.is_file() and path.name != CHECKSUM_FILE
-    ]
+def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of each named file in ``directory``."""
+    return {name: _sha256(directory / name) for name in names}
+
+
+def write_checksums(directory: Path, hashes: dict[str, str] | None = None) -> None:
+    """Write ``checksums.sha256`` from ``hashes`` (default: hash every other file in ``directory``)."""
+    if hashes is None:
+        hashes = file_hashes(directory, [p.name for p in directory.iterdir() if p.is_file() and p.name != CHECKSUM_FILE])
+    lines = [f"{digest}  {name}\n" for name, digest in sorted(hashes.items())]
     (directory / CHECKSUM_FILE).write_text("".join(lines), encoding="utf-8")
 
 
-def verify_checksums(directory: str | Path) -> None:
-    """Fail unless every file listed in ``checksums.sha256`` exists with the listed hash."""
+def listed_checksums(directory: str | Path) -> list[tuple[str, str]]:
+    """The ``(file name, sha256)`` pairs of ``checksums.sha256``; fails if it is missing or malformed."""
     directory = Path(directory)
     listing = directory / CHECKSUM_FILE
     if not listing.is_file():
         raise CheckpointError(f"{directory}: no {CHECKSUM_FILE}; not a complete model directory or checkpoint")
+    pairs = []
     for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
         expected, _, name = line.partition("  ")
         if not name:
             raise CheckpointError(f"{listing}:{number}: expected '<sha256>  <file name>'")
+        pairs.append((name, expected))
+    return pairs
+
+
+def verify_checksums(directory: str | Path, part: tuple[int, int] = (0, 1)) -> None:
+    """Fail unless every file listed in ``checksums.sha256`` exists with the listed hash.
+
+    ``part`` ``(i, n)`` checks only every n-th listed file starting at the i-th, so n ranks can share the work.
+    """
+    directory = Path(directory)
+    index, count = part
+    for name, expected in listed_checksums(directory)[index::count]:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in {CHECKSUM_FILE} but missing")
@@ -163,11 +169,19 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def save_model(model: Olmo, config: OlmoConfig, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``train_state.json`` (= ``extra``) atomically."""
+    return save_model_state(model.state_dict(), config, directory, extra)
+
+
+def save_model_state(
+    weights: dict[str, torch.Tensor], config: OlmoConfig, directory: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """``save_model`` from a full state dict (the consolidated weights of a sharded model)."""
     directory = Path(directory)
     with atomic_directory(directory) as staging:
-        safetensors.torch.save_model(model, str(staging / MODEL_FILE))
-        _write_json(staging / CONFIG_FILE, config.to_dict())
-        _write_json(staging / STATE_FILE, extra or {})
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
+        safetensors.torch.save_file(tensors, str(staging / MODEL_FILE))
+        write_json(staging / CONFIG_FILE, config.to_dict())
+        write_json(staging / STATE_FILE, extra or {})
     return directory
 
 
@@ -176,7 +190,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Olm
     directory = Path(directory)
     verify_checksums(directory)
     try:
-        config = OlmoConfig.from_dict(_read_json(directory / CONFIG_FILE))
+        config = OlmoConfig.from_dict(read_json(directory / CONFIG_FILE))
     except ValueError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
     with torch.device("meta"):
@@ -184,105 +198,3 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Olm
     model.to_empty(device=device)
     _load_weights(model, directory / MODEL_FILE)
     return model
-
-
-# ---------------------------------------------------------------- training checkpoints
-
-
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into its tensors and a JSON-able remainder."""
-    state_dict = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in state_dict["state"].items():
-        for name, value in param_state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value.detach().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalar_state": scalars}
-
-
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
-    for index, values in meta["scalar_state"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = [
-        {**group, **({"betas": tuple(group["betas"])} if "betas" in group else {})}
-        for group in meta["param_groups"]
-    ]
-    return {"state": state, "param_groups": groups}
-
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return tensors
-
-
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda_states = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-
-
-def checkpoint_path(root: str | Path, step: int) -> Path:
-    """Where the checkpoint after ``step`` optimizer steps lives under ``root``."""
-    return Path(root) / f"step-{step:08d}"
-
-
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``root`` (atomically renamed, so temporaries are skipped), oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
-    return [path for _, path in sorted(found)]
-
-
-def prune_checkpoints(root: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints under ``root``."""
-    for path in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(path)
-
-
-def save_training_checkpoint(
-    directory: str | Path,
-    model: Olmo,
-    optimizer: torch.optim.Optimizer,
-    state: TrainState,
-    world_size: int = 1,
-) -> Path:
-    """Write model, config, optimizer, RNG and trainer state into ``directory`` atomically."""
-    directory = Path(directory)
-    tensors, meta = _optimizer_to_files(optimizer)
-    with atomic_directory(directory) as staging:
-        safetensors.torch.save_model(model, str(staging / MODEL_FILE))
-        _write_json(staging / CONFIG_FILE, model.config.to_dict())
-        safetensors.torch.save_file(tensors, str(staging / OPTIMIZER_TENSORS_FILE))
-        _write_json(staging / OPTIMIZER_META_FILE, meta)
-        safetensors.torch.save_file(_rng_tensors(), str(staging / RNG_FILE))
-        _write_json(staging / STATE_FILE, {"train_state": state.to_dict(), "world_size": world_size})
-    return directory
-
-
-def load_training_checkpoint(
-    directory: str | Path, model: Olmo, optimizer: torch.optim.Optimizer
-) -> TrainState:
-    """Load weights into ``model``, state into ``optimizer``, restore RNG states; return the TrainState."""
-    directory = Path(directory)
-    verify_checksums(directory)
-    _load_weights(model, directory / MODEL_FILE)
-    device = str(_model_device(model))
-    tensors = safetensors.torch.load_file(directory / OPTIMIZER_TENSORS_FILE, device=device)
-    try:
-        optimizer.load_state_dict(_optimizer_from_files(tensors, _read_json(directory / OPTIMIZER_META_FILE)))
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{directory}: optimizer state does not fit the optimizer ({exc})") from None
-    _restore_rng(safetensors.torch.load_file(directory / RNG_FILE))
-    return TrainState.from_dict(_read_json(directory / STATE_FILE)["train_state"])

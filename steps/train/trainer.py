@@ -31,15 +31,9 @@ from olmo_model import LRSchedule, build_adamw
 from olmo_model.config import check_field_types, dataclass_from_dict
 from steps.data.batches import batch_hash
 
-from .checkpoint import (
-    TrainState,
-    checkpoint_path,
-    list_checkpoints,
-    load_training_checkpoint,
-    prune_checkpoints,
-    save_training_checkpoint,
-)
+from .checkpoint import TrainState
 from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective
+from .sharded_checkpoint import checkpoint_path, load_latest_checkpoint, prune_checkpoints, save_training_checkpoint
 
 PRECISIONS = ("fp32", "bf16")
 NAN_POLICIES = ("stop", "skip")
@@ -207,11 +201,15 @@ def _accumulate_gradients(
     """Backward every micro-batch of this rank's ``batch``; return summed loss and metrics (detached).
 
     Each rank's loss is scaled by ``world_size`` because data-parallel wrappers (FSDP) average gradients.
+    Under FSDP2 gradients are reduced across ranks once, in the last micro-batch's backward.
     """
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     metric_sums: dict[str, torch.Tensor] = {}
-    for micro in micro_batches(batch, config.micro_batch_size):
+    count = math.ceil(batch_rows(batch) / config.micro_batch_size)
+    for index, micro in enumerate(micro_batches(batch, config.micro_batch_size)):
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, after the last one
+            model.set_requires_gradient_sync(index == count - 1)
         with autocast(device, config.precision):
             loss, metrics = objective(model, micro)
         (loss * (world_size / units)).backward()
@@ -306,17 +304,21 @@ def train(
     loss_function: Objective | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_dir: str | Path | None = None,
-    keep_checkpoints: int = 1,
+    keep_checkpoints: int = 2,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_every: int | None = None,
 ) -> TrainState:
     """Train ``model`` until ``config.max_steps`` optimizer steps are done; return the final state.
 
     ``batches(k)`` returns global batch ``k`` of the data order (``config.global_batch_size`` rows).
     ``optimizer`` defaults to ``build_optimizer(model, config)``; ``start_state`` lets a run begin
     mid-order (an anneal: ``TrainState(data_step=..., tokens_seen=...)``). With ``checkpoint_dir``, a
-    run resumes from the newest checkpoint there (model, optimizer, RNG, state; it wins over
+    run resumes from the newest usable checkpoint there (model, optimizer, RNG, state; it wins over
     ``start_state``) and writes one every ``config.checkpoint_every`` steps and at the end, keeping the
-    newest ``keep_checkpoints``. ``log`` receives the metrics of every ``config.log_every``-th step and
-    of the last step (on rank 0); they are also kept in ``TrainState.history``.
+    newest ``keep_checkpoints``. ``evaluate(model)`` (run on every rank) adds its metrics to those of
+    every ``eval_every``-th step and of the last. ``log`` receives the metrics of every
+    ``config.log_every``-th step and of the last (on rank 0); they are also kept in ``TrainState.history``.
+    Under ``torch.distributed`` every rank calls ``train``; checkpoints are written collectively.
     """
     objective = NextTokenLoss() if loss_function is None else loss_function
     optimizer = build_optimizer(model, config) if optimizer is None else optimizer
@@ -324,10 +326,10 @@ def train(
     world_size, rank = distributed_world()
     if config.global_batch_size % world_size:
         raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by world size {world_size}")
-    existing = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
-    if existing:
-        state = load_training_checkpoint(existing[-1], model, optimizer)
-        logger.info("resuming from %s at step %d", existing[-1], state.step)
+    resumed = load_latest_checkpoint(checkpoint_dir, model, optimizer) if checkpoint_dir is not None else None
+    if resumed is not None:
+        where, state = resumed
+        logger.info("resuming from %s at step %d", where, state.step)
     else:
         state = TrainState.from_dict(start_state.to_dict()) if start_state is not None else TrainState()
         torch.manual_seed(config.seed)
@@ -339,22 +341,27 @@ def train(
         batch = _fetch_batch(batches, state.data_step, config, where)
         lr = config.schedule.lr_at(step)
         outcome = _train_step(model, optimizer, objective, batch, lr, config, where)
+        seconds = time.perf_counter() - started
         tokens = batch_tokens(batch)
         step_data = state.data_step
         state.step, state.data_step, state.tokens_seen = step, step_data + 1, state.tokens_seen + tokens
         state.skipped_steps += int(outcome.get("skipped", False))
         metrics = {
             "step": step, "data_step": step_data, "lr": lr, "tokens": tokens, "tokens_seen": state.tokens_seen,
-            "tokens_per_second": tokens / (time.perf_counter() - started), **outcome,
+            "step_seconds": seconds, "tokens_per_second": tokens / seconds, **outcome,
         }
         if "batch_hash" in batch:
             metrics["batch_hash"] = batch["batch_hash"]
-        if step % config.log_every == 0 or step == config.max_steps:
+        last = step == config.max_steps
+        if evaluate is not None and eval_every is not None and (step % eval_every == 0 or last):
+            metrics.update(evaluate(model))
+        if step % config.log_every == 0 or last or any(key.startswith("eval/") for key in metrics):
             state.history.append(metrics)
             if rank == 0:
                 log(metrics)
         due = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-        if checkpoint_dir is not None and rank == 0 and (due or step == config.max_steps):
-            save_training_checkpoint(checkpoint_path(checkpoint_dir, step), model, optimizer, state, world_size)
-            prune_checkpoints(checkpoint_dir, keep_checkpoints)
+        if checkpoint_dir is not None and (due or last):
+            save_training_checkpoint(checkpoint_path(checkpoint_dir, step), model, optimizer, state)
+            if rank == 0:
+                prune_checkpoints(checkpoint_dir, keep_checkpoints)
     return state

@@ -7,17 +7,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from steps.train.checkpoint import (
-    CHECKSUM_FILE,
-    MODEL_FILE,
-    CheckpointError,
-    TrainState,
+from steps.train.checkpoint import CHECKSUM_FILE, MODEL_FILE, CheckpointError, TrainState, load_model, save_model
+from steps.train.sharded_checkpoint import (
     checkpoint_path,
     list_checkpoints,
-    load_model,
+    load_latest_checkpoint,
     load_training_checkpoint,
     prune_checkpoints,
-    save_model,
     save_training_checkpoint,
 )
 from steps.train.trainer import TrainConfig, build_optimizer, train
@@ -94,7 +90,7 @@ def test_training_checkpoint_restores_optimizer_and_state(make_model, tmp_path):
     for index, values in expected["state"].items():
         for name, value in values.items():
             assert torch.equal(value, got["state"][index][name]), (index, name)
-    assert load_model(directory).config == model.config  # a checkpoint is also a model directory
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
 
 
 def test_checkpoint_listing_and_pruning(make_model, tmp_path):
@@ -102,7 +98,7 @@ def test_checkpoint_listing_and_pruning(make_model, tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     for step in (3, 10, 7):
         save_training_checkpoint(checkpoint_path(tmp_path, step), model, optimizer, TrainState(step=step))
-    (tmp_path / ".step-00000011.tmp-abc").mkdir()  # an interrupted write
+    (tmp_path / ".step-00000011.tmp").mkdir()  # an interrupted write
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000007", "step-00000010"]
     prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000007", "step-00000010"]
@@ -115,3 +111,32 @@ def test_checkpoint_of_another_shape_is_refused(make_model, tmp_path):
     bigger = make_model(d_model=64)
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_training_checkpoint(directory, bigger, torch.optim.AdamW(bigger.parameters()))
+
+
+def corrupt(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(make_model, tmp_path, caplog):
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (2, 4):
+        save_training_checkpoint(checkpoint_path(tmp_path, step), model, optimizer, TrainState(step=step))
+    newest = checkpoint_path(tmp_path, 4)
+    corrupt(next(newest.glob("*.distcp")))
+    other = make_model(seed=2)
+    where, state = load_latest_checkpoint(tmp_path, other, torch.optim.AdamW(other.parameters()))
+    assert where == checkpoint_path(tmp_path, 2) and state.step == 2
+    assert "step-00000004 is unusable" in caplog.text and "sha256 does not match" in caplog.text
+
+
+def test_a_checkpoint_without_its_checksums_is_skipped_and_none_usable_is_an_error(make_model, tmp_path):
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    directory = save_training_checkpoint(checkpoint_path(tmp_path, 3), model, optimizer, TrainState(step=3))
+    (directory / CHECKSUM_FILE).unlink()  # as if the write had stopped before it finished
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*no checksums.sha256"):
+        load_latest_checkpoint(tmp_path, model, optimizer)
+    assert load_latest_checkpoint(tmp_path / "empty", model, optimizer) is None

@@ -8,7 +8,7 @@ import torch
 
 from olmo_model import LRSchedule
 from steps.data.batches import batch_hash
-from steps.train.checkpoint import list_checkpoints
+from steps.train.sharded_checkpoint import list_checkpoints
 from steps.train.objectives import IGNORE_INDEX, NextTokenLoss
 from steps.train.trainer import (
     NonFiniteLossError,
@@ -132,7 +132,7 @@ def test_resume_from_checkpoint_is_bit_identical(make_model, tmp_path):
     first_half = make_model()
     train(first_half, random_batches, config(max_steps=4, schedule=schedule, checkpoint_every=2),
           log=quiet, checkpoint_dir=tmp_path)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004"]  # keeps 2
 
     resumed = make_model(seed=1)  # different weights: everything must come from the checkpoint
     state = train(resumed, random_batches, config(max_steps=8, schedule=schedule), log=quiet,
@@ -165,7 +165,7 @@ def test_metrics_are_logged_every_log_every_steps_and_at_the_end(make_model):
     state = train(make_model(), random_batches, config(max_steps=10, log_every=4), log=logged.append)
     assert [m["step"] for m in logged] == [4, 8, 10]
     assert logged == state.history
-    expected = {"step", "data_step", "loss", "lr", "grad_norm", "tokens", "tokens_seen", "tokens_per_second"}
+    expected = {"step", "data_step", "loss", "lr", "grad_norm", "tokens", "tokens_seen", "tokens_per_second", "step_seconds"}
     assert set(logged[0]) == expected
 
 
