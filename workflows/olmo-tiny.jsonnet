@@ -54,6 +54,11 @@ local params = {
     source: 'auto',
     heldout_documents: 40,
   },
+  in_loop_eval: {
+    local scope = { tasks: ['arc_easy', 'copa', 'piqa'], limit: 20, heldout_documents: 20, seed: 0, source: 'auto' },
+    pretrain: scope { every: 50 },
+    anneal: scope { every: 5 },
+  },
   execution: { device: 'cpu', num_workers: 2, checkpoint_every: 50 },
 };
 

@@ -75,6 +75,21 @@ local params = {
     source: 'auto',
     heldout_documents: 10000,
   },
+  // In-loop evaluation (steps/train/in_loop_eval.py): bits per byte on the mix's held-out split and
+  // the primary accuracy of the core tasks OLMo-7B evaluated in its training loop, every 1000 steps
+  // of pretraining (its eval_interval) and every 100 of the anneal. Every rank scores all of it, so
+  // 500 questions a task and 1000 documents bound its cost.
+  in_loop_eval: {
+    local scope = {
+      tasks: ['arc_easy', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+      limit: 500,
+      heldout_documents: 1000,
+      seed: 0,
+      source: 'auto',
+    },
+    pretrain: scope { every: 1000 },
+    anneal: scope { every: 100 },
+  },
   // FSDP full sharding over every GPU of the job, one block per FSDP unit.
   // Checkpoint intervals, like the rest of `execution`, stay out of every fingerprint.
   execution: { device: 'auto', num_workers: 16, world_size: 256, sharding: 'full', log_every: 10, checkpoint_every: 1000 },

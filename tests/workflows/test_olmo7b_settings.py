@@ -4,14 +4,17 @@ Checked on what the steps build from their arguments (TrainConfig, LRSchedule, O
 paper's formulas written out here, not on the raw Jsonnet values alone.
 """
 import functools
+import json
 from pathlib import Path
 
 import pytest
+import rjsonnet
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
 
 import_module_and_submodules("steps")  # registers the step types, as tango.yml's include_package does
 
+from steps.train.in_loop_eval import validate_in_loop_eval  # noqa: E402
 from steps.train.steps import AnnealOlmo, PretrainOlmo, model_config  # noqa: E402
 from steps.train.trainer import OptimizerConfig  # noqa: E402
 
@@ -25,6 +28,12 @@ PAPER_OPTIMIZER = OptimizerConfig(betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
 @functools.lru_cache(maxsize=1)
 def graph() -> StepGraph:
     return StepGraph.from_file(RECIPE)
+
+
+def recipe_params(field: str):
+    """A field of the recipe's params object (hidden in the evaluated workflow)."""
+    snippet = f"(import '{RECIPE.name}').params.{field}"
+    return json.loads(rjsonnet.evaluate_snippet(str(RECIPE), snippet, jpathdir=[str(RECIPE.parent)]))
 
 
 def pretrain_config():
@@ -97,3 +106,10 @@ def test_anneal_keeps_the_pretraining_settings_and_continues_its_data_order():
     assert anneal.kwargs["instances"] is pretrain.kwargs["instances"] is graph()["instances"]
     assert anneal.kwargs["data_order"] == pretrain.kwargs["data_order"]  # the same order, continued
     assert anneal.kwargs["sharding"] == "full"
+
+
+def test_in_loop_evaluation_every_100_anneal_steps_and_1000_pretraining_steps():
+    in_loop_eval = recipe_params("in_loop_eval")
+    for config in in_loop_eval.values():
+        validate_in_loop_eval(config)
+    assert (in_loop_eval["anneal"]["every"], in_loop_eval["pretrain"]["every"]) == (100, 1000)
