@@ -13,8 +13,14 @@ from tango.common.exceptions import ConfigurationError
 
 from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
 
-# Arguments that never change an output's bytes, so they stay out of every fingerprint.
-EXECUTION_ARGUMENTS = {"device", "num_workers", "world_size", "sharding", "log_every", "checkpoint_every"}
+# Arguments that say where, how fast and how observably a step runs, never what it computes, so they stay out
+# of every fingerprint (distributed training: workers, nodes, sharding, recomputation, compilation, logging and
+# in-loop evaluation, which only observes the model).
+EXECUTION_ARGUMENTS = {
+    "device", "num_workers", "world_size", "nnodes", "rdzv_endpoint", "max_restarts", "sharding",
+    "activation_checkpointing", "compile", "log_every", "checkpoint_every", "keep_checkpoints", "wandb",
+    "in_loop_eval", "heldout",
+}
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,36 @@
-"""Tango steps of pretraining and the anneal, and the run-and-save code every training step shares."""
+"""Tango steps of pretraining and the anneal, and the run-and-save code every training step shares.
+
+``pretrain`` and ``anneal`` launch one worker per device (``steps.train.worker``) through PyTorch's elastic
+launcher and return when they finish; a killed run resumes from the last checkpoint in the step's work
+directory. SFT and DPO (``steps.adapt``) train in the step's own process with ``TrainingStep.fit``.
+"""
 from __future__ import annotations
 
+import functools
 import json
 import math
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
 from tango import Step
 
+from integrations.launcher import Rendezvous, launch_workers
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.common.artifacts import Artifact
-from steps.common.models import MODEL_DIR, load_artifact_model, resolve_device
+from steps.common.models import MODEL_DIR
 from steps.common.step import ArtifactStep
-from steps.data.batches import batch_hash
-from steps.data.steps import load_instances, order_for, validate_data_order
+from steps.corpus.mix import HELDOUT_DIR
+from steps.data.steps import validate_data_order
 from steps.data.tokenize import TOKENIZER_FILE
-from steps.data.tokenizer import load_tokenizer
 from steps.train.checkpoint import TrainState, save_model
-from steps.train.objectives import IGNORE_INDEX
+from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
+from steps.train.parallel import SHARDING
+from steps.train.pretraining_data import check_vocabulary
 from steps.train.trainer import TrainConfig, train
+from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
 
-METRICS_FILE = "metrics.jsonl"
 CURVE_POINTS = 50
-SHARDING = ("full", "hybrid", "none")  # FSDP: shard everywhere, shard within a node, replicate
+CHECKPOINTS_DIR = "checkpoints"
 
 
 def model_config(spec: dict[str, Any]) -> OlmoConfig:
@@ -33,39 +40,6 @@ def model_config(spec: dict[str, Any]) -> OlmoConfig:
     return OlmoConfig.preset(preset, **spec) if preset is not None else OlmoConfig.from_dict(spec)
 
 
-def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
-    """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash, and labels
-    with the instances' label mask applied when it masks anything."""
-    index, root = load_instances(instances)
-    order = order_for(instances, data_order)
-
-    def batch(step: int) -> dict[str, Any]:
-        tokens = index.read_instances(root, order.global_batch(step, data_order["global_batch_size"]))
-        batch = {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
-        if index.ignore_token_ids:
-            labels = np.where(index.label_mask(tokens), tokens, IGNORE_INDEX)
-            batch["labels"] = torch.from_numpy(labels)
-        return batch
-
-    return batch
-
-
-def check_vocabulary(instances: Artifact, config: OlmoConfig) -> None:
-    """Fail unless the model's vocabulary covers every id of the tokenizer the instances were made with,
-    and the model's EOS id is the one the documents were ended with."""
-    tokenizer = load_tokenizer(instances.path / TOKENIZER_FILE)
-    if tokenizer.get_vocab_size() > config.vocab_size:
-        raise ValueError(
-            f"the instances' tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
-            f"{config.vocab_size}: set model.vocab_size (and its eos/pad ids) to the tokenizer's"
-        )
-    eos = instances.summary.get("eos_token_id")
-    if eos is not None and eos != config.eos_token_id:
-        raise ValueError(
-            f"the instances end documents with EOS {eos}, the model's eos_token_id is {config.eos_token_id}"
-        )
-
-
 def loss_curve(history: list[dict[str, Any]], points: int = CURVE_POINTS) -> list[list[float]]:
     """At most ``points`` evenly spaced ``[step, loss]`` pairs, the last step always included."""
     stride = max(1, math.ceil(len(history) / points))
@@ -73,28 +47,44 @@ def loss_curve(history: list[dict[str, Any]], points: int = CURVE_POINTS) -> lis
     return [[m["step"], round(m["loss"], 4)] for m in chosen]
 
 
+def training_summary(config: OlmoConfig, final_state: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a training artifact's manifest says about the run."""
+    return {
+        **final_state,
+        "parameters": config.num_parameters(),
+        "loss_first": history[0]["loss"],
+        "loss_last": history[-1]["loss"],
+        "lr_first": history[0]["lr"],
+        "lr_last": history[-1]["lr"],
+        "loss_curve": loss_curve(history),
+    }
+
+
+def check_run_options(kwargs: dict[str, Any]) -> None:
+    """Validate how a distributed training step is asked to run: parallelism and in-loop evaluation."""
+    world_size, nnodes, sharding = kwargs.get("world_size", 1), kwargs.get("nnodes", 1), kwargs.get("sharding", "full")
+    if sharding not in SHARDING:
+        raise ValueError(f"sharding: expected one of {SHARDING}, got {sharding!r}")
+    if world_size < 1 or nnodes < 1 or world_size % nnodes:
+        raise ValueError(f"world_size {world_size} must be a positive multiple of nnodes {nnodes}")
+    if kwargs.get("in_loop_eval") is not None:
+        validate_in_loop_eval(kwargs["in_loop_eval"])
+        if kwargs.get("heldout") is None:
+            raise ValueError("in_loop_eval needs `heldout`: the mix step whose held-out documents it scores")
+
+
 class TrainingStep(ArtifactStep):
     """A step that trains a model and stores it (safetensors + config) with its per-step metrics."""
-
-    @staticmethod
-    def check_parallelism(world_size: int, sharding: str) -> None:
-        if sharding not in SHARDING:
-            raise ValueError(f"sharding: expected one of {SHARDING}, got {sharding!r}")
-        if world_size != 1:
-            raise ValueError(
-                f"world_size {world_size}: this version trains in a single process; the FSDP launcher "
-                "(one worker per device, torchrun/Slurm for many nodes) is not available yet"
-            )
 
     def fit(
         self,
         model: Olmo,
-        batches: Callable[[int], Any],
+        batches: Any,
         config: TrainConfig,
         log_every: int,
-        start_state: TrainState | None = None,
         **train_options: Any,
     ) -> TrainState:
+        """Train in this process (SFT, DPO), checkpointing into the work directory."""
         def log(metrics: dict[str, Any]) -> None:
             if metrics["step"] % log_every and metrics["step"] not in (1, config.max_steps):
                 return
@@ -108,15 +98,7 @@ class TrainingStep(ArtifactStep):
                 metrics["tokens_per_second"],
             )
 
-        return train(
-            model,
-            batches,
-            config,
-            start_state=start_state,
-            log=log,
-            checkpoint_dir=self.work_dir / "checkpoints",
-            **train_options,
-        )
+        return train(model, batches, config, log=log, checkpoint_dir=self.work_dir / CHECKPOINTS_DIR, **train_options)
 
     def save(self, model: Olmo, state: TrainState, summary: dict[str, Any]) -> Artifact:
         out = self.output_dir()
@@ -125,18 +107,7 @@ class TrainingStep(ArtifactStep):
         with open(out / METRICS_FILE, "w") as handle:
             for metrics in state.history:
                 handle.write(json.dumps(metrics) + "\n")
-        history = state.history
-        summary = {
-            **summary,
-            **final_state,
-            "parameters": model.config.num_parameters(),
-            "loss_first": history[0]["loss"],
-            "loss_last": history[-1]["loss"],
-            "lr_first": history[0]["lr"],
-            "lr_last": history[-1]["lr"],
-            "loss_curve": loss_curve(history),
-        }
-        return self.artifact(out, summary)
+        return self.artifact(out, {**summary, **training_summary(model.config, final_state, state.history)})
 
     @staticmethod
     def train_config(train: dict[str, Any], **fields: Any) -> TrainConfig:
@@ -144,11 +115,45 @@ class TrainingStep(ArtifactStep):
         return TrainConfig.from_dict({**train, **fields, "log_every": 1})
 
 
+class DistributedTrainingStep(TrainingStep):
+    """A training step whose workers (one per device, on one node or many) are started by the launcher."""
+
+    def launch(
+        self,
+        job: TrainingJob,
+        world_size: int,
+        nnodes: int,
+        rdzv_endpoint: str | None,
+        max_restarts: int,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Run ``job`` on ``world_size`` workers; the final state and the per-step metrics."""
+        rendezvous = Rendezvous(nnodes, rdzv_endpoint, run_id=self.unique_id, max_restarts=max_restarts)
+        results = launch_workers(run_training_job, (job,), world_size // nnodes, rendezvous)
+        history = [json.loads(line) for line in (Path(job.output_dir) / METRICS_FILE).read_text().splitlines()]
+        return results[0], history
+
+    def job(self, model: OlmoConfig, settings: TrainConfig, **fields: Any) -> TrainingJob:
+        """A job writing its checkpoints into this step's work directory and its result into the artifact."""
+        return TrainingJob(
+            model=model.to_dict(),
+            train=settings.to_dict(),
+            checkpoint_dir=str(self.work_dir / CHECKPOINTS_DIR),
+            output_dir=str(self.output_dir()),
+            **fields,
+        )
+
+
+# Arguments of both distributed steps that only say how to run (all in EXECUTION_ARGUMENTS).
+RUN_OPTIONS = (
+    "device", "sharding", "nnodes", "keep_checkpoints", "activation_checkpointing", "compile", "log_every", "wandb",
+)
+
+
 @Step.register("pretrain")
-class PretrainOlmo(TrainingStep):
+class PretrainOlmo(DistributedTrainingStep):
     """Trains OLMo from the mitchell init on the instances, in the data order, with AdamW + LR schedule."""
 
-    VERSION = "002"
+    VERSION = "003"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -157,6 +162,7 @@ class PretrainOlmo(TrainingStep):
         cls.train_config(kwargs["train"], global_batch_size=kwargs["data_order"]["global_batch_size"])
         if config.max_sequence_length < 2:
             raise ValueError("model.max_sequence_length: expected >= 2")
+        check_run_options(kwargs)
 
     def run(
         self,
@@ -166,11 +172,19 @@ class PretrainOlmo(TrainingStep):
         train: dict,
         device: str = "auto",
         world_size: int = 1,
+        nnodes: int = 1,
+        rdzv_endpoint: str | None = None,
+        max_restarts: int = 0,
         sharding: str = "full",
         log_every: int = 10,
         checkpoint_every: int | None = None,
+        keep_checkpoints: int = 2,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        wandb: dict | None = None,
+        in_loop_eval: dict | None = None,
+        heldout: Artifact | None = None,
     ) -> Artifact:
-        self.check_parallelism(world_size, sharding)
         config = model_config(model)
         check_vocabulary(instances, config)
         if instances.summary["seq_len"] > config.max_sequence_length:
@@ -181,30 +195,46 @@ class PretrainOlmo(TrainingStep):
         settings = self.train_config(
             train, global_batch_size=data_order["global_batch_size"], checkpoint_every=checkpoint_every
         )
-        target = resolve_device(device)
-        with torch.device("meta"):
-            olmo = Olmo(config)
-        olmo.to_empty(device=target)
-        olmo.reset_parameters(torch.Generator().manual_seed(settings.seed))
-        state = self.fit(olmo, pretraining_batches(instances, data_order), settings, log_every)
-        return self.save(olmo, state, {"seed": settings.seed, "global_batch_size": settings.global_batch_size})
+        job = self.job(
+            config, settings, instances=instances, data_order=data_order, init=Initialization(seed=settings.seed),
+            **self.run_options(locals()),
+        )
+        final_state, history = self.launch(job, world_size, nnodes, rdzv_endpoint, max_restarts)
+        summary = {"seed": settings.seed, "global_batch_size": settings.global_batch_size}
+        return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})
+
+    def run_options(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The job fields of the step's execution arguments (``arguments``: the ``run`` call's locals)."""
+        options = {name: arguments[name] for name in RUN_OPTIONS}
+        if options["wandb"] is not None:
+            options["wandb"] = {"run_id": self.unique_id, "name": self.name, "directory": str(self.work_dir),
+                                "config": {}, **options["wandb"]}
+        evaluation = arguments["in_loop_eval"]
+        if evaluation is not None:
+            tokenizer = arguments["instances"].path / TOKENIZER_FILE
+            heldout = arguments["heldout"].path / HELDOUT_DIR
+            options["in_loop_eval"] = functools.partial(InLoopEvaluator, tokenizer, heldout, evaluation)
+            options["eval_every"] = evaluation["every"]
+        return options
 
 
 @Step.register("anneal")
-class AnnealOlmo(TrainingStep):
+class AnnealOlmo(PretrainOlmo):
     """Continues pretraining where it stopped, with the LR going linearly to 0 over ``max_steps``.
 
-    ``train.start_lr`` null starts from the LR pretraining had reached. The data order continues
-    from the pretrain step's last batch; the optimizer state starts fresh.
+    ``train.start_lr`` null starts from the LR pretraining had reached. The data order continues from the
+    pretrain step's last batch. ``train.optimizer_state`` "fresh" (default) starts AdamW anew; "carried"
+    continues pretraining's moments (from the final checkpoint in the pretrain artifact).
     """
 
-    VERSION = "002"
+    VERSION = "003"
+    OPTIMIZER_STATES = ("fresh", "carried")
 
     @classmethod
     def anneal_config(
         cls, train: dict[str, Any], start_lr: float, batch_size: int, checkpoint_every: int | None = None
     ) -> TrainConfig:
-        options = {k: v for k, v in train.items() if k != "start_lr"}
+        options = {k: v for k, v in train.items() if k not in ("start_lr", "optimizer_state")}
         schedule = LRSchedule.anneal(start_lr, options["max_steps"]).to_dict()
         return cls.train_config(
             options, schedule=schedule, global_batch_size=batch_size, checkpoint_every=checkpoint_every
@@ -214,8 +244,11 @@ class AnnealOlmo(TrainingStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         validate_data_order(kwargs["data_order"])
         cls.anneal_config(kwargs["train"], 1e-4, kwargs["data_order"]["global_batch_size"])
+        if kwargs["train"].get("optimizer_state", "fresh") not in cls.OPTIMIZER_STATES:
+            raise ValueError(f"train.optimizer_state: expected one of {cls.OPTIMIZER_STATES}")
+        check_run_options(kwargs)
 
-    def run(
+    def run(  # type: ignore[override]
         self,
         pretrained: Artifact,
         instances: Artifact,
@@ -223,15 +256,29 @@ class AnnealOlmo(TrainingStep):
         train: dict,
         device: str = "auto",
         world_size: int = 1,
+        nnodes: int = 1,
+        rdzv_endpoint: str | None = None,
+        max_restarts: int = 0,
         sharding: str = "full",
         log_every: int = 10,
         checkpoint_every: int | None = None,
+        keep_checkpoints: int = 2,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        wandb: dict | None = None,
+        in_loop_eval: dict | None = None,
+        heldout: Artifact | None = None,
     ) -> Artifact:
-        self.check_parallelism(world_size, sharding)
         start_lr = train.get("start_lr") or pretrained.summary["lr_last"]
         settings = self.anneal_config(train, start_lr, data_order["global_batch_size"], checkpoint_every)
-        target = resolve_device(device)
-        olmo = load_artifact_model(pretrained, target)
+        config = OlmoConfig.from_dict(json.loads((pretrained.path / MODEL_DIR / "config.json").read_text()))
+        carried = train.get("optimizer_state", "fresh") == "carried"
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        state = self.fit(olmo, pretraining_batches(instances, data_order), settings, log_every, start_state=start)
-        return self.save(olmo, state, {"start_lr": start_lr, "continued_from_data_step": start.data_step})
+        init = Initialization(checkpoint=str(pretrained.path / FINAL_CHECKPOINT_DIR), carry_optimizer=carried)
+        job = self.job(
+            config, settings, instances=instances, data_order=data_order, init=init, start_state=start.to_dict(),
+            **self.run_options(locals()),
+        )
+        final_state, history = self.launch(job, world_size, nnodes, rdzv_endpoint, max_restarts)
+        summary = {"start_lr": start_lr, "continued_from_data_step": start.data_step, "optimizer_state": train.get("optimizer_state", "fresh")}
+        return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})

@@ -13,7 +13,7 @@ from steps.data.order import DataOrder
 from steps.data.steps import INDEX_FILE
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import olmo_tokenizers_dir
-from steps.train.steps import check_vocabulary, pretraining_batches
+from steps.train.pretraining_data import check_vocabulary, pretraining_batches
 from steps.train.objectives import IGNORE_INDEX
 
 SEQ_LEN = 8

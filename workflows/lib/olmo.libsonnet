@@ -12,7 +12,13 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
 
   // Settings that change where and how fast things run, never what they compute
   // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
-  execution:: { device: 'auto', num_workers: 2, world_size: 1, sharding: 'full', log_every: 10, checkpoint_every: null },
+  // Distributed training: `world_size` workers over `nnodes` nodes meeting at `rdzv_endpoint` ('host:port');
+  // `wandb: { project: ... }` logs to Weights & Biases (offline unless WANDB_MODE=online).
+  execution:: {
+    device: 'auto', num_workers: 2, world_size: 1, nnodes: 1, rdzv_endpoint: null, max_restarts: 0, sharding: 'full',
+    activation_checkpointing: false, compile: false, log_every: 10, checkpoint_every: null, keep_checkpoints: 2,
+    wandb: null,
+  },
 
   // A BPE tokenizer trained on the mixed corpus (it stands in for the `tokenizer` step), and the token
   // ids the model then needs: steps/data/bpe.py rounds the vocabulary up to a multiple of 128 and puts
@@ -32,6 +38,14 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
   workflow(p):: {
     local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
     local sources = [sourceStep(s) for s in p.sources],
+    // How the pretrain/anneal workers run, and the in-loop evaluation of `p.in_loop_eval[stage]` (if any).
+    local distributed(stage) = {
+      [key]: x[key]
+      for key in ['device', 'world_size', 'nnodes', 'rdzv_endpoint', 'max_restarts', 'sharding',
+                  'activation_checkpointing', 'compile', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'wandb']
+    } + (
+      if std.objectHas(p, 'in_loop_eval') then { in_loop_eval: p.in_loop_eval[stage], heldout: ref('mix') } else {}
+    ),
     local evaluate(model) = {
       type: 'evaluate',
       model: ref(model),
@@ -88,24 +102,14 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         model: p.model,
         data_order: p.data_order,
         train: p.pretrain,
-        device: x.device,
-        world_size: x.world_size,
-        sharding: x.sharding,
-        log_every: x.log_every,
-        checkpoint_every: x.checkpoint_every,
-      },
+      } + distributed('pretrain'),
       anneal: {
         type: 'anneal',
         pretrained: ref('pretrain'),
         instances: ref('instances'),
         data_order: p.data_order,
         train: p.anneal,
-        device: x.device,
-        world_size: x.world_size,
-        sharding: x.sharding,
-        log_every: x.log_every,
-        checkpoint_every: x.checkpoint_every,
-      },
+      } + distributed('anneal'),
       evaluate_base: evaluate('anneal'),
       sft_data: { type: 'sft_data', documents: ref('mix'), config: p.sft_data },
       sft: {

@@ -1,0 +1,49 @@
+"""The pretraining data as the trainer consumes it: global batches of the data order, with their hash and
+label mask, and the checks that a model fits the instances it will train on."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from olmo_model import OlmoConfig
+from steps.common.artifacts import Artifact
+from steps.data.batches import batch_hash
+from steps.data.steps import load_instances, order_for
+from steps.data.tokenize import TOKENIZER_FILE
+from steps.data.tokenizer import load_tokenizer
+from steps.train.objectives import IGNORE_INDEX
+
+
+def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
+    """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash, and labels
+    with the instances' label mask applied when it masks anything."""
+    index, root = load_instances(instances)
+    order = order_for(instances, data_order)
+
+    def batch(step: int) -> dict[str, Any]:
+        tokens = index.read_instances(root, order.global_batch(step, data_order["global_batch_size"]))
+        batch = {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
+        if index.ignore_token_ids:
+            labels = np.where(index.label_mask(tokens), tokens, IGNORE_INDEX)
+            batch["labels"] = torch.from_numpy(labels)
+        return batch
+
+    return batch
+
+
+def check_vocabulary(instances: Artifact, config: OlmoConfig) -> None:
+    """Fail unless the model's vocabulary covers every id of the tokenizer the instances were made with,
+    and the model's EOS id is the one the documents were ended with."""
+    tokenizer = load_tokenizer(instances.path / TOKENIZER_FILE)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise ValueError(
+            f"the instances' tokenizer has {tokenizer.get_vocab_size()} ids but the model's vocab_size is "
+            f"{config.vocab_size}: set model.vocab_size (and its eos/pad ids) to the tokenizer's"
+        )
+    eos = instances.summary.get("eos_token_id")
+    if eos is not None and eos != config.eos_token_id:
+        raise ValueError(
+            f"the instances end documents with EOS {eos}, the model's eos_token_id is {config.eos_token_id}"
+        )

@@ -1,0 +1,199 @@
+"""One training worker: what the pretrain and anneal steps launch on every device.
+
+A ``TrainingJob`` holds everything a worker needs (it is pickled into spawned processes). Each worker
+joins the process group, builds OLMo on the meta device, shards it with FSDP2, initialises it (the
+mitchell init is drawn in full and sharded, so the weights do not depend on the world size) or loads
+it from a checkpoint, trains with ``train`` (checkpoints, resume, NaN policy), and rank 0 writes the
+artifact: the consolidated model (safetensors + config), ``metrics.jsonl`` and the final checkpoint
+(sharded model + optimizer + state, which an anneal may carry on from).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from integrations.wandb_logger import WandbLogger
+from olmo_model import Olmo, OlmoConfig
+from olmo_model.flops import flops_per_token
+from steps.common.artifacts import Artifact
+from steps.common.models import MODEL_DIR
+
+from .checkpoint import TrainState, save_model_state
+from .parallel import data_parallel_mesh, effective_precision, join_process_group, shard_model, worker_device
+from .pretraining_data import pretraining_batches
+from .progress import TrainingProgress
+from .sharded_checkpoint import full_model_state, list_checkpoints, load_training_checkpoint
+from .throughput import memory_metrics, model_flops_utilization, peak_flops
+from .trainer import TrainConfig, build_optimizer, train
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class Initialization:
+    """Where a job's weights come from: the mitchell init drawn with ``seed``, or ``checkpoint`` (a
+    sharded training checkpoint: the weights, and the optimizer state too when ``carry_optimizer``)."""
+
+    seed: int | None = None
+    checkpoint: str | None = None
+    carry_optimizer: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A pretraining or anneal run: model, data, schedule, where to checkpoint and write the result, and
+    how to run it (device, sharding, activation checkpointing, ``torch.compile``, logging)."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    instances: Artifact
+    data_order: dict[str, Any]
+    init: Initialization
+    checkpoint_dir: str
+    output_dir: str
+    start_state: dict[str, Any] | None = None
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    sharding: str = "full"
+    nnodes: int = 1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = 10
+    wandb: dict[str, Any] | None = None
+    in_loop_eval: Callable[[], Callable[[torch.nn.Module], dict[str, float]]] | None = None
+    eval_every: int | None = None
+
+
+def _cpu_threads(device: torch.device) -> None:
+    """Split the machine's cores between the workers of this node."""
+    if device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def build_model(job: TrainingJob, device: torch.device, precision: str) -> Olmo:
+    """OLMo built on the meta device, sharded, materialised on ``device`` and given its initial weights."""
+    with torch.device("meta"):
+        model = Olmo(OlmoConfig.from_dict(job.model))
+    mesh = data_parallel_mesh(device, job.sharding, job.nnodes)
+    shard_model(model, mesh, precision, job.activation_checkpointing, job.compile)
+    model.to_empty(device=device)
+    if job.init.seed is not None:
+        model.reset_parameters(torch.Generator().manual_seed(job.init.seed))
+    return model
+
+
+def _step_measurements(config: OlmoConfig, seq_len: int, device: torch.device) -> Callable[[dict], dict]:
+    per_token = flops_per_token(config, seq_len)
+    peak = peak_flops(device)
+    world = dist.get_world_size()
+
+    def measure(metrics: dict[str, Any]) -> dict[str, Any]:
+        extra = memory_metrics(device)
+        if peak is not None:
+            extra["mfu"] = model_flops_utilization(metrics["tokens_per_second"], per_token, world, peak)
+        return extra
+
+    return measure
+
+
+def _console_and_wandb(job: TrainingJob, settings: TrainConfig, start_step: int) -> tuple[Callable, Callable]:
+    """The per-step log (progress line; W&B when configured) and its closing function (rank 0)."""
+    progress = TrainingProgress(settings.max_steps, start_step=start_step, every=job.log_every)
+    run = WandbLogger(**job.wandb) if job.wandb is not None else None
+
+    def log(metrics: dict[str, Any]) -> None:
+        progress.update(metrics)
+        if run is not None:
+            run.log(metrics, step=metrics["step"])
+
+    def close(failed: bool) -> None:
+        if run is not None:
+            run.finish(exit_code=int(failed))
+
+    return log, close
+
+
+def _first_checkpoint_step(checkpoint_dir: str) -> int:
+    existing = list_checkpoints(checkpoint_dir)
+    return int(existing[-1].name.split("-")[1]) if existing else 0
+
+
+def run_training_job(job: TrainingJob) -> dict[str, Any] | None:
+    """The worker entrypoint: train, then (rank 0) write the artifact; returns the final state (without
+    the metrics history, which is in ``metrics.jsonl``) on rank 0."""
+    device = worker_device(job.device)
+    join_process_group(device)
+    try:
+        return _train_and_save(job, device)
+    finally:
+        dist.barrier()  # no rank tears the group down while another still uses it
+        dist.destroy_process_group()
+
+
+def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | None:
+    _cpu_threads(device)
+    rank = dist.get_rank()
+    settings = TrainConfig.from_dict(job.train)
+    settings = TrainConfig.from_dict({**settings.to_dict(), "precision": effective_precision(settings.precision, device)})
+    model = build_model(job, device, settings.precision)
+    optimizer = build_optimizer(model, settings)
+    if job.init.checkpoint is not None:
+        load_training_checkpoint(job.init.checkpoint, model, optimizer if job.init.carry_optimizer else None)
+    log, close = (
+        _console_and_wandb(job, settings, _first_checkpoint_step(job.checkpoint_dir)) if rank == 0 else (None, None)
+    )
+    failed = True
+    try:
+        state = train(
+            model,
+            pretraining_batches(job.instances, job.data_order),
+            settings,
+            optimizer=optimizer,
+            start_state=TrainState.from_dict(job.start_state) if job.start_state is not None else None,
+            log=log if log is not None else (lambda metrics: None),
+            checkpoint_dir=job.checkpoint_dir,
+            keep_checkpoints=job.keep_checkpoints,
+            evaluate=job.in_loop_eval() if job.in_loop_eval is not None else None,
+            eval_every=job.eval_every,
+            measure=_step_measurements(model.config, job.instances.summary["seq_len"], device),
+        )
+        failed = False
+    finally:
+        if close is not None:
+            close(failed)
+    weights = full_model_state(model)
+    if rank != 0:
+        return None
+    return write_training_output(job, model.config, weights, state)
+
+
+def write_training_output(
+    job: TrainingJob, config: OlmoConfig, weights: dict[str, torch.Tensor], state: TrainState
+) -> dict[str, Any]:
+    """The artifact's files: consolidated model, per-step metrics, and the final sharded checkpoint."""
+    out = Path(job.output_dir)
+    final = {k: v for k, v in state.to_dict().items() if k != "history"}
+    save_model_state(weights, config, out / MODEL_DIR, extra=final)
+    with open(out / METRICS_FILE, "w") as handle:
+        for metrics in state.history:
+            handle.write(json.dumps(metrics) + "\n")
+    shutil.rmtree(out / FINAL_CHECKPOINT_DIR, ignore_errors=True)
+    shutil.copytree(list_checkpoints(job.checkpoint_dir)[-1], out / FINAL_CHECKPOINT_DIR, copy_function=_link_or_copy)
+    return final
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link when on the same filesystem (a 7B optimizer state is not copied), else copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
