@@ -73,6 +73,12 @@ def check_run_options(kwargs: dict[str, Any]) -> None:
             raise ValueError("in_loop_eval needs `heldout`: the mix step whose held-out documents it scores")
 
 
+# Arguments of both distributed steps that only say how to run (all in EXECUTION_ARGUMENTS).
+RUN_OPTIONS = (
+    "device", "sharding", "nnodes", "keep_checkpoints", "activation_checkpointing", "compile", "log_every", "wandb",
+)
+
+
 class TrainingStep(ArtifactStep):
     """A step that trains a model and stores it (safetensors + config) with its per-step metrics."""
 
@@ -142,11 +148,19 @@ class DistributedTrainingStep(TrainingStep):
             **fields,
         )
 
-
-# Arguments of both distributed steps that only say how to run (all in EXECUTION_ARGUMENTS).
-RUN_OPTIONS = (
-    "device", "sharding", "nnodes", "keep_checkpoints", "activation_checkpointing", "compile", "log_every", "wandb",
-)
+    def run_options(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The job fields of the step's execution arguments (``arguments``: the ``run`` call's locals)."""
+        options = {name: arguments[name] for name in RUN_OPTIONS}
+        if options["wandb"] is not None:
+            options["wandb"] = {"run_id": self.unique_id, "name": self.name, "directory": str(self.work_dir),
+                                "config": {}, **options["wandb"]}
+        evaluation = arguments["in_loop_eval"]
+        if evaluation is not None:
+            tokenizer = arguments["instances"].path / TOKENIZER_FILE
+            heldout = arguments["heldout"].path / HELDOUT_DIR
+            options["in_loop_eval"] = functools.partial(InLoopEvaluator, tokenizer, heldout, evaluation)
+            options["eval_every"] = evaluation["every"]
+        return options
 
 
 @Step.register("pretrain")
@@ -203,23 +217,9 @@ class PretrainOlmo(DistributedTrainingStep):
         summary = {"seed": settings.seed, "global_batch_size": settings.global_batch_size}
         return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})
 
-    def run_options(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The job fields of the step's execution arguments (``arguments``: the ``run`` call's locals)."""
-        options = {name: arguments[name] for name in RUN_OPTIONS}
-        if options["wandb"] is not None:
-            options["wandb"] = {"run_id": self.unique_id, "name": self.name, "directory": str(self.work_dir),
-                                "config": {}, **options["wandb"]}
-        evaluation = arguments["in_loop_eval"]
-        if evaluation is not None:
-            tokenizer = arguments["instances"].path / TOKENIZER_FILE
-            heldout = arguments["heldout"].path / HELDOUT_DIR
-            options["in_loop_eval"] = functools.partial(InLoopEvaluator, tokenizer, heldout, evaluation)
-            options["eval_every"] = evaluation["every"]
-        return options
-
 
 @Step.register("anneal")
-class AnnealOlmo(PretrainOlmo):
+class AnnealOlmo(DistributedTrainingStep):
     """Continues pretraining where it stopped, with the LR going linearly to 0 over ``max_steps``.
 
     ``train.start_lr`` null starts from the LR pretraining had reached. The data order continues from the
@@ -248,7 +248,7 @@ class AnnealOlmo(PretrainOlmo):
             raise ValueError(f"train.optimizer_state: expected one of {cls.OPTIMIZER_STATES}")
         check_run_options(kwargs)
 
-    def run(  # type: ignore[override]
+    def run(
         self,
         pretrained: Artifact,
         instances: Artifact,

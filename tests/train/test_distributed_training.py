@@ -1,0 +1,218 @@
+"""The pretraining workers as the pretrain step launches them (elastic launcher, gloo, FSDP2), on the micro
+workflow's instances: 2 workers match 1; a run killed with -9 resumes to bit-identical weights; a checkpoint
+written by 2 workers resumes on 1; two "nodes" on one machine train as one job; a NaN stops the run naming
+the step; every batch the ranks trained is rebuilt by ``olmo-tango batch`` with the hashes they logged."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from tango import StepGraph
+from tango.common.util import import_module_and_submodules
+from tango.workspaces import LocalWorkspace
+
+from integrations.launcher import WorkerFailure, launch_workers
+from steps.common.models import MODEL_DIR
+from steps.train.checkpoint import MODEL_FILE
+from steps.train.sharded_checkpoint import list_checkpoints
+from steps.train.steps import TrainingStep, model_config
+from steps.train.worker import METRICS_FILE, Initialization, TrainingJob, run_training_job
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
+BIN = Path(sys.executable).parent
+LAUNCH_JOB = Path(__file__).with_name("launch_job.py")
+STEPS = 10
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_job(micro_workspace, tmp_path_factory):
+    """``micro_job(name, **train_overrides)``: a job training the micro workflow's model on its instances."""
+    import_module_and_submodules("steps")
+    pretrain = StepGraph.from_file(MICRO)["pretrain"]
+    instances = LocalWorkspace(micro_workspace).step_cache[StepGraph.from_file(MICRO)["instances"]]
+    root = tmp_path_factory.mktemp("jobs")
+
+    def make(name: str, **overrides) -> TrainingJob:
+        settings = TrainingStep.train_config(
+            pretrain.kwargs["train"], global_batch_size=pretrain.kwargs["data_order"]["global_batch_size"],
+            **{"max_steps": STEPS, **overrides},
+        )
+        (root / name / "artifact").mkdir(parents=True, exist_ok=True)
+        return TrainingJob(
+            model=model_config(pretrain.kwargs["model"]).to_dict(), train=settings.to_dict(), instances=instances,
+            data_order=pretrain.kwargs["data_order"], init=Initialization(seed=settings.seed),
+            checkpoint_dir=str(root / name / "checkpoints"), output_dir=str(root / name / "artifact"), device="cpu",
+        )
+
+    return make
+
+
+def run(job: TrainingJob, workers: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Launch ``job`` on ``workers`` processes; its logged metrics and consolidated weights."""
+    launch_workers(run_training_job, (job,), workers)
+    return outputs(job)
+
+
+def outputs(job: TrainingJob) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    out = Path(job.output_dir)
+    history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    return history, safetensors.torch.load_file(out / MODEL_DIR / MODEL_FILE)
+
+
+@pytest.fixture(scope="module")
+def one_worker(micro_job):
+    return run(micro_job("one-worker"), 1)
+
+
+@pytest.fixture(scope="module")
+def two_workers(micro_job):
+    return run(micro_job("two-workers"), 2)
+
+
+def assert_same_training(history, reference, tolerance):
+    assert [m["data_step"] for m in history] == [m["data_step"] for m in reference] == list(range(STEPS))
+    assert [m["batch_hash"] for m in history] == [m["batch_hash"] for m in reference]
+    for ours, theirs in zip(history, reference):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=tolerance), ours["step"]
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4, abs=tolerance), ours["step"]
+
+
+def assert_weights_close(weights, reference):
+    """Equal up to the reduction order of the gradients: AdamW's normalised steps turn gradient differences
+    of ~1e-7 into weight differences of up to ~lr * 1e-2, far below the weights' own scale (~0.1)."""
+    assert weights.keys() == reference.keys()
+    for name, tensor in weights.items():
+        difference = float((tensor - reference[name]).abs().max())
+        assert difference < 1e-4, (name, difference)
+
+
+def test_two_fsdp_workers_match_one_within_1e_5_over_10_steps(one_worker, two_workers):
+    (history_1, weights_1), (history_2, weights_2) = one_worker, two_workers
+    assert_same_training(history_2, history_1, tolerance=1e-5)
+    assert history_1[-1]["loss"] < history_1[0]["loss"] - 0.1  # it trains
+    assert all(len(m["rank_batch_hashes"]) == 2 and len(set(m["rank_batch_hashes"])) == 2 for m in history_2)
+    assert_weights_close(weights_2, weights_1)
+
+
+def test_batches_of_both_ranks_regenerate_to_their_logged_hashes(two_workers, micro_workspace):
+    history, _ = two_workers
+    command = [str(BIN / "olmo-tango"), "batch", str(MICRO), "-w", str(micro_workspace), "--world-size", "2",
+               "--micro-batch-size", "1", "--json", "--step", *map(str, range(STEPS))]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rebuilt = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [b["step"] for b in rebuilt] == [m["data_step"] for m in history]
+    for logged, batch in zip(history, rebuilt):
+        assert batch["batch_hash"] == logged["batch_hash"]
+        assert [rank["batch_hash"] for rank in batch["ranks"]] == logged["rank_batch_hashes"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = set(), [pid]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            found.add(child)
+            frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path):
+    job = micro_job("killed", checkpoint_every=2)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
+    launcher = subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "2"], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= 2, 300, "the step-4 checkpoint")
+    workers = descendants(launcher.pid)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the orphaned workers to die")
+    survivors = [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)]
+    assert 4 <= survivors[-1] < STEPS
+
+    history, weights = run(job, 2)  # `tango run` again: the step starts the same job
+    reference_history, reference_weights = two_workers
+    assert [m["loss"] for m in history] == [m["loss"] for m in reference_history]  # restored history included
+    assert weights.keys() == reference_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, reference_weights[name]), name
+
+
+def test_checkpoint_of_two_workers_resumes_on_one(micro_job, one_worker):
+    first = micro_job("resharded", checkpoint_every=4, max_steps=4)
+    launch_workers(run_training_job, (first,), 2)
+    second = replace(first, train={**first.train, "max_steps": STEPS})
+    history, weights = run(second, 1)
+    reference_history, reference_weights = one_worker
+    assert_same_training(history, reference_history, tolerance=1e-5)
+    assert_weights_close(weights, reference_weights)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_as_one_job(micro_job, two_workers, tmp_path):
+    job = micro_job("two-nodes")
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
+    endpoint = f"localhost:{free_port()}"
+    nodes = [
+        subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "1", "2", endpoint,
+                          "two-nodes"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    for node in nodes:
+        output, _ = node.communicate(timeout=600)
+        assert node.returncode == 0, output[-4000:]
+    history, weights = outputs(job)
+    reference_history, reference_weights = two_workers
+    assert_same_training(history, reference_history, tolerance=1e-6)
+    assert_weights_close(weights, reference_weights)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(micro_job):
+    job = micro_job("diverging", checkpoint_every=1, schedule={"kind": "constant", "peak_lr": 1e30})
+    with pytest.raises(WorkerFailure, match=r"NonFiniteLossError: step (\d+) .*nan_policy='stop'") as failure:
+        launch_workers(run_training_job, (job,), 2)
+    bad_step = int(failure.value.args[0].split("NonFiniteLossError: step ")[1].split()[0])
+    assert [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)][-1] == bad_step - 1
