@@ -24,10 +24,12 @@ from tango.workspaces import LocalWorkspace
 
 from integrations.launcher import WorkerFailure, launch_workers
 from steps.common.models import MODEL_DIR
-from steps.train.checkpoint import MODEL_FILE
-from steps.train.sharded_checkpoint import list_checkpoints
+from olmo_model import LRSchedule, Olmo, OlmoConfig
+from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE
+from steps.train.sharded_checkpoint import list_checkpoints, load_training_checkpoint
 from steps.train.steps import TrainingStep, model_config
-from steps.train.worker import METRICS_FILE, Initialization, TrainingJob, run_training_job
+from steps.train.trainer import TrainConfig, build_optimizer
+from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
@@ -216,3 +218,41 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
         launch_workers(run_training_job, (job,), 2)
     bad_step = int(failure.value.args[0].split("NonFiniteLossError: step ")[1].split()[0])
     assert [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)][-1] == bad_step - 1
+
+
+@pytest.mark.parametrize("options", [
+    {"sharding": "none", "activation_checkpointing": True},
+    {"sharding": "hybrid", "compile": True},
+], ids=["replicated-recomputed", "hybrid-compiled"])
+def test_sharding_recomputation_and_compilation_train_the_same_model(micro_job, two_workers, options):
+    job = replace(micro_job("options-" + "-".join(sorted(options))), **options)
+    history, weights = run(job, 2)
+    reference_history, reference_weights = two_workers
+    assert_same_training(history, reference_history, tolerance=1e-5)
+    assert_weights_close(weights, reference_weights)
+
+
+def optimizer_steps(checkpoint: Path) -> set[int]:
+    """The AdamW step counts stored in a sharded checkpoint (loaded in this process)."""
+    config = OlmoConfig.from_dict(json.loads((checkpoint / CONFIG_FILE).read_text()))
+    model = Olmo(config)
+    optimizer = build_optimizer(model, TrainConfig.from_dict({
+        "global_batch_size": 1, "micro_batch_size": 1, "max_steps": 1, "schedule": {"kind": "constant", "peak_lr": 1.0},
+    }))
+    load_training_checkpoint(checkpoint, model, optimizer)
+    return {int(state["step"]) for state in optimizer.state.values()}
+
+
+@pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
+def test_anneal_continues_the_data_order_with_fresh_or_carried_optimizer_state(micro_job, two_workers, carried):
+    pretrained = Path(micro_job("two-workers").output_dir)
+    anneal_steps = 2
+    job = replace(
+        micro_job(f"anneal-{carried}", max_steps=anneal_steps, schedule=LRSchedule.anneal(1e-3, anneal_steps).to_dict()),
+        init=Initialization(checkpoint=str(pretrained / FINAL_CHECKPOINT_DIR), carry_optimizer=carried),
+        start_state={"data_step": STEPS, "tokens_seen": 0, "step": 0, "skipped_steps": 0, "history": []},
+    )
+    history, _ = run(job, 2)
+    assert [m["data_step"] for m in history] == [STEPS, STEPS + 1]
+    assert [m["lr"] for m in history] == pytest.approx([5e-4, 0.0])
+    assert optimizer_steps(Path(job.output_dir) / FINAL_CHECKPOINT_DIR) == {STEPS + anneal_steps if carried else anneal_steps}
