@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import OlmoConfig
 from .init import fill_truncated_normal_, mitchell_stds
+from .loss import linear_cross_entropy_sum
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -93,7 +94,8 @@ class OlmoBlock(nn.Module):
 
 
 class Olmo(nn.Module):
-    """OLMo v1 decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size].
+    """OLMo v1 decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size];
+    ``Olmo(config)(input_ids, targets)`` the summed cross entropy against ``targets`` without the logits.
 
     Parameters are created on the default device (``with torch.device(...)`` is honoured) and
     initialised ("mitchell") once, skipping torch's default init; on the meta device they are
@@ -146,11 +148,22 @@ class Olmo(nn.Module):
             x = block(x, cos, sin)
         return layer_norm(x, self.config.layer_norm_eps)
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits [..., embedding_size] from hidden states (tied: ``hidden @ wte.T``)."""
-        if self.config.weight_tying:
-            return F.linear(hidden, self.transformer.wte.weight)
-        return self.transformer.ff_out(hidden)
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The output matrix [embedding_size, d_model]: the embedding when tied, else ``transformer.ff_out``'s."""
+        return self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.project(self.hidden_states(input_ids))
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., embedding_size] from hidden states."""
+        return F.linear(hidden, self.output_weight)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, embedding_size]; with ``targets`` [B, T] (the token to predict after each position,
+        ``IGNORE_INDEX`` where none), instead ``linear_cross_entropy_sum`` of the hidden states against them.
+
+        The loss goes through ``forward`` so that wrappers hooking it (FSDP's all-gather) cover the output matrix.
+        """
+        hidden = self.hidden_states(input_ids)
+        if targets is None:
+            return self.project(hidden)
+        return linear_cross_entropy_sum(hidden, self.output_weight, targets)

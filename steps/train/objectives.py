@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from olmo_model.loss import IGNORE_INDEX
 
 Batch = dict[str, Any]
 
@@ -31,11 +31,16 @@ def target_labels(batch: Batch) -> torch.Tensor:
     return batch.get("labels", batch["input_ids"])[:, 1:]
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position [B, T] predicts: ``labels`` shifted left by one, the last position ``IGNORE_INDEX``."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(labels[:, t+1] | tokens ≤ t) for each position [B, T-1], in fp32; 0 where ignored."""
-    # Every position's logits against the next label (the last position's target ignored), over contiguous
-    # [B·T, V] rows: no [B, V, T] transpose and no slice of the logits, whose backward would fill and copy them.
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    # Every position's logits against the next label, over contiguous [B·T, V] rows: no [B, V, T]
+    # transpose and no slice of the logits, whose backward would fill and copy them.
+    targets = next_token_targets(labels)
     flat = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -43,11 +48,15 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class NextTokenLoss:
-    """Next-token cross entropy summed over label tokens (``IGNORE_INDEX`` positions excluded)."""
+    """Next-token cross entropy summed over label tokens (``IGNORE_INDEX`` positions excluded).
+
+    The model computes it (``Olmo(input_ids, targets)``: chunk by chunk, never the whole logits, and inside
+    the model's forward, where FSDP has gathered the output matrix).
+    """
 
     def units(self, batch: Batch) -> int:
         return int((target_labels(batch) != IGNORE_INDEX).sum())
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch.get("labels", batch["input_ids"])
-        return -label_logprobs(model(batch["input_ids"]), labels).sum(), {}
+        return model(batch["input_ids"], targets=next_token_targets(labels)), {}
