@@ -39,6 +39,11 @@ def build_adamw(
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-5,
     weight_decay: float = 0.1,
+    fused: bool = True,
 ) -> torch.optim.AdamW:
-    """AdamW over ``parameter_groups(model, weight_decay)`` (OLMo v1 defaults)."""
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    """AdamW over ``parameter_groups(model, weight_decay)`` (OLMo v1 defaults).
+
+    ``fused`` uses torch's fused AdamW kernel (one pass over each tensor, no temporaries; CPU, CUDA and
+    ROCm, DTensor parameters included); without it, torch picks its multi-tensor or per-tensor loop.
+    """
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)

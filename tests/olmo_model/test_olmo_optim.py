@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from olmo_model import Olmo, OlmoConfig, build_adamw, parameter_groups
@@ -70,3 +69,23 @@ def test_a_training_step_reduces_loss():
     first.backward()
     optimizer.step()
     assert loss().item() < first.item() - 0.1
+
+
+def test_fused_and_unfused_adamw_take_the_same_steps():
+    """The fused kernel (the default) is the same AdamW as torch's loop, up to fp32 rounding."""
+    models = [Olmo(OlmoConfig.preset("olmo-micro")) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [build_adamw(models[0], lr=1e-2), build_adamw(models[1], lr=1e-2, fused=False)]
+    assert [g["fused"] for g in optimizers[0].param_groups] == [True, True]
+    assert not any(g["fused"] for g in optimizers[1].param_groups)
+    initial = [p.detach().clone() for p in models[0].parameters()]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers):
+            for param, grad in zip(model.parameters(), grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    for (name, fused), unfused, before in zip(models[0].named_parameters(), models[1].parameters(), initial):
+        torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-6, msg=name)
+        assert (fused - before).abs().mean() > 1e-3, name  # the weights took steps of ~lr
