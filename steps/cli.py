@@ -1,12 +1,14 @@
-"""``olmo-tango``: questions about the training data of a workspace.
+"""``olmo-tango``: questions about the training data of a workspace, and the extra nodes of a training job.
 
   olmo-tango batch WORKFLOW --step K [K ...] [--world-size W] [--micro-batch-size M] [-w WORKSPACE]
                    [--json | --output FILE]
   olmo-tango batch -w WORKSPACE --instances UNIQUE_ID --seed S --batch-size B --step K ...
   olmo-tango seen WORKFLOW --document DOC_ID [--epochs N] [-w WORKSPACE] [--json | --output FILE]
   olmo-tango global-indices WORKFLOW --to FILE [--epoch E] [-w WORKSPACE]
+  olmo-tango train-node WORKFLOW --step pretrain [-w WORKSPACE] [--wait SECONDS]
 
-The logic is in :mod:`steps.data.regenerate`; this module parses arguments and prints answers.
+The logic is in :mod:`steps.data.regenerate` and :mod:`steps.train.join`; this module parses arguments
+and prints answers.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tango.common.exceptions import ConfigurationError
+
+from integrations.launcher import WorkerFailure
 
 from steps.data.regenerate import (
     DataPlan,
@@ -32,6 +36,7 @@ from steps.data.regenerate import (
     regenerate_batch,
     steps_seeing,
 )
+from steps.train.join import JoinError, join_training
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -63,7 +68,7 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="olmo-tango", description="Questions about the training data of a workspace."
+        prog="olmo-tango", description="Questions about the training data of a workspace; extra training nodes."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser(
@@ -102,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--epoch", type=_at_least(0), default=0, help="the epoch (default 0)")
     export.add_argument("--to", type=Path, required=True, help="the file to write")
     export.set_defaults(answers=_global_indices, describe=format_global_indices)
+    node = commands.add_parser(
+        "train-node",
+        help="start this node's workers of a multi-node pretrain/anneal step whose first node runs `tango run`",
+    )
+    node.add_argument("workflow", help="the workflow the first node runs")
+    node.add_argument("--step", required=True, help="the training step's name (pretrain or anneal)")
+    node.add_argument("-w", "--workspace", help="the shared workspace (default: the one tango.yml names)")
+    node.add_argument(
+        "--wait", type=_at_least(0), default=3600, help="seconds to wait for the step's inputs to appear (default 3600)"
+    )
     return parser
 
 
@@ -135,9 +150,20 @@ def _global_indices(plan: DataPlan, args: argparse.Namespace) -> list[dict[str, 
     return [export_global_indices(plan, args.epoch, args.to)]
 
 
+def _train_node(args: argparse.Namespace) -> int:
+    try:
+        join_training(args.workflow, args.step, open_workspace(args.workspace), args.wait)
+    except (RegenerationError, JoinError, ConfigurationError, WorkerFailure, OSError) as exc:
+        print(f"olmo-tango train-node: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train-node":
+        return _train_node(args)
     try:
         answers = args.answers(_plan(args, parser), args)
     except (RegenerationError, ConfigurationError, ValueError, OSError) as exc:

@@ -22,7 +22,7 @@ from steps.common.step import ArtifactStep
 from steps.corpus.mix import HELDOUT_DIR
 from steps.data.steps import validate_data_order
 from steps.data.tokenize import TOKENIZER_FILE
-from steps.train.checkpoint import TrainState, save_model
+from steps.train.checkpoint import CONFIG_FILE, TrainState, save_model
 from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
 from steps.train.parallel import SHARDING
 from steps.train.pretraining_data import check_vocabulary
@@ -122,34 +122,50 @@ class TrainingStep(ArtifactStep):
 
 
 class DistributedTrainingStep(TrainingStep):
-    """A training step whose workers (one per device, on one node or many) are started by the launcher."""
+    """A training step whose workers (one per device, on one node or many) are started by the launcher.
 
-    def launch(
-        self,
-        job: TrainingJob,
-        world_size: int,
-        nnodes: int,
-        rdzv_endpoint: str | None,
-        max_restarts: int,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Run ``job`` on ``world_size`` workers; the final state and the per-step metrics."""
-        rendezvous = Rendezvous(nnodes, rdzv_endpoint, run_id=self.unique_id, max_restarts=max_restarts)
-        results = launch_workers(run_training_job, (job,), world_size // nnodes, rendezvous)
+    ``run`` passes its arguments to ``run_job``; ``make_job`` (per step) turns them into a ``TrainingJob``.
+    Every node of a multi-node job builds the same job from the same workflow (``olmo-tango train-node``).
+    """
+
+    def make_job(self, arguments: dict[str, Any], fresh_output: bool = True) -> tuple[TrainingJob, dict[str, Any]]:
+        """The job for ``run``'s ``arguments``, and what the artifact's summary says about its settings."""
+        raise NotImplementedError
+
+    def run_job(self, arguments: dict[str, Any]) -> Artifact:
+        job, summary = self.make_job(arguments)
+        final_state, history = self.launch(job, arguments)
+        config = OlmoConfig.from_dict(job.model)
+        return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})
+
+    def launch(self, job: TrainingJob, arguments: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Run ``job`` on this node's share of the workers; the final state and per-step metrics (on the
+        node that holds rank 0, which writes them)."""
+        nnodes = arguments["nnodes"]
+        rendezvous = Rendezvous(nnodes, arguments["rdzv_endpoint"], self.unique_id, arguments["max_restarts"])
+        results = launch_workers(run_training_job, (job,), arguments["world_size"] // nnodes, rendezvous)
+        if 0 not in results:
+            return {}, []
         history = [json.loads(line) for line in (Path(job.output_dir) / METRICS_FILE).read_text().splitlines()]
         return results[0], history
 
-    def job(self, model: OlmoConfig, settings: TrainConfig, **fields: Any) -> TrainingJob:
+    def job(
+        self, model: OlmoConfig, settings: TrainConfig, arguments: dict[str, Any], fresh_output: bool, **fields: Any
+    ) -> TrainingJob:
         """A job writing its checkpoints into this step's work directory and its result into the artifact."""
         return TrainingJob(
             model=model.to_dict(),
             train=settings.to_dict(),
+            instances=arguments["instances"],
+            data_order=arguments["data_order"],
             checkpoint_dir=str(self.work_dir / CHECKPOINTS_DIR),
-            output_dir=str(self.output_dir()),
+            output_dir=str(self.output_dir(fresh=fresh_output)),
+            **self.run_options(arguments),
             **fields,
         )
 
     def run_options(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The job fields of the step's execution arguments (``arguments``: the ``run`` call's locals)."""
+        """The job fields of the step's execution arguments."""
         options = {name: arguments[name] for name in RUN_OPTIONS}
         if options["wandb"] is not None:
             options["wandb"] = {"run_id": self.unique_id, "name": self.name, "directory": str(self.work_dir),
@@ -161,6 +177,11 @@ class DistributedTrainingStep(TrainingStep):
             options["in_loop_eval"] = functools.partial(InLoopEvaluator, tokenizer, heldout, evaluation)
             options["eval_every"] = evaluation["every"]
         return options
+
+
+def _arguments(local_variables: dict[str, Any]) -> dict[str, Any]:
+    """``run``'s arguments from its ``locals()``."""
+    return {name: value for name, value in local_variables.items() if name != "self"}
 
 
 @Step.register("pretrain")
@@ -199,7 +220,11 @@ class PretrainOlmo(DistributedTrainingStep):
         in_loop_eval: dict | None = None,
         heldout: Artifact | None = None,
     ) -> Artifact:
-        config = model_config(model)
+        return self.run_job(_arguments(locals()))
+
+    def make_job(self, arguments: dict[str, Any], fresh_output: bool = True) -> tuple[TrainingJob, dict[str, Any]]:
+        config = model_config(arguments["model"])
+        instances = arguments["instances"]
         check_vocabulary(instances, config)
         if instances.summary["seq_len"] > config.max_sequence_length:
             raise ValueError(
@@ -207,15 +232,12 @@ class PretrainOlmo(DistributedTrainingStep):
                 f"max_sequence_length {config.max_sequence_length}"
             )
         settings = self.train_config(
-            train, global_batch_size=data_order["global_batch_size"], checkpoint_every=checkpoint_every
+            arguments["train"],
+            global_batch_size=arguments["data_order"]["global_batch_size"],
+            checkpoint_every=arguments["checkpoint_every"],
         )
-        job = self.job(
-            config, settings, instances=instances, data_order=data_order, init=Initialization(seed=settings.seed),
-            **self.run_options(locals()),
-        )
-        final_state, history = self.launch(job, world_size, nnodes, rdzv_endpoint, max_restarts)
-        summary = {"seed": settings.seed, "global_batch_size": settings.global_batch_size}
-        return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})
+        job = self.job(config, settings, arguments, fresh_output, init=Initialization(seed=settings.seed))
+        return job, {"seed": settings.seed, "global_batch_size": settings.global_batch_size}
 
 
 @Step.register("anneal")
@@ -269,16 +291,19 @@ class AnnealOlmo(DistributedTrainingStep):
         in_loop_eval: dict | None = None,
         heldout: Artifact | None = None,
     ) -> Artifact:
+        return self.run_job(_arguments(locals()))
+
+    def make_job(self, arguments: dict[str, Any], fresh_output: bool = True) -> tuple[TrainingJob, dict[str, Any]]:
+        pretrained, train = arguments["pretrained"], arguments["train"]
         start_lr = train.get("start_lr") or pretrained.summary["lr_last"]
-        settings = self.anneal_config(train, start_lr, data_order["global_batch_size"], checkpoint_every)
-        config = OlmoConfig.from_dict(json.loads((pretrained.path / MODEL_DIR / "config.json").read_text()))
-        carried = train.get("optimizer_state", "fresh") == "carried"
-        start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        init = Initialization(checkpoint=str(pretrained.path / FINAL_CHECKPOINT_DIR), carry_optimizer=carried)
-        job = self.job(
-            config, settings, instances=instances, data_order=data_order, init=init, start_state=start.to_dict(),
-            **self.run_options(locals()),
+        settings = self.anneal_config(
+            train, start_lr, arguments["data_order"]["global_batch_size"], arguments["checkpoint_every"]
         )
-        final_state, history = self.launch(job, world_size, nnodes, rdzv_endpoint, max_restarts)
-        summary = {"start_lr": start_lr, "continued_from_data_step": start.data_step, "optimizer_state": train.get("optimizer_state", "fresh")}
-        return self.artifact(Path(job.output_dir), {**summary, **training_summary(config, final_state, history)})
+        config = OlmoConfig.from_dict(json.loads((pretrained.path / MODEL_DIR / CONFIG_FILE).read_text()))
+        optimizer_state = train.get("optimizer_state", "fresh")
+        start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
+        init = Initialization(
+            checkpoint=str(pretrained.path / FINAL_CHECKPOINT_DIR), carry_optimizer=optimizer_state == "carried"
+        )
+        job = self.job(config, settings, arguments, fresh_output, init=init, start_state=start.to_dict())
+        return job, {"start_lr": start_lr, "continued_from_data_step": start.data_step, "optimizer_state": optimizer_state}

@@ -10,6 +10,7 @@ artifact: the consolidated model (safetensors + config), ``metrics.jsonl`` and t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def run_training_job(job: TrainingJob) -> dict[str, Any] | None:
     the metrics history, which is in ``metrics.jsonl``) on rank 0."""
     device = worker_device(job.device)
     join_process_group(device)
+    rank = dist.get_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
     try:
         return _train_and_save(job, device)
     finally:
