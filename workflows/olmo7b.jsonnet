@@ -90,9 +90,13 @@ local params = {
     pretrain: scope { every: 1000 },
     anneal: scope { every: 100 },
   },
-  // FSDP full sharding over every GPU of the job, one block per FSDP unit.
+  // FSDP full sharding over every GPU of the job (32 nodes x 8), one block per FSDP unit. The first node
+  // runs `tango run`, the others `olmo-tango train-node workflows/olmo7b.jsonnet --step pretrain` (README).
   // Checkpoint intervals, like the rest of `execution`, stay out of every fingerprint.
-  execution: { device: 'auto', num_workers: 16, world_size: 256, sharding: 'full', log_every: 10, checkpoint_every: 1000 },
+  execution: {
+    device: 'auto', num_workers: 16, world_size: 256, nnodes: 32, rdzv_endpoint: 'olmo-node-0:29400', sharding: 'full',
+    log_every: 10, checkpoint_every: 1000,
+  },
 };
 
 olmo.workflow(params) + { params:: params }
