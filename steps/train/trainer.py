@@ -307,6 +307,7 @@ def train(
     keep_checkpoints: int = 2,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     eval_every: int | None = None,
+    measure: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> TrainState:
     """Train ``model`` until ``config.max_steps`` optimizer steps are done; return the final state.
 
@@ -316,7 +317,8 @@ def train(
     run resumes from the newest usable checkpoint there (model, optimizer, RNG, state; it wins over
     ``start_state``) and writes one every ``config.checkpoint_every`` steps and at the end, keeping the
     newest ``keep_checkpoints``. ``evaluate(model)`` (run on every rank) adds its metrics to those of
-    every ``eval_every``-th step and of the last. ``log`` receives the metrics of every
+    every ``eval_every``-th step and of the last; ``measure(metrics)`` adds measurements of each step
+    (MFU, memory). ``log`` receives the metrics of every
     ``config.log_every``-th step and of the last (on rank 0); they are also kept in ``TrainState.history``.
     Under ``torch.distributed`` every rank calls ``train``; checkpoints are written collectively.
     """
@@ -352,6 +354,8 @@ def train(
         }
         if "batch_hash" in batch:
             metrics["batch_hash"] = batch["batch_hash"]
+        if measure is not None:
+            metrics.update(measure(metrics))
         last = step == config.max_steps
         if evaluate is not None and eval_every is not None and (step % eval_every == 0 or last):
             metrics.update(evaluate(model))
