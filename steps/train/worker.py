@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,7 +123,8 @@ def _console_and_wandb(job: TrainingJob, settings: TrainConfig, start_step: int)
     return log, close
 
 
-def _first_checkpoint_step(checkpoint_dir: str) -> int:
+def _resume_step(checkpoint_dir: str) -> int:
+    """The step a run will resume from (0 without a checkpoint), for the progress line's ETA."""
     existing = list_checkpoints(checkpoint_dir)
     return int(existing[-1].name.split("-")[1]) if existing else 0
 
@@ -146,13 +147,13 @@ def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | 
     _cpu_threads(device)
     rank = dist.get_rank()
     settings = TrainConfig.from_dict(job.train)
-    settings = TrainConfig.from_dict({**settings.to_dict(), "precision": effective_precision(settings.precision, device)})
+    settings = replace(settings, precision=effective_precision(settings.precision, device))
     model = build_model(job, device, settings.precision)
     optimizer = build_optimizer(model, settings)
     if job.init.checkpoint is not None:
         load_training_checkpoint(job.init.checkpoint, model, optimizer if job.init.carry_optimizer else None)
     log, close = (
-        _console_and_wandb(job, settings, _first_checkpoint_step(job.checkpoint_dir)) if rank == 0 else (None, None)
+        _console_and_wandb(job, settings, _resume_step(job.checkpoint_dir)) if rank == 0 else (None, None)
     )
     failed = True
     try:

@@ -224,12 +224,14 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     {"sharding": "none", "activation_checkpointing": True},
     {"sharding": "hybrid", "compile": True},
 ], ids=["replicated-recomputed", "hybrid-compiled"])
-def test_sharding_recomputation_and_compilation_train_the_same_model(micro_job, two_workers, options):
-    job = replace(micro_job("options-" + "-".join(sorted(options))), **options)
+def test_sharding_recomputation_and_compilation_train_the_same_model(micro_job, two_workers, options, tmp_path):
+    wandb = {"project": "olmo-tango-tests", "run_id": "options", "directory": str(tmp_path), "config": {}}
+    job = replace(micro_job("options-" + "-".join(sorted(options))), **options, wandb=wandb)
     history, weights = run(job, 2)
     reference_history, reference_weights = two_workers
     assert_same_training(history, reference_history, tolerance=1e-5)
     assert_weights_close(weights, reference_weights)
+    assert len(list(tmp_path.glob("wandb/offline-run-*-options"))) == 1  # W&B offline by default, in the work dir
 
 
 def optimizer_steps(checkpoint: Path) -> set[int]:
