@@ -8,7 +8,6 @@ its own workers. Rank 0, on the first node, writes checkpoints' metadata and the
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from tango import Step, StepGraph
 from tango.common.util import import_module_and_submodules
 from tango.workspace import Workspace
 
-from steps.train.steps import DistributedTrainingStep
+from steps.train.steps import EXECUTION_DEFAULTS, DistributedTrainingStep
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +46,13 @@ def join_training(workflow: str | Path, step_name: str, workspace: Workspace, wa
     step = graph[step_name]
     if not isinstance(step, DistributedTrainingStep):
         raise JoinError(f"step {step_name!r} is a {type(step).__name__}, not a pretrain or anneal step")
-    resolved = {
-        name: _wait_for_result(workspace, value, wait_s) if isinstance(value, Step) else value
-        for name, value in step.kwargs.items()
+    arguments = {
+        **EXECUTION_DEFAULTS,
+        **{
+            name: _wait_for_result(workspace, value, wait_s) if isinstance(value, Step) else value
+            for name, value in step.kwargs.items()
+        },
     }
-    bound = inspect.signature(step.run).bind(**resolved)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
     if arguments["nnodes"] < 2:
         raise JoinError(f"step {step_name!r} runs on one node (execution.nnodes = {arguments['nnodes']})")
     step.work_dir_for_run = workspace.work_dir(step)

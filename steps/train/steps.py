@@ -60,16 +60,45 @@ def training_summary(config: OlmoConfig, final_state: dict[str, Any], history: l
     }
 
 
-def check_run_options(kwargs: dict[str, Any]) -> None:
-    """Validate how a distributed training step is asked to run: parallelism and in-loop evaluation."""
-    world_size, nnodes, sharding = kwargs.get("world_size", 1), kwargs.get("nnodes", 1), kwargs.get("sharding", "full")
+# How a distributed training step runs (its ``execution`` arguments, all in EXECUTION_ARGUMENTS), and the defaults.
+EXECUTION_DEFAULTS: dict[str, Any] = {
+    "device": "auto",  # "auto": the GPUs when there are any, else the CPU
+    "world_size": 1,  # workers in all, one per device
+    "nnodes": 1,  # nodes; each starts world_size / nnodes workers
+    "rdzv_endpoint": None,  # "host:port" of the rendezvous when nnodes > 1
+    "max_restarts": 0,  # times the launcher restarts failed workers (they resume from the last checkpoint)
+    "sharding": "full",  # FSDP2: "full", "hybrid" (shard within a node) or "none" (replicate)
+    "log_every": 10,
+    "checkpoint_every": None,  # steps between checkpoints (one is always written at the end)
+    "keep_checkpoints": 2,
+    "activation_checkpointing": False,
+    "compile": False,  # torch.compile each block
+    "wandb": None,  # {"project": ...}: log to W&B (offline unless WANDB_MODE=online)
+    "in_loop_eval": None,  # {"every": N, "tasks": [...], ...}: evaluate while training
+    "heldout": None,  # the mix artifact whose held-out documents in-loop evaluation scores
+}
+
+
+def with_execution_defaults(execution: dict[str, Any], **inputs: Any) -> dict[str, Any]:
+    """A training step's arguments: its inputs and every execution setting (defaults filled in)."""
+    unknown = sorted(set(execution) - set(EXECUTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown execution argument(s) {unknown}; expected some of {sorted(EXECUTION_DEFAULTS)}")
+    return {**EXECUTION_DEFAULTS, **execution, **inputs}
+
+
+def check_run_options(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> None:
+    """Validate how a distributed training step is asked to run (its arguments other than ``inputs``):
+    known settings, parallelism and in-loop evaluation."""
+    kwargs = with_execution_defaults({k: v for k, v in kwargs.items() if k not in inputs})
+    world_size, nnodes, sharding = kwargs["world_size"], kwargs["nnodes"], kwargs["sharding"]
     if sharding not in SHARDING:
         raise ValueError(f"sharding: expected one of {SHARDING}, got {sharding!r}")
     if world_size < 1 or nnodes < 1 or world_size % nnodes:
         raise ValueError(f"world_size {world_size} must be a positive multiple of nnodes {nnodes}")
-    if kwargs.get("in_loop_eval") is not None:
+    if kwargs["in_loop_eval"] is not None:
         validate_in_loop_eval(kwargs["in_loop_eval"])
-        if kwargs.get("heldout") is None:
+        if kwargs["heldout"] is None:
             raise ValueError("in_loop_eval needs `heldout`: the mix step whose held-out documents it scores")
 
 
@@ -179,11 +208,6 @@ class DistributedTrainingStep(TrainingStep):
         return options
 
 
-def _arguments(local_variables: dict[str, Any]) -> dict[str, Any]:
-    """``run``'s arguments from its ``locals()``."""
-    return {name: value for name, value in local_variables.items() if name != "self"}
-
-
 @Step.register("pretrain")
 class PretrainOlmo(DistributedTrainingStep):
     """Trains OLMo from the mitchell init on the instances, in the data order, with AdamW + LR schedule."""
@@ -197,30 +221,11 @@ class PretrainOlmo(DistributedTrainingStep):
         cls.train_config(kwargs["train"], global_batch_size=kwargs["data_order"]["global_batch_size"])
         if config.max_sequence_length < 2:
             raise ValueError("model.max_sequence_length: expected >= 2")
-        check_run_options(kwargs)
+        check_run_options(kwargs, inputs=("instances", "model", "data_order", "train"))
 
-    def run(
-        self,
-        instances: Artifact,
-        model: dict,
-        data_order: dict,
-        train: dict,
-        device: str = "auto",
-        world_size: int = 1,
-        nnodes: int = 1,
-        rdzv_endpoint: str | None = None,
-        max_restarts: int = 0,
-        sharding: str = "full",
-        log_every: int = 10,
-        checkpoint_every: int | None = None,
-        keep_checkpoints: int = 2,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        wandb: dict | None = None,
-        in_loop_eval: dict | None = None,
-        heldout: Artifact | None = None,
-    ) -> Artifact:
-        return self.run_job(_arguments(locals()))
+    def run(self, instances: Artifact, model: dict, data_order: dict, train: dict, **execution: Any) -> Artifact:
+        return self.run_job(with_execution_defaults(execution, instances=instances, model=model,
+                                                    data_order=data_order, train=train))
 
     def make_job(self, arguments: dict[str, Any], fresh_output: bool = True) -> tuple[TrainingJob, dict[str, Any]]:
         config = model_config(arguments["model"])
@@ -268,30 +273,13 @@ class AnnealOlmo(DistributedTrainingStep):
         cls.anneal_config(kwargs["train"], 1e-4, kwargs["data_order"]["global_batch_size"])
         if kwargs["train"].get("optimizer_state", "fresh") not in cls.OPTIMIZER_STATES:
             raise ValueError(f"train.optimizer_state: expected one of {cls.OPTIMIZER_STATES}")
-        check_run_options(kwargs)
+        check_run_options(kwargs, inputs=("pretrained", "instances", "data_order", "train"))
 
     def run(
-        self,
-        pretrained: Artifact,
-        instances: Artifact,
-        data_order: dict,
-        train: dict,
-        device: str = "auto",
-        world_size: int = 1,
-        nnodes: int = 1,
-        rdzv_endpoint: str | None = None,
-        max_restarts: int = 0,
-        sharding: str = "full",
-        log_every: int = 10,
-        checkpoint_every: int | None = None,
-        keep_checkpoints: int = 2,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        wandb: dict | None = None,
-        in_loop_eval: dict | None = None,
-        heldout: Artifact | None = None,
+        self, pretrained: Artifact, instances: Artifact, data_order: dict, train: dict, **execution: Any
     ) -> Artifact:
-        return self.run_job(_arguments(locals()))
+        return self.run_job(with_execution_defaults(execution, pretrained=pretrained, instances=instances,
+                                                    data_order=data_order, train=train))
 
     def make_job(self, arguments: dict[str, Any], fresh_output: bool = True) -> tuple[TrainingJob, dict[str, Any]]:
         pretrained, train = arguments["pretrained"], arguments["train"]
