@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from olmo_model import Olmo, OlmoConfig
-from olmo_model.model import apply_rotary
+from olmo_model.model import CPU_QUERY_BAND, apply_rotary, causal_attention
 
 MICRO = OlmoConfig.preset("olmo-micro")
 
@@ -198,3 +198,16 @@ def test_meta_construction_skips_init():
     with torch.device("meta"):
         model = Olmo(MICRO)
     assert all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("seq_len", [CPU_QUERY_BAND, 2 * CPU_QUERY_BAND + 44])  # one band; three, the last short
+def test_causal_attention_in_query_bands_equals_one_causal_call(seq_len):
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, seq_len, 8, generator=generator, requires_grad=True) for _ in range(3))
+    banded = causal_attention(q, k, v)
+    grads = torch.autograd.grad(banded.square().sum(), (q, k, v))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    torch.testing.assert_close(banded, expected, rtol=0, atol=1e-5)
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=0, atol=1e-4)
