@@ -1,17 +1,20 @@
 """One side of the training benchmark, run by ``train.py`` in its own process.
 
-``python benchmarks/train_worker.py ours|peer '<json options>'`` trains the model in ``options["model"]``
-(an ``OlmoForCausalLM`` directory: ``config.json`` + ``model.safetensors``, the same initial weights for
-both) on the token batches in ``options["tokens"]`` (int64 ``[steps, batch, seq_len]``) and prints one JSON
-line: the loss of every step, tokens/s over the steps after the first (warm-up) ones, and peak RSS.
+``python benchmarks/train_worker.py ours|peer|gpu '<json options>'`` trains and prints one JSON line: the loss
+and wall seconds of every step, and the process's peak memory.
 
-- ``ours``: this project's ``Olmo`` (weights mapped back from the directory) and its shared trainer
-  (``steps.train.trainer.train``), in the project's virtualenv;
-- ``peer``: ``transformers``' ``OlmoForCausalLM`` and a plain AdamW loop (forward with labels,
-  backward, global-norm clipping, step), in the peer's virtualenv. This mode imports nothing of ours.
+- ``ours``: this project's ``Olmo`` (weights mapped back from ``options["model"]``, an ``OlmoForCausalLM``
+  directory) and its shared trainer (``steps.train.trainer.train``), in the project's virtualenv;
+- ``peer``: ``transformers``' ``OlmoForCausalLM`` from the same directory and a plain AdamW loop (forward with
+  labels, backward, global-norm clipping, step), in the peer's virtualenv. This mode imports nothing of ours.
 
-Both: fp32 on CPU, AdamW (betas 0.9/0.95, eps 1e-5, no weight decay so both update every tensor alike),
-a constant LR, gradient clipping at 1.0, one micro-batch per step.
+Both train on the token batches in ``options["tokens"]`` (int64 ``[steps, batch, seq_len]``): fp32 on CPU,
+AdamW (betas 0.9/0.95, eps 1e-5, no weight decay so both update every tensor alike), a constant LR, gradient
+clipping at 1.0, one micro-batch per step.
+
+- ``gpu``: ours only, the ``options["preset"]`` model (seeded init) on the first GPU at ``options["seq_len"]``,
+  bf16 autocast over fp32 weights, blocks compiled with ``torch.compile``, random tokens; adds the training
+  FLOPs per token and the GPU's peak bf16 FLOP/s (for MFU) and its peak memory.
 """
 from __future__ import annotations
 
@@ -30,31 +33,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 LR = 3e-4
-WARMUP_STEPS = 2  # steps left out of the timing (allocator, first-call costs)
+REPO = Path(__file__).resolve().parents[1]
 
 
-def report(losses: list[float], seconds: list[float], batches: np.ndarray) -> dict[str, Any]:
-    """Losses, tokens/s of the steps after the warm-up ones, and this process's peak RSS."""
-    steady = seconds[WARMUP_STEPS:]
-    return {
-        "losses": losses,
-        "tokens_per_second": batches.shape[1] * batches.shape[2] * len(steady) / sum(steady),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed_losses(step: Callable[[torch.Tensor], float], batches: np.ndarray) -> dict[str, Any]:
-    losses, seconds = [], []
-    for batch in batches:
-        start = time.perf_counter()
-        losses.append(step(torch.from_numpy(batch)))
-        seconds.append(time.perf_counter() - start)
-    return report(losses, seconds, batches)
-
-
-def run_peer(options: dict[str, Any], batches: np.ndarray) -> dict[str, Any]:
+def run_peer(options: dict[str, Any]) -> dict[str, Any]:
     from transformers import OlmoForCausalLM
 
+    batches = np.load(options["tokens"])
     model = OlmoForCausalLM.from_pretrained(options["model"], torch_dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0)
@@ -67,25 +56,21 @@ def run_peer(options: dict[str, Any], batches: np.ndarray) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss)
 
-    return timed_losses(step, batches)
+    losses, seconds = [], []
+    for batch in batches:
+        start = time.perf_counter()
+        losses.append(step(torch.from_numpy(batch)))
+        seconds.append(time.perf_counter() - start)
+    return {"losses": losses, "step_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_ours(options: dict[str, Any], batches: np.ndarray) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from safetensors.torch import load_file
-
-    from integrations.huggingface import from_hf_state_dict
-    from olmo_model import Olmo, OlmoConfig
+def train_ours(model: torch.nn.Module, batches: Callable[[int], torch.Tensor], settings: dict[str, Any]):
+    """``steps.train.trainer.train`` with a constant LR and no weight decay; (final state, wall seconds per step)."""
     from steps.train.trainer import TrainConfig, train
 
-    config = OlmoConfig.from_dict(options["olmo_config"])
-    model = Olmo(config)
-    state = from_hf_state_dict(load_file(Path(options["model"], "model.safetensors")), config)
-    model.load_state_dict(state)
-    settings = TrainConfig.from_dict({
-        "global_batch_size": batches.shape[1], "micro_batch_size": batches.shape[1], "max_steps": len(batches),
+    config = TrainConfig.from_dict({
         "schedule": {"kind": "constant", "peak_lr": LR, "warmup_steps": 0},
-        "optimizer": {"betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.0}, "max_grad_norm": 1.0,
+        "optimizer": {"betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.0}, "max_grad_norm": 1.0, **settings,
     })
     seconds: list[float] = []
     last = [time.perf_counter()]
@@ -95,17 +80,59 @@ def run_ours(options: dict[str, Any], batches: np.ndarray) -> dict[str, Any]:
         seconds.append(now - last[0])
         last[0] = now
 
-    final = train(model, lambda k: torch.from_numpy(batches[k]), settings, log=log)
-    return report([m["loss"] for m in final.history], seconds, batches)
+    return train(model, batches, config, log=log), seconds
+
+
+def run_ours(options: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from integrations.huggingface import from_hf_state_dict
+    from olmo_model import Olmo, OlmoConfig
+
+    batches = np.load(options["tokens"])
+    config = OlmoConfig.from_dict(options["olmo_config"])
+    model = Olmo(config)
+    model.load_state_dict(from_hf_state_dict(load_file(Path(options["model"], "model.safetensors")), config))
+    rows = batches.shape[1]
+    final, seconds = train_ours(model, lambda k: torch.from_numpy(batches[k]), {
+        "global_batch_size": rows, "micro_batch_size": rows, "max_steps": len(batches)})
+    return {"losses": [m["loss"] for m in final.history], "step_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_gpu(options: dict[str, Any]) -> dict[str, Any]:
+    from olmo_model import Olmo, OlmoConfig
+    from olmo_model.flops import flops_per_token
+    from steps.train.throughput import peak_flops
+
+    device = torch.device("cuda", 0)
+    config = OlmoConfig.preset(options["preset"], max_sequence_length=options["seq_len"])
+    with torch.device("meta"):
+        model = Olmo(config)
+    model.to_empty(device=device)
+    model.reset_parameters(torch.Generator().manual_seed(options["seed"]))
+    for block in model.transformer.blocks:
+        block.compile()
+    shape = (options["global_batch"], options["seq_len"])
+    final, seconds = train_ours(
+        model,
+        lambda k: torch.randint(0, config.vocab_size, shape, generator=torch.Generator().manual_seed(k)),
+        {"global_batch_size": options["global_batch"], "micro_batch_size": options["micro_batch"],
+         "max_steps": options["steps"], "precision": "bf16"},
+    )
+    return {
+        "losses": [m["loss"] for m in final.history], "step_seconds": seconds, "device": torch.cuda.get_device_name(),
+        "flops_per_token": flops_per_token(config, options["seq_len"]), "peak_flops": peak_flops(device),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+    }
 
 
 def main() -> None:
     mode, options = sys.argv[1], json.loads(sys.argv[2])
+    if mode != "peer":
+        sys.path.insert(0, str(REPO))
     torch.manual_seed(0)
     torch.set_num_threads(options["threads"])
-    batches = np.load(options["tokens"])
-    result = {"ours": run_ours, "peer": run_peer}[mode](options, batches)
-    print(json.dumps(result))
+    print(json.dumps({"ours": run_ours, "peer": run_peer, "gpu": run_gpu}[mode](options)))
 
 
 if __name__ == "__main__":
