@@ -40,6 +40,22 @@ def linear_cross_entropy_sum(
         )
 
 
+def _cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, with_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed cross entropy of ``logits`` [n, V] against ``targets`` [n, 1], and (``with_grad``) its gradient
+    w.r.t. the logits, ``softmax - one_hot(targets)``, in a new tensor."""
+    target_logits = logits.gather(1, targets)
+    if not with_grad:
+        return (torch.logsumexp(logits, dim=-1, keepdim=True) - target_logits).sum(), None
+    grad = torch.softmax(logits, dim=-1)
+    # A row's largest probability is exp(0) / sum(exp(logits - max)), so logsumexp = max - log(largest): two
+    # reads where log_softmax then exp would take another pass writing the whole chunk.
+    logsumexp = logits.amax(dim=-1, keepdim=True) - grad.amax(dim=-1, keepdim=True).log()
+    grad.scatter_add_(1, targets, grad.new_full(targets.shape, -1.0))
+    return (logsumexp - target_logits).sum(), grad
+
+
 def _accumulate(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``total + a @ b`` in place (``total`` at least fp32), or ``a @ b`` at least fp32 when ``total`` is None."""
     if total is None:
@@ -69,12 +85,11 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         step = max(1, chunk_elements // weight.shape[0])
         for start in range(0, rows.shape[0], step):
             chunk, chunk_targets = rows[start:start + step], kept_targets[start:start + step, None]
-            logprobs = torch.log_softmax((chunk @ weight.T).to(softmax_dtype), dim=-1)
-            loss -= logprobs.gather(1, chunk_targets).sum()
-            if not (want_hidden or want_weight):
+            chunk_loss, grad_logits = _cross_entropy_sum((chunk @ weight.T).to(softmax_dtype), chunk_targets,
+                                                         want_hidden or want_weight)
+            loss += chunk_loss
+            if grad_logits is None:
                 continue
-            grad_logits = logprobs.exp_()  # softmax - one_hot(target): d(loss) / d(logits)
-            grad_logits.scatter_add_(1, chunk_targets, grad_logits.new_full(chunk_targets.shape, -1.0))
             grad_logits = grad_logits.to(weight.dtype)
             if want_hidden:
                 torch.mm(grad_logits, weight, out=grad_rows[start:start + step])

@@ -61,10 +61,24 @@ def test_loss_and_gradients_equal_the_plain_path(chunk_elements):
     assert grads[0][1, 2:5].abs().max() == 0  # ignored positions get no gradient
 
 
+@pytest.mark.parametrize("with_grad", [True, False])
+def test_targets_whose_probability_underflows_get_their_exact_loss(with_grad):
+    """Logits thousands apart: exp(target - max) is 0 in fp32, the loss (thousands of nats) still exact."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = 100 * torch.randn(6, 16, generator=generator)
+    weight = torch.randn(VOCAB, 16, generator=generator)
+    targets = (hidden @ weight.T).argmin(dim=-1)
+    with torch.set_grad_enabled(with_grad):
+        loss = linear_cross_entropy_sum(hidden.requires_grad_(with_grad), weight, targets)
+    expected = plain_loss(hidden @ weight.T, targets)
+    assert expected.item() > 6 * 1000
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=0)
+
+
 def test_no_gradient_is_computed_without_autograd(monkeypatch):
     hidden, weight = torch.randn(4, 8, requires_grad=True), torch.randn(VOCAB, 8, requires_grad=True)
     targets = torch.arange(4)
-    monkeypatch.setattr(torch.Tensor, "exp_", lambda *_: pytest.fail("gradients computed under no_grad"))
+    monkeypatch.setattr(torch, "softmax", lambda *_, **__: pytest.fail("gradients computed under no_grad"))
     with torch.no_grad():
         loss = linear_cross_entropy_sum(hidden, weight, targets)
     assert loss.grad_fn is None
