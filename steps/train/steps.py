@@ -26,6 +26,7 @@ from steps.train.checkpoint import CONFIG_FILE, TrainState, save_model
 from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
 from steps.train.parallel import SHARDING
 from steps.train.pretraining_data import check_vocabulary
+from steps.train.runtime import worker_environment
 from steps.train.trainer import TrainConfig, train
 from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
 
@@ -172,7 +173,9 @@ class DistributedTrainingStep(TrainingStep):
         node that holds rank 0, which writes them)."""
         nnodes = arguments["nnodes"]
         rendezvous = Rendezvous(nnodes, arguments["rdzv_endpoint"], self.unique_id, arguments["max_restarts"])
-        results = launch_workers(run_training_job, (job,), arguments["world_size"] // nnodes, rendezvous)
+        results = launch_workers(
+            run_training_job, (job,), arguments["world_size"] // nnodes, rendezvous, environment=worker_environment()
+        )
         if 0 not in results:
             return {}, []
         history = [json.loads(line) for line in (Path(job.output_dir) / METRICS_FILE).read_text().splitlines()]

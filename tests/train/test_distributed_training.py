@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -22,14 +23,13 @@ from tango import StepGraph
 from tango.common.util import import_module_and_submodules
 from tango.workspaces import LocalWorkspace
 
-from integrations.launcher import WorkerFailure, launch_workers
 from steps.common.models import MODEL_DIR
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE
 from steps.train.sharded_checkpoint import list_checkpoints, load_training_checkpoint
 from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
-from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
+from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
@@ -63,9 +63,18 @@ def micro_job(micro_workspace, tmp_path_factory):
     return make
 
 
+def launch(job: TrainingJob, workers: int) -> subprocess.CompletedProcess:
+    """Launch ``job`` on ``workers`` processes from a fresh launcher process, as the pretrain step does."""
+    job_file = Path(job.output_dir).parent / "job.pkl"
+    job_file.write_bytes(pickle.dumps(job))
+    return subprocess.run([str(BIN / "python"), str(LAUNCH_JOB), str(job_file), str(workers)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+
+
 def run(job: TrainingJob, workers: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Launch ``job`` on ``workers`` processes; its logged metrics and consolidated weights."""
-    launch_workers(run_training_job, (job,), workers)
+    """Train ``job`` on ``workers`` processes; its logged metrics and consolidated weights."""
+    result = launch(job, workers)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return outputs(job)
 
 
@@ -90,7 +99,7 @@ def assert_same_training(history, reference, tolerance):
     assert [m["batch_hash"] for m in history] == [m["batch_hash"] for m in reference]
     for ours, theirs in zip(history, reference):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=tolerance), ours["step"]
-        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4, abs=tolerance), ours["step"]
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3), ours["step"]
 
 
 def assert_weights_close(weights, reference):
@@ -158,7 +167,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path):
     job = micro_job("killed", checkpoint_every=2)
-    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))  # the launcher is killed, so not through launch()
     launcher = subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "2"], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= 2, 300, "the step-4 checkpoint")
@@ -179,7 +188,7 @@ def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path)
 
 def test_checkpoint_of_two_workers_resumes_on_one(micro_job, one_worker):
     first = micro_job("resharded", checkpoint_every=4, max_steps=4)
-    launch_workers(run_training_job, (first,), 2)
+    run(first, 2)
     second = replace(first, train={**first.train, "max_steps": STEPS})
     history, weights = run(second, 1)
     reference_history, reference_weights = one_worker
@@ -214,9 +223,12 @@ def test_two_nodes_on_one_machine_train_as_one_job(micro_job, two_workers, tmp_p
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(micro_job):
     job = micro_job("diverging", checkpoint_every=1, schedule={"kind": "constant", "peak_lr": 1e30})
-    with pytest.raises(WorkerFailure, match=r"NonFiniteLossError: step (\d+) .*nan_policy='stop'") as failure:
-        launch_workers(run_training_job, (job,), 2)
-    bad_step = int(failure.value.args[0].split("NonFiniteLossError: step ")[1].split()[0])
+    result = launch(job, 2)
+    assert result.returncode != 0
+    failure = re.search(r"WorkerFailure: worker rank \d failed: NonFiniteLossError: step (\d+) .*nan_policy='stop'",
+                        result.stderr)
+    assert failure, result.stderr[-4000:]
+    bad_step = int(failure.group(1))
     assert [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)][-1] == bad_step - 1
 
 
