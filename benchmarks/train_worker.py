@@ -1,7 +1,7 @@
 """One side of the training benchmark, run by ``train.py`` in its own process.
 
-``python benchmarks/train_worker.py ours|peer|gpu '<json options>'`` trains and prints one JSON line: the loss
-and wall seconds of every step, and the process's peak memory.
+``python benchmarks/train_worker.py ours|peer|gpu '<json options>'`` trains and prints one JSON line: the loss,
+wall seconds and CPU seconds (all threads) of every step, and the process's peak memory.
 
 - ``ours``: this project's ``Olmo`` (weights mapped back from ``options["model"]``, an ``OlmoForCausalLM``
   directory) and its shared trainer (``steps.train.trainer.train``), in the project's virtualenv;
@@ -36,6 +36,21 @@ LR = 3e-4
 REPO = Path(__file__).resolve().parents[1]
 
 
+class StepClock:
+    """Wall and CPU (all threads) seconds between ticks, a tick at the end of every step."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = [time.perf_counter()], [time.process_time()]
+
+    def tick(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def times(self) -> dict[str, list[float]]:
+        return {"step_seconds": [b - a for a, b in zip(self.wall, self.wall[1:])],
+                "step_cpu_seconds": [b - a for a, b in zip(self.cpu, self.cpu[1:])]}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -56,31 +71,23 @@ def run_peer(options: dict[str, Any]) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss)
 
-    losses, seconds = [], []
+    losses, clock = [], StepClock()
     for batch in batches:
-        start = time.perf_counter()
         losses.append(step(torch.from_numpy(batch)))
-        seconds.append(time.perf_counter() - start)
-    return {"losses": losses, "step_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        clock.tick()
+    return {"losses": losses, **clock.times(), "peak_rss_mb": peak_rss_mb()}
 
 
 def train_ours(model: torch.nn.Module, batches: Callable[[int], torch.Tensor], settings: dict[str, Any]):
-    """``steps.train.trainer.train`` with a constant LR and no weight decay; (final state, wall seconds per step)."""
+    """``steps.train.trainer.train`` with a constant LR and no weight decay; (final state, step times)."""
     from steps.train.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict({
         "schedule": {"kind": "constant", "peak_lr": LR, "warmup_steps": 0},
         "optimizer": {"betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.0}, "max_grad_norm": 1.0, **settings,
     })
-    seconds: list[float] = []
-    last = [time.perf_counter()]
-
-    def log(metrics: dict[str, Any]) -> None:  # called after every step: its wall time, trainer overhead included
-        now = time.perf_counter()
-        seconds.append(now - last[0])
-        last[0] = now
-
-    return train(model, batches, config, log=log), seconds
+    clock = StepClock()  # ticked by ``log``, called after every step: its time, trainer overhead included
+    return train(model, batches, config, log=lambda _: clock.tick()), clock.times()
 
 
 def run_ours(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +101,9 @@ def run_ours(options: dict[str, Any]) -> dict[str, Any]:
     model = Olmo(config)
     model.load_state_dict(from_hf_state_dict(load_file(Path(options["model"], "model.safetensors")), config))
     rows = batches.shape[1]
-    final, seconds = train_ours(model, lambda k: torch.from_numpy(batches[k]), {
+    final, times = train_ours(model, lambda k: torch.from_numpy(batches[k]), {
         "global_batch_size": rows, "micro_batch_size": rows, "max_steps": len(batches)})
-    return {"losses": [m["loss"] for m in final.history], "step_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    return {"losses": [m["loss"] for m in final.history], **times, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_gpu(options: dict[str, Any]) -> dict[str, Any]:
@@ -113,14 +120,14 @@ def run_gpu(options: dict[str, Any]) -> dict[str, Any]:
     for block in model.transformer.blocks:
         block.compile()
     shape = (options["global_batch"], options["seq_len"])
-    final, seconds = train_ours(
+    final, times = train_ours(
         model,
         lambda k: torch.randint(0, config.vocab_size, shape, generator=torch.Generator().manual_seed(k)),
         {"global_batch_size": options["global_batch"], "micro_batch_size": options["micro_batch"],
          "max_steps": options["steps"], "precision": "bf16"},
     )
     return {
-        "losses": [m["loss"] for m in final.history], "step_seconds": seconds, "device": torch.cuda.get_device_name(),
+        "losses": [m["loss"] for m in final.history], **times, "device": torch.cuda.get_device_name(),
         "flops_per_token": flops_per_token(config, options["seq_len"]), "peak_flops": peak_flops(device),
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
     }
