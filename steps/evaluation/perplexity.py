@@ -11,14 +11,17 @@ documents of a group; perplexity = exp(Σ −log p / Σ tokens).
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import fsspec
 import torch
 
+from steps.common.compressed import open_shard
 from steps.common.documents import list_shards, read_documents
 from steps.evaluation.scorer import encode, prepare_model, sum_target_logprobs
 
@@ -122,3 +125,47 @@ def read_heldout(directory: str | Path) -> Iterator[dict[str, Any]]:
     for shard in shards:
         for _, doc in read_documents(shard):
             yield doc
+
+
+PALOMA_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+def paloma_files(url: str | Path) -> list[str]:
+    """The jsonl(.gz/.zst) files of a Paloma-format set: the file itself, or those under a folder (fsspec)."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    if fs.isfile(path):
+        files = [path]
+    elif fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.endswith(PALOMA_SUFFIXES))
+    else:
+        raise FileNotFoundError(f"{url}: no such Paloma-format file or folder")
+    if not files:
+        raise FileNotFoundError(f"{url}: no {', '.join('*' + s for s in PALOMA_SUFFIXES)} files under it")
+    return [fs.unstrip_protocol(p) for p in files]
+
+
+def paloma_document(line: bytes, set_name: str, where: str) -> dict[str, Any]:
+    """One Paloma record as a document of source ``set_name``, its ``subdomain`` as the domain."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: expected a JSON object with a string 'text' ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{where}: expected a JSON object with a string 'text', got {line[:120]!r}")
+    metadata = record.get("metadata")
+    domain = record.get("subdomain") or (metadata.get("domain") if isinstance(metadata, dict) else None)
+    return {"text": record["text"], "source": set_name, "metadata": {"domain": domain} if domain else {}}
+
+
+def read_paloma_documents(url: str | Path, set_name: str) -> Iterator[dict[str, Any]]:
+    """The documents of a Paloma-format set (jsonl records with ``text``, optional ``subdomain``), any fsspec URL.
+
+    Every document gets ``source`` = ``set_name``, so the set's bits per byte is its one source's,
+    and its ``subdomain`` (or ``metadata.domain``) groups it by domain. Blank lines are skipped; any
+    other line that is not such a record is an error naming the file and line.
+    """
+    for path in paloma_files(url):
+        with open_shard(path) as stream:
+            for number, line in enumerate(stream, start=1):
+                if line.strip():
+                    yield paloma_document(line, set_name, f"{path}:{number}")

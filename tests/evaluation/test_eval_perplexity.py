@@ -1,3 +1,4 @@
+import gzip
 import math
 
 import pytest
@@ -104,3 +105,35 @@ def test_read_heldout_reads_every_source_folder(tmp_path, bigram, char_tokenizer
 def test_a_document_without_source_is_named(bigram, char_tokenizer):
     with pytest.raises(ValueError, match="document 1: expected a dict with 'text' and 'source'"):
         bits_per_byte(bigram, char_tokenizer, [DOCS[0], {"text": "x"}])
+
+
+def write_lines(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def test_paloma_sets_are_read_from_files_or_folders_with_their_subdomains(tmp_path):
+    folder = tmp_path / "c4_100_domains" / "val"
+    folder.mkdir(parents=True)
+    write_lines(folder / "val_pets.jsonl.gz", ['{"text": "the cat sat.", "subdomain": "pets", "id": "1"}', ""])
+    write_lines(folder / "val_food.jsonl.gz", ['{"text": "café au lait?", "metadata": {"domain": "food"}}'])
+    docs = list(perplexity.read_paloma_documents(tmp_path / "c4_100_domains", "c4"))
+    assert docs == [
+        {"text": "café au lait?", "source": "c4", "metadata": {"domain": "food"}},
+        {"text": "the cat sat.", "source": "c4", "metadata": {"domain": "pets"}},
+    ]
+    assert list(perplexity.read_paloma_documents(folder / "val_pets.jsonl.gz", "pets")) == [
+        {"text": "the cat sat.", "source": "pets", "metadata": {"domain": "pets"}}
+    ]
+
+
+def test_a_bad_paloma_record_names_its_file_and_line(tmp_path):
+    path = tmp_path / "set.jsonl.gz"
+    write_lines(path, ['{"text": "ok"}', '{"txt": "no text field"}'])
+    with pytest.raises(ValueError, match=r"set\.jsonl\.gz:2: expected a JSON object with a string 'text'"):
+        list(perplexity.read_paloma_documents(path, "set"))
+    with pytest.raises(FileNotFoundError, match="no such Paloma-format file or folder"):
+        list(perplexity.read_paloma_documents(tmp_path / "missing", "set"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .*jsonl.* files under it"):
+        list(perplexity.read_paloma_documents(tmp_path / "empty", "set"))
