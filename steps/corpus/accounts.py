@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-DEDUP_REMOVALS = ("removed_url", "removed_exact", "documents_emptied")
+DEDUP_REMOVALS = ("removed_contaminated", "removed_url", "removed_exact", "documents_emptied")
 # The stats of a stage that saw no document of a source (it had no shard of it).
 NO_FILTER_STATS = {"documents_in": 0, "documents_kept": 0, "removed_by_rule": {}, "pii_spans_masked": 0,
                    "c4_lines_removed": 0, "toxic_sentences_removed": 0}

@@ -49,9 +49,11 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import numpy as np
 
 from steps.common.documents import read_documents, write_jsonl_gz
-from steps.corpus.config import Selector, build, check_selector, not_code, require, selects
+from steps.corpus.config import ConfigError, Selector, build, check_selector, not_code, require, selects
+from steps.corpus.decontamination import DEFAULT_MIN_WORDS, long_paragraphs, task_paragraphs
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.stats import merge_stats, total_stats
+from steps.evaluation.tasks import get_task_spec
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +174,18 @@ class DedupConfig:
     paragraph_sources: Selector = None  # default: sources without "code" in the name (code lines repeat)
     expected_items: int = 1_000_000  # documents (per enabled document key) plus paragraphs
     false_positive_rate: float = 1e-6
+    decontaminate: tuple[str, ...] = ()  # tasks whose long paragraphs remove a document (none: off)
+    decontamination_min_words: int = DEFAULT_MIN_WORDS
 
     def __post_init__(self) -> None:
         check_selector(self.paragraph_sources, "dedup.paragraph_sources")
+        for name in self.decontaminate:
+            try:
+                get_task_spec(name)
+            except ValueError as exc:
+                raise ConfigError(f"dedup.decontaminate: {exc}") from None
+        require(self.decontamination_min_words >= 1, "dedup.decontamination_min_words", "a positive integer",
+                self.decontamination_min_words)
         require(self.expected_items >= 1, "dedup.expected_items", "a positive integer", self.expected_items)
         require(0 < self.false_positive_rate < 1, "dedup.false_positive_rate", "a number in (0, 1)",
                 self.false_positive_rate)
@@ -188,7 +199,7 @@ class DedupConfig:
 
 
 def _empty_stats() -> dict[str, int]:
-    return dict.fromkeys(("documents_in", "documents_without_url", "removed_url", "removed_exact",
+    return dict.fromkeys(("documents_in", "removed_contaminated", "documents_without_url", "removed_url", "removed_exact",
                           "paragraphs_removed", "documents_emptied", "documents_kept", "bytes_kept"), 0)
 
 
@@ -216,6 +227,8 @@ class ShardItems:
     paragraph_docs: np.ndarray  # the document of each non-blank paragraph
     paragraph_lines: np.ndarray  # its line in text.split("\n")
     paragraphs: np.ndarray  # its digest, stripped
+    long_paragraph_docs: np.ndarray  # with decontamination: the document of each long paragraph
+    long_paragraphs: np.ndarray  # its digest
 
 
 def _read_shard(job: ShardJob, config: DedupConfig) -> ShardItems:
@@ -231,6 +244,8 @@ def _read_shard(job: ShardJob, config: DedupConfig) -> ShardItems:
             counts[index] = len(present)
             lines += present
             paragraphs += [stripped[line] for line in present]
+    long = [long_paragraphs(doc["text"], config.decontamination_min_words) if config.decontaminate else []
+            for doc in docs]
     return ShardItems(
         docs=docs,
         url_docs=np.array([index for index, _ in urls], dtype=np.intp),
@@ -239,6 +254,8 @@ def _read_shard(job: ShardJob, config: DedupConfig) -> ShardItems:
         paragraph_docs=np.repeat(np.arange(len(docs)), counts),
         paragraph_lines=np.array(lines, dtype=np.intp),
         paragraphs=item_digests(paragraphs, "paragraph"),
+        long_paragraph_docs=np.repeat(np.arange(len(docs)), [len(found) for found in long]),
+        long_paragraphs=item_digests([p for found in long for p in found], "paragraph"),
     )
 
 
@@ -258,17 +275,24 @@ def _drop_repeats(seen: BloomFilter, digests: np.ndarray, owners: np.ndarray, al
     return new
 
 
-def _decide(items: ShardItems, seen: BloomFilter, config: DedupConfig, source: str) -> ShardDecision:
-    """URL, then exact-text, then paragraph decisions for a shard against the filter as earlier shards left it."""
+def _decide(
+    items: ShardItems, seen: BloomFilter, config: DedupConfig, source: str, evaluation: BloomFilter | None
+) -> ShardDecision:
+    """Decontamination against the ``evaluation`` paragraphs, then URL, exact-text and paragraph decisions
+    for a shard against the filter as earlier shards left it."""
     docs, stats = items.docs, _empty_stats()
     stats["documents_in"] = len(docs)
     alive = np.ones(len(docs), dtype=bool)
+    if evaluation is not None and len(items.long_paragraphs):
+        alive[items.long_paragraph_docs[evaluation.contains(items.long_paragraphs)]] = False
+        stats["removed_contaminated"] = int(np.count_nonzero(~alive))
     added = []
     if config.url:
-        new = _drop_repeats(seen, items.urls, items.url_docs, alive)
+        candidates = np.flatnonzero(alive[items.url_docs])
+        new = _drop_repeats(seen, items.urls[candidates], items.url_docs[candidates], alive)
         stats["documents_without_url"] = len(docs) - len(items.url_docs)
         stats["removed_url"] = int(np.count_nonzero(~new))
-        added.append(items.urls[new])
+        added.append(items.urls[candidates[new]])
     if config.exact:
         candidates = np.flatnonzero(alive)
         new = _drop_repeats(seen, items.texts[candidates], candidates, alive)
@@ -389,8 +413,16 @@ def _executor(num_workers: int) -> Executor:
     return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _evaluation_filter(paragraphs: Sequence[str], path: Path, false_positive_rate: float) -> BloomFilter:
+    """A filter holding the evaluation paragraphs, sized for them at the dedup's false-positive rate."""
+    evaluation = BloomFilter.create(path, max(1, len(paragraphs)), false_positive_rate)
+    digests = item_digests(paragraphs, "paragraph")
+    evaluation.set_bits(digests, evaluation.unset_bits(digests))
+    return evaluation
+
+
 def _dedup_shards(
-    jobs: Sequence[ShardJob], work: _WorkFolder, output_dir: Path, num_workers: int
+    jobs: Sequence[ShardJob], work: _WorkFolder, output_dir: Path, num_workers: int, evaluation: BloomFilter | None
 ) -> list[dict[str, Any]]:
     """Every job's marker (stats and items added), in job order; jobs an earlier run finished are skipped."""
     config, seen = work.config, work.open_filter(jobs)
@@ -415,7 +447,7 @@ def _dedup_shards(
         read_ahead()
         while reads:
             job, read = reads.popleft()
-            decision = _decide(read.result(), seen, config, job.source)
+            decision = _decide(read.result(), seen, config, job.source, evaluation)
             work.add(job, seen, decision.added)
             output = output_dir / DOCUMENTS_DIR / job.source / f"{job.stem}.jsonl.gz"
             writes.append((job, executor.submit(_write_output, output, decision.kept),
@@ -438,10 +470,12 @@ def deduplicate(
     """Deduplicate the documents directory ``input_dir`` into ``output_dir/documents/<source>/<shard>``.
 
     Returns ``{"sources": {source: stats}, "total": stats, "bloom": {items, expected_items, bits,
-    hashes}}``. Stats: documents_in, documents_without_url (passed through URL dedup), removed_url,
-    removed_exact, paragraphs_removed, documents_emptied (every paragraph a repeat) and
-    documents_kept and bytes_kept (UTF-8 bytes of their text), with
-    documents_in == removed_url + removed_exact + documents_emptied + documents_kept.
+    hashes}, "decontamination": {tasks, min_words, paragraphs}}``. Stats: documents_in,
+    removed_contaminated (a paragraph of an evaluation set, see :mod:`steps.corpus.decontamination`),
+    documents_without_url (passed through URL dedup), removed_url, removed_exact, paragraphs_removed,
+    documents_emptied (every paragraph a repeat) and documents_kept and bytes_kept (UTF-8 bytes of
+    their text), with documents_in == removed_contaminated + removed_url + removed_exact +
+    documents_emptied + documents_kept. A contaminated document adds nothing to the dedup filter.
 
     With ``work_dir``, the filter and the per-shard markers live there and a re-run after a crash
     skips the shards already finished; without it they live in a scratch folder, removed at the end.
@@ -455,9 +489,12 @@ def deduplicate(
             for source, shards in source_shards(input_dir).items() for shard in shards]
     output_dir.mkdir(parents=True, exist_ok=True)
     folder = nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory(dir=output_dir, prefix=".bloom-")
+    paragraphs = task_paragraphs(config.decontaminate, config.decontamination_min_words)
     with folder as root:
         work = _WorkFolder(Path(root), config, durable=work_dir is not None)
-        markers = _dedup_shards(jobs, work, output_dir, num_workers)
+        evaluation = (_evaluation_filter(paragraphs, Path(root) / "evaluation.bloom", config.false_positive_rate)
+                      if config.decontaminate else None)
+        markers = _dedup_shards(jobs, work, output_dir, num_workers, evaluation)
     per_source: dict[str, dict[str, int]] = {}
     for job, marker in zip(jobs, markers):
         per_source[job.source] = merge_stats(per_source.get(job.source, _empty_stats()), marker["stats"])
@@ -467,4 +504,7 @@ def deduplicate(
         logger.warning("dedup saw %d items, more than expected_items=%d: the false-positive rate is above %g",
                        items, config.expected_items, config.false_positive_rate)
     bloom = {"items": items, "expected_items": config.expected_items, "bits": bits, "hashes": hashes}
-    return {"sources": per_source, "total": total_stats(per_source), "bloom": bloom}
+    decontamination = {"tasks": list(config.decontaminate), "min_words": config.decontamination_min_words,
+                       "paragraphs": len(paragraphs)}
+    return {"sources": per_source, "total": total_stats(per_source), "bloom": bloom,
+            "decontamination": decontamination}

