@@ -27,7 +27,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [..., T, head_dim] by the fp32 angles ``cos``/``sin`` [T, head_dim], in fp32."""
+    """Rotate ``x`` [..., T, head_dim] by the fp32 angles ``cos``/``sin`` [T, head_dim] (or any shape
+    broadcasting to ``x``'s, e.g. [B, 1, T, head_dim] for per-row positions), in fp32."""
     x32 = x.float()
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
@@ -94,23 +95,32 @@ class OlmoBlock(nn.Module):
         self.ff_proj = nn.Linear(d, 2 * h, bias=False)
         self.ff_out = nn.Linear(h, d, bias=False)
 
-    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Causal multi-head self-attention of (already normalised) ``x`` [B, T, d], before ``attn_out``."""
+    def attention(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Multi-head self-attention of (already normalised) ``x`` [B, T, d], before ``attn_out``: causal, or
+        where ``attention_mask`` [B, T, T] is True (query, key) when given."""
         batch, seq_len, d_model = x.shape
         q, k, v = (
             t.view(batch, seq_len, self.n_heads, d_model // self.n_heads).transpose(1, 2)
             for t in self.att_proj(x).split(d_model, dim=-1)
         )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return causal_attention(q, k, v).transpose(1, 2).reshape(batch, seq_len, d_model)
+        if attention_mask is None:
+            attended = causal_attention(q, k, v)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask.unsqueeze(1))
+        return attended.transpose(1, 2).reshape(batch, seq_len, d_model)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SwiGLU of (already normalised) ``x``: ff_proj halves are (up, gate); silu(gate) * up."""
         up, gate = self.ff_proj(x).chunk(2, dim=-1)
         return self.ff_out(F.silu(gate) * up)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn_out(self.attention(layer_norm(x, self.eps), cos, sin))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn_out(self.attention(layer_norm(x, self.eps), cos, sin, attention_mask))
         return x + self.mlp(layer_norm(x, self.eps))
 
 
@@ -154,8 +164,19 @@ class Olmo(nn.Module):
         for name, std in stds.items():
             fill_truncated_normal_(params[name], std, generator)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final-LayerNorm hidden states [B, T, d_model] for ``input_ids`` [B, T]."""
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-LayerNorm hidden states [B, T, d_model] for ``input_ids`` [B, T].
+
+        By default token ``t`` is at position ``t`` and attends causally. Both may be given instead (e.g. to run
+        several sequences packed in one row): ``position_ids`` [B, T], each below ``max_sequence_length``, and a
+        boolean ``attention_mask`` [B, T, T], True where the query (dim 1) may attend the key (dim 2); every
+        query must attend at least one key.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"expected input_ids of shape [batch, seq_len], got {tuple(input_ids.shape)}")
         seq_len = input_ids.shape[1]
@@ -163,11 +184,34 @@ class Olmo(nn.Module):
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_sequence_length {self.config.max_sequence_length}"
             )
+        if (position_ids is None) != (attention_mask is None):
+            raise ValueError("position_ids and attention_mask are given together or not at all")
         x = self.transformer.wte(input_ids)
-        cos, sin = self.rotary(seq_len, x.device)
+        if position_ids is None:
+            cos, sin = self.rotary(seq_len, x.device)
+        else:
+            cos, sin = self._packed_rotary(input_ids, position_ids, attention_mask)
         for block in self.transformer.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin) if attention_mask is None else block(x, cos, sin, attention_mask)
         return layer_norm(x, self.config.layer_norm_eps)
+
+    def _packed_rotary(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [B, 1, T, head_dim] at ``position_ids``, after checking the shapes of both arguments."""
+        batch, seq_len = input_ids.shape
+        if position_ids.shape != (batch, seq_len):
+            raise ValueError(f"expected position_ids of shape {(batch, seq_len)}, got {tuple(position_ids.shape)}")
+        if attention_mask.shape != (batch, seq_len, seq_len) or attention_mask.dtype != torch.bool:
+            raise ValueError(
+                f"expected a boolean attention_mask of shape {(batch, seq_len, seq_len)}, "
+                f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        limit = self.config.max_sequence_length
+        if bool(((position_ids < 0) | (position_ids >= limit)).any()):
+            raise ValueError(f"position_ids must lie in [0, {limit}) (max_sequence_length)")
+        cos, sin = self.rotary(limit, input_ids.device)
+        return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
 
     @property
     def output_weight(self) -> torch.Tensor:
