@@ -1,7 +1,10 @@
+import functools
+
 import pytest
 import torch
 
-from steps.evaluation.scorer import LogLikelihoodScorer, encode
+from olmo_model import Olmo, OlmoConfig
+from steps.evaluation.scorer import LogLikelihoodScorer, encode, sum_target_logprobs
 
 
 def bigram_sum(model, tokens, first_scored):
@@ -82,3 +85,60 @@ def test_rejects_bad_settings(bigram, char_tokenizer):
         LogLikelihoodScorer(bigram, char_tokenizer, tokenization="merged")
     with pytest.raises(ValueError, match="batch_size"):
         LogLikelihoodScorer(bigram, char_tokenizer, batch_size=0)
+
+
+def recording_hidden_states(model):
+    """Record ``(input shape, packed or not)`` of each call of ``model.hidden_states``, keeping its signature."""
+    calls, original = [], model.hidden_states
+
+    @functools.wraps(original)
+    def hidden_states(input_ids, **kwargs):
+        calls.append((tuple(input_ids.shape), bool(kwargs)))
+        return original(input_ids, **kwargs)
+
+    model.hidden_states = hidden_states
+    return calls
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_shared_contexts_give_the_logprobs_of_each_pair_alone(char_tokenizer, dtype, tolerance):
+    torch.manual_seed(0)
+    model = Olmo(OlmoConfig.preset("olmo-micro", max_sequence_length=16)).to(dtype)
+    long_context = "the question: which one is it?"  # cut from the left, differently for each length below
+    pairs = [
+        ("question: is it", " yes"), ("question: is it", " no"), ("question: is it", "."), ("question: is it", "?"),
+        ("a b", " cde"), ("a b", " c"), ("a b", "c"), ("a b", " cdefghi"), ("a b", " cdefghijklm"),
+        (long_context, " abc"), (long_context, " xyz"), (long_context, " a"), (long_context, "a"),
+        (long_context, " abcdefghijklmno"), ("", " no"), ("", " yes"), ("", "n"),
+    ]
+    scorer = LogLikelihoodScorer(model, char_tokenizer, device=None, batch_size=3)
+    calls = recording_hidden_states(model)
+    shared = scorer.score(pairs)
+    alone = [sum_target_logprobs(model, [scorer.request(*pair)], "cpu", batch_size=1)[0] for pair in pairs]
+    assert [count for _, count in shared] == [len(continuation) for _, continuation in pairs]
+    assert [total for total, _ in shared] == pytest.approx(alone, abs=tolerance, rel=0)
+    shared_calls = calls[:len(calls) - len(pairs)]
+    assert any(packed for _, packed in shared_calls)  # several multi-token continuations in one row
+    assert sum(batch * width for (batch, width), _ in shared_calls) < sum(
+        len(scorer.request(*pair)[0]) - 1 for pair in pairs
+    )
+
+
+def test_a_model_without_packed_rows_shares_contexts_among_single_token_continuations(bigram, char_tokenizer):
+    pairs = [("abc", "d"), ("abc", " de"), ("abc", "e"), ("abc", " fg"), ("ab", "c")]
+    scores = LogLikelihoodScorer(bigram, char_tokenizer, batch_size=4).score(pairs)
+    for (context, continuation), (total, count) in zip(pairs, scores):
+        tokens = char_tokenizer.encode(context + continuation)
+        assert total == pytest.approx(bigram_sum(bigram, tokens, len(context)), abs=1e-5)
+    # "abc" + " de" (with "d" and "e" scored from "c"), "abc" + " fg", "ab": one run of each context per row
+    assert bigram.input_shapes == [(3, 5)]
+
+
+def test_olmo_rejects_packed_positions_outside_its_window(micro_model):
+    input_ids = torch.zeros(1, 4, dtype=torch.long)
+    mask = torch.ones(1, 4, 4, dtype=torch.bool).tril()
+    too_far = torch.tensor([[0, 1, 2, micro_model.config.max_sequence_length]])
+    with pytest.raises(ValueError, match="position_ids must lie in"):
+        micro_model.hidden_states(input_ids, position_ids=too_far, attention_mask=mask)
+    with pytest.raises(ValueError, match="together"):
+        micro_model.hidden_states(input_ids, position_ids=torch.arange(4)[None])
