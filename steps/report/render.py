@@ -1,40 +1,12 @@
 """The run report: every stage's numbers as one markdown file (no Tango; inputs are artifact summaries)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 from steps.corpus.accounts import corpus_accounts
-
-# Zero-shot results of the released models (HF model cards, 9 core tasks), in percent.
-PAPER_RESULTS = {
-    "OLMo-1B": {"arc_challenge": 34.5, "arc_easy": 58.1, "boolq": 60.7, "copa": 79.0, "hellaswag": 62.5,
-                "openbookqa": 46.4, "piqa": 73.7, "sciq": 88.1, "winogrande": 58.9},
-    "OLMo-7B": {"arc_challenge": 48.5, "arc_easy": 65.4, "boolq": 73.4, "copa": 90.0, "hellaswag": 76.4,
-                "openbookqa": 50.2, "piqa": 78.4, "sciq": 93.8, "winogrande": 67.9},
-}
-
-
-STAGE_ORDER = ("pretrain", "anneal", "base", "sft", "dpo")
-
-
-def in_stage_order(summaries: Mapping[str, Any]) -> dict[str, Any]:
-    """Stages in pipeline order (pretrain, anneal/base, sft, dpo), any others after them by name."""
-    rank = {name: i for i, name in enumerate(STAGE_ORDER)}
-    return {name: summaries[name] for name in sorted(summaries, key=lambda n: (rank.get(n, len(rank)), n))}
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub markdown table; floats get 4 significant digits."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
+from steps.report.evaluation_tables import downstream_section, evaluation_table, heldout_section
+from steps.report.markdown import in_stage_order, table
+from steps.report.variants import Variant, variants_section
 
 ACCOUNT_COLUMNS = ("records_in", "quarantined", "removed_by_filter", "removed_by_dedup", "kept", "bytes_in",
                    "bytes_kept", "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed")
@@ -82,36 +54,29 @@ def data_section(tokenize: Mapping[str, Any], instances: Mapping[str, Any], batc
     return "\n".join(parts)
 
 
-def training_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+def figure(plots: Mapping[str, str], name: str) -> list[str]:
+    """The markdown image linking plot ``name`` (relative to report.md), if it was drawn."""
+    return ["", f"![{plots[name]}]({name})"] if name in plots else []
+
+
+def training_section(summaries: Mapping[str, Mapping[str, Any]], plots: Mapping[str, str]) -> str:
     summaries = in_stage_order(summaries)
     rows = [
         [name, s.get("step"), s.get("tokens_seen"), s.get("loss_first"), s.get("loss_last"), s.get("lr_first"), s.get("lr_last")]
         for name, s in summaries.items()
     ]
     parts = ["## Training", "", table(["stage", "steps", "tokens seen", "first loss", "last loss", "first lr", "last lr"], rows)]
+    parts += figure(plots, "loss_curve.png")
     curve = summaries.get("pretrain", {}).get("loss_curve")
     if curve:
         parts += ["", "Pretraining loss: " + ", ".join(f"{int(step)}: {loss:.3f}" for step, loss in curve[:: max(1, len(curve) // 10)])]
     dpo = summaries.get("dpo", {})
     if "rewards/accuracies" in dpo:
         parts += ["", f"DPO, last step: reward accuracy {dpo['rewards/accuracies']:.3f}, margin {dpo['rewards/margins']:.4f} (β = {dpo['beta']})."]
+    in_loop = figure(plots, "in_loop_accuracy.png") + figure(plots, "in_loop_bits_per_byte.png")
+    parts += ["", "### In-loop evaluation (pretraining and anneal, over tokens seen)"]
+    parts += in_loop or ["", "No in-loop evaluation in this run (the workflow's `in_loop_eval`)."]
     return "\n".join(parts)
-
-
-def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
-    """Primary accuracy per task (percent) for each evaluated model, with the paper's models beside them."""
-    evaluations = in_stage_order(evaluations)
-    tasks = sorted({task for summary in evaluations.values() for task in summary["tasks"]})
-    metric = {task: next(s["tasks"][task]["primary_metric"] for s in evaluations.values() if task in s["tasks"]) for task in tasks}
-    rows = []
-    for task in tasks:
-        ours = [100 * s["tasks"][task]["primary"] if task in s["tasks"] else None for s in evaluations.values()]
-        rows.append([task, metric[task], *ours, *(PAPER_RESULTS[m].get(task) for m in PAPER_RESULTS)])
-    averages = [100 * s["average"] for s in evaluations.values()]
-    paper = [sum(r[t] for t in tasks if t in r) / max(1, sum(t in r for t in tasks)) for r in PAPER_RESULTS.values()]
-    rows.append(["**average**", "", *averages, *paper])
-    rows.append(["bits per byte (held out)", "", *(s["bits_per_byte"] for s in evaluations.values()), None, None])
-    return table(["task", "metric", *evaluations, *PAPER_RESULTS], rows)
 
 
 def fingerprint_section(fingerprints: Mapping[str, str]) -> str:
@@ -126,19 +91,33 @@ def render_report(
     batch: Mapping[str, Any] | None,
     export: Mapping[str, Any] | None,
     fingerprints: Mapping[str, str],
+    plots: Mapping[str, str] | None = None,
+    variants: Mapping[str, Variant] | None = None,
 ) -> str:
+    """The report's markdown; ``plots`` (``{file name: caption}``, files beside report.md) are linked where they belong,
+    ``variants`` (an ablation's) get a side-by-side table."""
+    plots = plots or {}
     parts = [
         f"# {title}",
         "",
-        "## Evaluation (zero-shot, primary metric of the OLMo paper, %)",
+        "## Evaluation (zero-shot, primary metric of the OLMo paper, % with 95% interval)",
         "",
         evaluation_table(evaluations),
+        *figure(plots, "downstream_by_model.png"),
+        "",
+        heldout_section(evaluations),
+        "",
+        downstream_section(evaluations),
+    ]
+    if variants:
+        parts += ["", variants_section(variants)]
+    parts += [
         "",
         corpus_section(corpus),
         "",
         data_section(corpus.get("tokenize", {}), corpus.get("instances", {}), batch),
         "",
-        training_section(training),
+        training_section(training, plots),
     ]
     if export:
         parts += ["", "## Export", "", f"{export['format']}: {', '.join(export['files'])}"]
