@@ -43,7 +43,7 @@ def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
             for r in evaluations.values()
         ]
         rows.append([task, metric[task], *ours, *(PAPER_RESULTS[m].get(task) for m in PAPER_RESULTS)])
-    paper = [paper_average(model, tasks) for model in PAPER_RESULTS]
+    paper = [f"{paper_average(model, tasks):.1f}" for model in PAPER_RESULTS]
     rows.append(["**average**", "", *(percent(r["average"]) for r in evaluations.values()), *paper])
     rows.append(["bits per byte (own held-out)", "", *(r["bits_per_byte"] for r in evaluations.values()), None, None])
     return table(["task", "metric", *evaluations, *PAPER_RESULTS], rows)

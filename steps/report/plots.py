@@ -59,13 +59,17 @@ def joined_series(histories: Mapping[str, History], key: str) -> tuple[list[int]
 
 
 def loss_curve_figure(histories: Mapping[str, History]) -> Figure | None:
-    """Training loss of pretraining then the anneal over tokens seen, the anneal shaded."""
+    """Training loss of pretraining then the anneal over tokens seen, the anneal shaded; the anneal's line
+    starts at pretraining's last point."""
     histories = curve_histories(histories)
     if not histories:
         return None
     figure, axes = new_axes("Training loss", "loss")
+    start: tuple[list[int], list[float]] = ([], [])
     for stage, history in histories.items():
-        axes.plot(*series(history, "loss"), label=stage)
+        tokens, losses = series(history, "loss")
+        axes.plot(start[0] + tokens, start[1] + losses, label=stage)  # from where the stage before it ended
+        start = ([tokens[-1]], [losses[-1]])
     mark_anneal(axes, histories)
     axes.legend()
     return figure
@@ -121,7 +125,9 @@ def primary_bars(record: Mapping[str, Any], tasks: list[str]) -> list[tuple[int,
         if task in record["tasks"]:
             m = record["tasks"][task]
             low, high = m.get("primary_ci95") or (m["primary"], m["primary"])
-            bars.append((position, 100 * m["primary"], 100 * (m["primary"] - low), 100 * (high - m["primary"])))
+            # clipped at 0: a Wilson bound at 0 or 1 can miss the accuracy by a rounding error
+            below, above = max(0.0, m["primary"] - low), max(0.0, high - m["primary"])
+            bars.append((position, 100 * m["primary"], 100 * below, 100 * above))
     return bars + [(len(tasks), 100 * record["average"], 0.0, 0.0)]
 
 

@@ -59,8 +59,8 @@ def test_loss_curve_shades_the_anneal_after_pretraining(histories):
     assert (span.get_x(), span.get_x() + span.get_width()) == (20_000, 24_000)  # pretrain's last to anneal's last
     pretrain, anneal = artists["pretrain"], artists["anneal"]
     assert list(pretrain.get_xdata()) == [5_000, 10_000, 15_000, 20_000]
-    assert list(anneal.get_xdata()) == [21_000, 22_000, 23_000, 24_000]
-    assert list(anneal.get_ydata()) == pytest.approx([3.4, 3.3, 3.2, 3.1])
+    assert list(anneal.get_xdata()) == [20_000, 21_000, 22_000, 23_000, 24_000]  # joined to pretraining's end
+    assert list(anneal.get_ydata()) == pytest.approx([4.0, 3.4, 3.3, 3.2, 3.1])
     assert axes.get_xlabel() == "tokens seen"
 
 
@@ -99,3 +99,11 @@ def test_downstream_bars_hold_each_model_and_the_paper_markers(evaluations):
     assert list(paper["OLMo-1B"].ravel()) == pytest.approx([0, 58.1, 1, 60.7, 2, 59.4])  # the last: their average
     assert list(paper["OLMo-7B"].ravel()) == pytest.approx([0, 65.4, 1, 73.4, 2, 69.4])
 
+
+
+def test_an_interval_bound_a_rounding_error_past_the_accuracy_still_draws(evaluations):
+    evaluations["base"]["tasks"]["boolq"].update(primary=0.0, primary_ci95=[5.551115123125783e-17, 0.5615])  # Wilson, 0 of 3
+    evaluations["sft"]["tasks"]["boolq"].update(primary=1.0, primary_ci95=[0.7225, 0.9999999999999999])  # 10 of 10
+    axes = downstream_by_model_figure(evaluations).axes[0]
+    (base, *_) = [c for c in axes.containers if isinstance(c, BarContainer)]
+    assert [bar.get_height() for bar in base] == pytest.approx([42.5, 0.0, 46.25])
