@@ -43,12 +43,12 @@ def rows(variants: Mapping[str, Variant]) -> Iterator[Row]:
     for stage in stages(variants, "evaluations"):
         records = {name: v["evaluations"][stage] for name, v in variants.items() if stage in v.get("evaluations", {})}
         for task in task_names(records):
-            yield (f"{stage}: {task} (%)",
+            yield (f"{stage} model: {task} (%)",
                    values("evaluations", stage, lambda r, t=task: r["tasks"][t]["primary"] if t in r["tasks"] else None), percent)
-        yield f"{stage}: average (%)", values("evaluations", stage, lambda r: r["average"]), percent
-        yield f"{stage}: bits per byte, own held-out", values("evaluations", stage, lambda r: r["bits_per_byte"]), loss
+        yield f"{stage} model: average (%)", values("evaluations", stage, lambda r: r["average"]), percent
+        yield f"{stage} model: bits per byte, own held-out", values("evaluations", stage, lambda r: r["bits_per_byte"]), loss
         for name in unrelated_sets(records):
-            yield (f"{stage}: bits per byte, {name}",
+            yield (f"{stage} model: bits per byte, {name}",
                    values("evaluations", stage, lambda r, n=name: r.get("bits_per_byte_by_set", {}).get(n)), loss)
 
 

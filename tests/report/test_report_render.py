@@ -93,14 +93,14 @@ def test_variants_are_set_side_by_side_with_their_difference_from_the_first(eval
     assert by_row[""] == ["olmo-tiny", "cosine-schedule", "cosine-schedule − olmo-tiny"]
     assert by_row["pretrain: last loss"] == ["4.0000", "3.7500", "-0.2500"]
     assert by_row["pretrain: tokens seen"] == ["20,000", "20,000", "+0"]
-    assert by_row["base: arc_easy (%)"] == ["42.5", "32.5", "-10.0"]
-    assert by_row["base: boolq (%)"] == ["50.0", "62.5", "+12.5"]
-    assert by_row["base: average (%)"] == ["46.2", "47.5", "+1.2"]
-    assert by_row["base: bits per byte, own held-out"] == ["1.7000", "1.9000", "+0.2000"]
-    assert by_row["base: bits per byte, wikipedia"] == ["2.7500", "2.9000", "+0.1500"]
+    assert by_row["base model: arc_easy (%)"] == ["42.5", "32.5", "-10.0"]
+    assert by_row["base model: boolq (%)"] == ["50.0", "62.5", "+12.5"]
+    assert by_row["base model: average (%)"] == ["46.2", "47.5", "+1.2"]
+    assert by_row["base model: bits per byte, own held-out"] == ["1.7000", "1.9000", "+0.2000"]
+    assert by_row["base model: bits per byte, wikipedia"] == ["2.7500", "2.9000", "+0.1500"]
 
 
 def test_a_stage_only_one_variant_has_leaves_the_others_blank(evaluations):
     table = variants_table({"a": {"evaluations": {"base": evaluations["base"]}},
                             "b": {"evaluations": {"base": evaluations["base"], "sft": evaluations["sft"]}}})
-    assert rows(table)["sft: average (%)"] == ["", "47.5", ""]
+    assert rows(table)["sft model: average (%)"] == ["", "47.5", ""]
