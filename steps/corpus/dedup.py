@@ -492,6 +492,7 @@ def deduplicate(
     paragraphs = task_paragraphs(config.decontaminate, config.decontamination_min_words)
     with folder as root:
         work = _WorkFolder(Path(root), config, durable=work_dir is not None)
+        Path(root).mkdir(parents=True, exist_ok=True)
         evaluation = (_evaluation_filter(paragraphs, Path(root) / "evaluation.bloom", config.false_positive_rate)
                       if config.decontaminate else None)
         markers = _dedup_shards(jobs, work, output_dir, num_workers, evaluation)

@@ -155,7 +155,7 @@ def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and
         doc("c3", "Shared paragraph one.", "https://x/c3"),  # the URL of c1 is not seen: paragraph dedup as usual
     ])
     config = {"decontaminate": ["copa"], "decontamination_min_words": 5}
-    stats = deduplicate(corpus, tmp_path / "out", config)
+    stats = deduplicate(corpus, tmp_path / "out", config, work_dir=tmp_path / "work" / "dedup")
     c = stats["sources"]["c-forum"]
     assert kept_docs(tmp_path / "out", "c-forum") == {"c2": f"{leaked} and more words after it."}
     assert (c["removed_contaminated"], c["documents_emptied"], c["documents_kept"]) == (1, 1, 1)

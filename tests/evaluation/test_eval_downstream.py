@@ -78,6 +78,10 @@ def test_wilson_interval_known_value():
     low, high = wilson_interval(8, 10)
     assert (low, high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
     assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    for n in range(1, 40):  # the interval holds the proportion exactly, rounding errors included
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
 
 
 def test_evaluate_tasks_on_olmo_micro(micro_model, olmo_tokenizer):
