@@ -9,7 +9,7 @@ local params = tiny {
     { name: 'package-metadata', type: 'embedded', kind: 'package-metadata', max_documents: 30 },
   ],
   dedup+: { expected_items: 20000 },
-  mix+: { sampling: {}, heldout_fraction: 0.05 },
+  mix+: { sampling: {}, heldout_fraction: 0.2 },  // ~10 of ~55 documents: never none, whatever is installed
   seq_len: 64,
   data_order: { seed: 6198, global_batch_size: 4 },
   model: { preset: 'olmo-micro', max_sequence_length: 128 },
@@ -24,6 +24,7 @@ local params = tiny {
   preference_data+: { max_examples: 16, max_chars: 200 },
   dpo+: { epochs: 1, max_length: 128, global_batch_size: 8, micro_batch_size: 4 },
   evaluation+: { tasks: ['arc_easy', 'boolq', 'winogrande'], limit: 3, heldout_documents: 3 },
+  text_sets: { wikipedia: { task: 'boolq', field: 'passage', documents: 3 } },
   execution: { device: 'cpu', num_workers: 1, log_every: 1 },
 };
 

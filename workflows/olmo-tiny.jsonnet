@@ -15,7 +15,11 @@ local params = {
   // Dolma's taggers, rules and thresholds are the defaults; a recipe lists only what it changes.
   tag: {},
   filter: {},
-  dedup: { url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6 },
+  // Decontamination: a document with a >= 13-word paragraph of a task's questions is removed (counted).
+  dedup: {
+    url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6,
+    decontaminate: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+  },
   mix: { seed: 6198, sampling: { 'python-code': 0.5 }, heldout_fraction: 0.02, max_shard_bytes: 4194304 },
   tokenizer: {
     name: 'allenai_gpt-neox-olmo-dolma-v1_5',
@@ -48,12 +52,16 @@ local params = {
     global_batch_size: 16, micro_batch_size: 8, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'fp32',
   },
   evaluation: {
-    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande',
+            'csqa', 'socialiqa', 'mmlu'],
     limit: 40,
     seed: 0,
     source: 'auto',
     heldout_documents: 40,
   },
+  // Held-out text unrelated to the corpus, made offline from the bundled data (BoolQ's Wikipedia
+  // passages), scored like a Paloma source next to the mix's own held-out documents.
+  text_sets: { wikipedia: { task: 'boolq', field: 'passage', documents: 200 } },
   in_loop_eval: {
     local scope = { tasks: ['arc_easy', 'copa', 'piqa'], limit: 20, heldout_documents: 20, seed: 0, source: 'auto' },
     pretrain: scope { every: 50 },

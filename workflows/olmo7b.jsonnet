@@ -22,7 +22,11 @@ local params = {
   source_shard_bytes: 1073741824,
   tag: {},  // every tagger (language, code, Gopher, C4, toxicity, PII) on its default sources
   filter: {},  // Dolma v1.5 thresholds are the defaults
-  dedup: { url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6 },
+  dedup: {
+    url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6,
+    decontaminate: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande',
+                    'csqa', 'socialiqa', 'mmlu'],
+  },
   mix: { seed: 6198, sampling: {}, heldout_fraction: 0.0001, max_shard_bytes: 1073741824 },
   tokenizer: {
     name: 'allenai_gpt-neox-olmo-dolma-v1_5',
@@ -69,12 +73,16 @@ local params = {
     global_batch_size: 32, micro_batch_size: 1, optimizer: { weight_decay: 0.0 }, seed: 0, precision: 'bf16',
   },
   evaluation: {
-    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
+    tasks: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande',
+            'csqa', 'socialiqa', 'mmlu'],
     limit: null,
     seed: 0,
     source: 'auto',
     heldout_documents: 10000,
   },
+  text_sets: { wikipedia: { task: 'boolq', field: 'passage', documents: null } },
+  // Paloma's own sources, when reachable: `paloma: { c4_en: 's3://.../paloma/c4_en/val', ... }`.
+  paloma: {},
   // In-loop evaluation (steps/train/in_loop_eval.py): bits per byte on the mix's held-out split and
   // the primary accuracy of the core tasks OLMo-7B evaluated in its training loop, every 1000 steps
   // of pretraining (its eval_interval) and every 100 of the anneal. Every rank scores all of it, so

@@ -1,9 +1,10 @@
 // Builds the whole OLMo DAG from one params object. Recipes (olmo-tiny, olmo1b, olmo7b) pass
 // their params to `workflow`; ablations import a recipe and override one step by name.
 //
-//   sources -> tag -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_base
-//                                                       |                        `-> sft -> evaluate_sft -> dpo -> evaluate_dpo -> export
+//   sources -> tag -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_anneal
+//                                                       |                  |     `-> evaluate_base   `-> sft -> evaluate_sft -> dpo -> evaluate_dpo -> export
 //                                                       `-> training_batch                           report <- everything
+//   text_set_<name> (held-out text unrelated to the corpus) -> every evaluate
 local ref(name) = { type: 'ref', ref: name };
 local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
 
@@ -37,6 +38,10 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
 
   workflow(p):: {
     local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
+    local textSets = if std.objectHas(p, 'text_sets') then p.text_sets else {},
+    // Paloma-format sets every evaluate scores: the text sets made here, and any given by path or URL.
+    local paloma = { [name]: ref('text_set_' + name) for name in std.objectFields(textSets) }
+                   + (if std.objectHas(p, 'paloma') then p.paloma else {}),
     local sources = [sourceStep(s) for s in p.sources],
     // How the pretrain/anneal workers run, and the in-loop evaluation of `p.in_loop_eval[stage]` (if any).
     local distributed(stage) = {
@@ -53,7 +58,7 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
       heldout: ref('mix'),
       config: p.evaluation,
       device: x.device,
-    },
+    } + (if std.length(paloma) > 0 then { paloma: paloma } else {}),
 
     steps: {
       [sourceStep(s)]: {
@@ -110,7 +115,8 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
         data_order: p.data_order,
         train: p.anneal,
       } + distributed('anneal'),
-      evaluate_base: evaluate('anneal'),
+      evaluate_base: evaluate('pretrain'),
+      evaluate_anneal: evaluate('anneal'),
       sft_data: { type: 'sft_data', documents: ref('mix'), config: p.sft_data },
       sft: {
         type: 'sft',
@@ -134,6 +140,11 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
       },
       evaluate_dpo: evaluate('dpo'),
       export: { type: 'export_hf', model: ref('dpo'), tokenizer: ref('tokenizer') },
+    } + {
+      // Unrelated held-out text (`p.text_sets`), made from the bundled evaluation data.
+      ['text_set_' + name]: { type: 'task_text_set', name: name, config: p.text_sets[name] }
+      for name in std.objectFields(textSets)
+    } + {
       report: {
         type: 'report',
         title: p.name,
@@ -146,7 +157,9 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
           instances: ref('instances'),
         },
         training: { pretrain: ref('pretrain'), anneal: ref('anneal'), sft: ref('sft'), dpo: ref('dpo') },
-        evaluations: { base: ref('evaluate_base'), sft: ref('evaluate_sft'), dpo: ref('evaluate_dpo') },
+        evaluations: {
+          base: ref('evaluate_base'), anneal: ref('evaluate_anneal'), sft: ref('evaluate_sft'), dpo: ref('evaluate_dpo'),
+        },
         training_batch: ref('training_batch'),
         export: ref('export'),
       },
