@@ -9,10 +9,13 @@ index in the validation split, so both sources name it alike):
   prompt builders below, which follow the OLMo paper's (Catwalk) prompt formats.
 
 ``load_task(..., source="auto")`` uses ``oe_eval`` when its file is there and ``hf`` otherwise.
-The two agree on ARC, COPA, SciQ, Winogrande, CSQA and SocialIQA. They differ on PIQA ("Goal:"
+The two agree on ARC, COPA, Winogrande, CSQA and SocialIQA. They differ on PIQA ("Goal:"
 for "Question:"), OpenBookQA (OLMES wraps the stem in "Question: ...\nAnswer:"), BoolQ (OLMES'
-super_glue passages start with "<title> -- ") and HellaSwag (OLMES turns "x. [title] y" into
-"x. y" where the paper's cleaning gives "x.. y"); ``tests/evaluation/test_eval_tasks.py`` pins these.
+super_glue passages start with "<title> -- "), HellaSwag (OLMES turns "x. [title] y" into
+"x. y" where the paper's cleaning gives "x.. y") and SciQ without support text (OLMES drops the
+leading newline the paper's "{support}\nQuestion:" leaves); ``tests/evaluation/test_eval_tasks.py``
+pins these. The ``hf`` builders equal OLMo's own in-loop evaluator (``olmo.eval.downstream`` of
+ai2-olmo 0.6.0) on every task: ``tests/evaluation/test_eval_reference.py``.
 """
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ def build_openbookqa(row: Row) -> tuple[list[str], list[str], int]:
 
 
 def build_sciq(row: Row) -> tuple[list[str], list[str], int]:
-    context = f"{row['support']}\nQuestion: {row['question']}\nAnswer:".strip()
+    context = f"{row['support'].strip()}\nQuestion: {row['question']}\nAnswer:"  # no support: starts with "\n"
     choices = [row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]]
     return _one_context(context, choices, 3)
 

@@ -82,6 +82,7 @@ def test_sciq_builder_puts_support_first_and_the_answer_last():
     row = {"question": "Q?", "support": "Some support.", "correct_answer": "right",
            "distractor1": "a", "distractor2": "b", "distractor3": "c"}
     assert build_sciq(row) == (["Some support.\nQuestion: Q?\nAnswer:"] * 4, [" a", " b", " c", " right"], 3)
+    assert build_sciq({**row, "support": " "})[0][0] == "\nQuestion: Q?\nAnswer:"
     assert all(q.gold == 3 for q in load_task("sciq", limit=50, source="hf"))
 
 
@@ -114,7 +115,7 @@ def test_hellaswag_cleaning():
     assert continuations[3] == " starts pulling up roofing on a roof." and gold == 3
 
 
-@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "copa", "sciq", "winogrande", "csqa", "socialiqa"])
+@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "copa", "winogrande", "csqa", "socialiqa"])
 def test_prompt_builders_reproduce_the_oe_eval_requests(name):
     assert load_task(name, limit=40, source="hf") == load_task(name, limit=40, source="oe_eval")
 
@@ -131,6 +132,10 @@ def test_documented_differences_between_paper_prompts_and_oe_eval_requests():
     for hf, oe in pairs("openbookqa"):  # the stem wrapped in Question/Answer
         assert [f"Question: {c}\nAnswer:" for c in hf.contexts] == oe.contexts
         assert (hf.continuations, hf.gold) == (oe.continuations, oe.gold)
+    for hf, oe in pairs("sciq"):  # no support text: OLMES drops the newline before "Question:"
+        assert [c.lstrip("\n") if c.startswith("\nQuestion:") else c for c in hf.contexts] == oe.contexts
+        assert (hf.continuations, hf.gold) == (oe.continuations, oe.gold)
+    assert any(q.contexts[0].startswith("\nQuestion:") for q in load_task("sciq", limit=40, source="hf"))
     for hf, oe in pairs("boolq"):  # super_glue passages start with "<title> -- "
         assert all(o.endswith(" -- " + h) for h, o in zip(hf.contexts, oe.contexts))
         assert (hf.continuations, hf.gold) == (oe.continuations, oe.gold)
