@@ -34,5 +34,6 @@ def test_side_by_side_puts_each_ablation_beside_olmo_tiny_and_shares_unchanged_s
     assert {stage: step.name for stage, step in variants["olmo-tiny"]["training"].items()} == {
         "pretrain": "pretrain", "anneal": "anneal", "sft": "sft", "dpo": "dpo"}
     assert {stage: step.name for stage, step in variants["cosine-schedule"]["evaluations"].items()} == {
-        "base": "cosine_schedule_evaluate_base", "sft": "cosine_schedule_evaluate_sft", "dpo": "cosine_schedule_evaluate_dpo"}
+        "base": "cosine_schedule_evaluate_base", "anneal": "cosine_schedule_evaluate_anneal",
+        "sft": "cosine_schedule_evaluate_sft", "dpo": "cosine_schedule_evaluate_dpo"}
     assert graph["own_tokenizer_pretrain"].kwargs["instances"].name == "own_tokenizer_instances"

@@ -164,7 +164,7 @@ def test_no_tasks_evaluates_the_heldout_documents_only(tokenizer, heldout):
     ({**CONFIG, "heldout_documents": -1}, r"in_loop_eval.heldout_documents: expected a positive integer"),
     ({**CONFIG, "tasks": "copa"}, r"in_loop_eval.tasks: expected a list of task names"),
     ({**CONFIG, "tasks": ["copa", "copa"]}, r"in_loop_eval.tasks: a task is listed twice"),
-    ({**CONFIG, "tasks": ["mmlu"]}, r"in_loop_eval.tasks: unknown task 'mmlu'; known tasks: arc_challenge"),
+    ({**CONFIG, "tasks": ["mmlu_pro"]}, r"in_loop_eval.tasks: unknown task 'mmlu_pro'; known tasks: arc_challenge"),
     ({**CONFIG, "seed": "0"}, r"in_loop_eval.seed: expected an integer"),
     ({**CONFIG, "source": "web"}, r"in_loop_eval.source: expected one of \('auto', 'oe_eval', 'hf'\)"),
 ])
