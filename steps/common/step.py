@@ -83,7 +83,7 @@ class ArtifactStep(Step[Artifact]):
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None
         for name, spec in cls.CONTENT_HASHED.items():
-            if not isinstance(kwargs[name], ContentHashed):
+            if kwargs.get(name) is not None and not isinstance(kwargs[name], ContentHashed):
                 kwargs[name] = ContentHashed(kwargs[name], spec)
         return kwargs
 

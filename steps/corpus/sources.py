@@ -144,7 +144,7 @@ CONTENT_INFO_KEYS = ("sha256", "ETag", "etag", "e_tag", "md5Hash", "md5", "blob_
 TIME_INFO_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
 
-def _file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """sha256 of a local file's bytes; for a remote one, its URL plus ETag-like keys, size and mtime."""
     if _is_local(fs):
         digest = hashlib.sha256()
@@ -273,7 +273,7 @@ def _files_fingerprint(spec: FilesSource) -> str:
     digest = hashlib.sha256(b"files")
     try:
         for fs, path in _expand_paths(spec):
-            digest.update(_file_identity(fs, path).encode() + b"\0")
+            digest.update(file_identity(fs, path).encode() + b"\0")
     except FileNotFoundError:
         raise
     except Exception as exc:  # each fsspec backend raises its own errors (ImportError, botocore, aiohttp...)

@@ -18,8 +18,8 @@ from tango.common.det_hash import CustomDetHash
 
 from steps.common.artifacts import Artifact
 from steps.common.models import load_artifact_model, resolve_device
-from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, ContentHashed, check_keys
-from steps.corpus.sources import _file_identity as file_identity
+from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, check_keys
+from steps.corpus.sources import file_identity
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
@@ -76,8 +76,7 @@ class EvaluationStep(ArtifactStep):
     # The held-out documents decide the bits per byte, so they stay in the fingerprint here.
     SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS - {"heldout"}
     SKIP_DEFAULT_ARGUMENTS = {"paloma": None}
-    CONTENT_HASHED = {"config": ContentHash(task_data_hash)}
-    PALOMA_HASH = ContentHash(paloma_hash)
+    CONTENT_HASHED = {"config": ContentHash(task_data_hash), "paloma": ContentHash(paloma_hash)}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -91,13 +90,6 @@ class EvaluationStep(ArtifactStep):
             and all(isinstance(k, str) and isinstance(v, (str, Step, Artifact)) for k, v in paloma.items())
         ):
             raise ValueError(f"paloma: expected {{set name: path, URL or text-set artifact}}, got {paloma!r}")
-
-    @classmethod
-    def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = super().massage_kwargs(kwargs)
-        if kwargs.get("paloma") is not None and not isinstance(kwargs["paloma"], ContentHashed):
-            kwargs["paloma"] = ContentHashed(kwargs["paloma"], cls.PALOMA_HASH)
-        return kwargs
 
     def evaluate(
         self,
