@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import posixpath
-from typing import Any
+from typing import Any, get_args
 
 import fsspec
 import torch
@@ -25,16 +25,23 @@ from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.hf_model import TOKENIZER_FILES, load_hf_model, model_directory
 from steps.evaluation.perplexity import bits_per_byte, paloma_files, read_heldout, read_paloma_documents
-from steps.evaluation.scorer import LogLikelihoodScorer
+from steps.evaluation.scorer import LogLikelihoodScorer, Tokenization
 from steps.evaluation.tasks import get_task_spec, tasks_content_hash
 
 METRICS_FILE = "metrics.json"
-CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents"}
+CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents", "tokenization"}
+TOKENIZATIONS = get_args(Tokenization)
 
 
 def task_data_hash(config: dict[str, Any]) -> str:
     """Content hash of the bundled task files the evaluation will read."""
     return tasks_content_hash(config["tasks"], config.get("source", "auto"))
+
+
+def check_tokenization(config: dict[str, Any], where: str) -> None:
+    """``tokenization``: "separate" (Catwalk, OLMo: the default) or "joint" (lm-eval-harness)."""
+    if config.get("tokenization", "separate") not in TOKENIZATIONS:
+        raise ValueError(f"{where}.tokenization: expected one of {TOKENIZATIONS}, got {config['tokenization']!r}")
 
 
 def paloma_hash(paloma: dict[str, Any]) -> str:
@@ -84,6 +91,7 @@ class EvaluationStep(ArtifactStep):
         check_keys(config, CONFIG_KEYS, f"{cls.__name__}.config")
         for name in config["tasks"]:
             get_task_spec(name)  # unknown task names list the known ones
+        check_tokenization(config, "config")
         paloma = kwargs.get("paloma")
         if paloma is not None and not (
             isinstance(paloma, dict)
@@ -102,7 +110,7 @@ class EvaluationStep(ArtifactStep):
         device: torch.device,
     ) -> Artifact:
         """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte."""
-        scorer = LogLikelihoodScorer(model, tokenizer, device=device)
+        scorer = LogLikelihoodScorer(model, tokenizer, device=device, tokenization=config.get("tokenization", "separate"))
         downstream = evaluate_tasks(
             scorer, config["tasks"], config.get("limit"), config.get("seed", 0), config.get("source", "auto")
         )

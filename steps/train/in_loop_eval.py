@@ -31,7 +31,7 @@ from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_questions, load_tasks
 from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.steps import CONFIG_KEYS
+from steps.evaluation.steps import CONFIG_KEYS, check_tokenization
 from steps.evaluation.tasks import Source, get_task_spec
 
 IN_LOOP_EVAL_KEYS = CONFIG_KEYS | {"every"}
@@ -48,8 +48,9 @@ def validate_in_loop_eval(config: Any) -> None:
     """Check an in-loop evaluation config before any compute; ``ValueError`` names the bad key.
 
     ``{"every": steps, "tasks": [names] (may be empty: held-out only), "limit": questions per task
-    or null, "heldout_documents": count or null, "seed": int, "source": "auto" | "oe_eval" | "hf"}``;
-    the last four are optional, with the ``evaluate`` step's defaults (null, null, 0, "auto").
+    or null, "heldout_documents": count or null, "seed": int, "source": "auto" | "oe_eval" | "hf",
+    "tokenization": "separate" | "joint"}``; the last five are optional, with the ``evaluate`` step's
+    defaults (null, null, 0, "auto", "separate").
     """
     if not isinstance(config, Mapping):
         raise ValueError(f"in_loop_eval: expected a dict with keys {sorted(IN_LOOP_EVAL_KEYS)}, got {config!r}")
@@ -76,6 +77,7 @@ def validate_in_loop_eval(config: Any) -> None:
         raise ValueError(f"in_loop_eval.seed: expected an integer, got {seed!r}")
     if config.get("source", "auto") not in get_args(Source):
         raise ValueError(f"in_loop_eval.source: expected one of {get_args(Source)}, got {config['source']!r}")
+    check_tokenization(config, "in_loop_eval")
 
 
 class InLoopEvaluator:
@@ -92,6 +94,7 @@ class InLoopEvaluator:
         self.documents = list(itertools.islice(read_heldout(heldout), config.get("heldout_documents")))
         if not any(doc.get("text") for doc in self.documents):
             raise ValueError(f"{heldout}: the held-out documents hold no text to evaluate on")
+        self.tokenization = config.get("tokenization", "separate")
         tasks = config["tasks"]
         self.questions = (
             load_tasks(tasks, config.get("limit"), config.get("seed", 0), config.get("source", "auto")) if tasks else {}
@@ -126,7 +129,9 @@ class InLoopEvaluator:
             },
         }
         if self.questions:
-            downstream = evaluate_questions(LogLikelihoodScorer(model, self.tokenizer, device=None), self.questions)
+            downstream = evaluate_questions(
+                LogLikelihoodScorer(model, self.tokenizer, device=None, tokenization=self.tokenization), self.questions
+            )
             metrics.update({f"eval/{name}/accuracy": task["primary"] for name, task in downstream["tasks"].items()})
             metrics["eval/downstream/average"] = downstream["average"]
         return metrics

@@ -138,3 +138,7 @@ def test_evaluate_hf_is_fingerprinted_by_file_contents_and_checked_before_runnin
         unique_id(tmp_path / "missing")
     with pytest.raises(ConfigurationError, match="paloma: expected"):
         unique_id(hf_dir, paloma=["not", "a", "mapping"])
+    joint = EvaluateHuggingFace(model_dir=str(hf_dir), heldout=heldout, config={**CONFIG, "tokenization": "joint"})
+    assert joint.unique_id != unique_id(hf_dir)
+    with pytest.raises(ConfigurationError, match=r"config.tokenization: expected one of \('separate', 'joint'\)"):
+        EvaluateHuggingFace(model_dir=str(hf_dir), heldout=heldout, config={**CONFIG, "tokenization": "bpe"})

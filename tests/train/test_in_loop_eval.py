@@ -167,6 +167,7 @@ def test_no_tasks_evaluates_the_heldout_documents_only(tokenizer, heldout):
     ({**CONFIG, "tasks": ["mmlu_pro"]}, r"in_loop_eval.tasks: unknown task 'mmlu_pro'; known tasks: arc_challenge"),
     ({**CONFIG, "seed": "0"}, r"in_loop_eval.seed: expected an integer"),
     ({**CONFIG, "source": "web"}, r"in_loop_eval.source: expected one of \('auto', 'oe_eval', 'hf'\)"),
+    ({**CONFIG, "tokenization": "bpe"}, r"in_loop_eval.tokenization: expected one of \('separate', 'joint'\)"),
 ])
 def test_bad_configs_are_rejected_before_anything_is_read(config, message, tmp_path):
     with pytest.raises(ValueError, match=message):
