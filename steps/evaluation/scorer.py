@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 Tokenization = Literal["separate", "joint"]
 POSITIONS_PER_PROJECTION = 1024  # scored positions projected to the vocabulary at once (bounds memory)
 PADDING_SEGMENT = -1
+MIN_BATCH_FILL = 0.75  # a batch ends before a row shorter than this fraction of its first (longest) row
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -145,16 +146,27 @@ def row_hidden_states(model: torch.nn.Module, rows: Sequence[Row], device: torch
     )
 
 
+def batches(rows: Sequence[Row], batch_size: int) -> Iterator[list[Row]]:
+    """``rows`` longest first, at most ``batch_size`` a batch, each padded to less than ``1 / MIN_BATCH_FILL`` of
+    its length (a few long packed rows would otherwise pad a batch of short ones)."""
+    batch: list[Row] = []
+    for row in sorted(rows, key=lambda row: len(row.input_ids), reverse=True):
+        if batch and (len(batch) == batch_size or len(row.input_ids) < MIN_BATCH_FILL * len(batch[0].input_ids)):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
 def score_rows(
     model: torch.nn.Module, rows: Sequence[Row], requests: int, device: str | torch.device, batch_size: int
 ) -> list[float]:
-    """Σ log p(target) per request index in ``range(requests)``, rows run longest first ``batch_size`` at a time."""
+    """Σ log p(target) per request index in ``range(requests)``, the rows run in :func:`batches`."""
     device = torch.device(device)
-    order = sorted(rows, key=lambda row: len(row.input_ids), reverse=True)
     totals = torch.zeros(requests, dtype=torch.float64, device=device)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    for batch in batches(rows, batch_size):
         row_index = torch.tensor([b for b, row in enumerate(batch) for _ in row.targets], device=device)
         positions = torch.tensor([p for row in batch for p in row.scored_positions], device=device)
         hidden = row_hidden_states(model, batch, device)[row_index, positions]
@@ -178,8 +190,8 @@ def sum_target_logprobs(
 ) -> list[float]:
     """For each ``(tokens, first_scored)``, Σ log p(tokens[i] | tokens[:i]) for i ≥ first_scored ≥ 1.
 
-    Requests are run longest first in batches padded to the batch's longest input; the model sees
-    ``tokens[:-1]`` and only the scored positions go through ``project``.
+    Requests are run longest first in batches padded to the batch's longest input (:func:`batches`); the
+    model sees ``tokens[:-1]`` and only the scored positions go through ``project``.
     """
     rows = []
     for index, (tokens, first_scored) in enumerate(requests):
