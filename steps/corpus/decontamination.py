@@ -15,9 +15,14 @@ from steps.evaluation.tasks import load_task
 DEFAULT_MIN_WORDS = 13
 
 
+def is_long(paragraph: str, min_words: int) -> bool:
+    """Whether a paragraph has at least ``min_words`` whitespace-separated words."""
+    return len(paragraph.split()) >= min_words
+
+
 def long_paragraphs(text: str, min_words: int) -> list[str]:
-    """The stripped lines of ``text`` with at least ``min_words`` whitespace-separated words."""
-    return [line for line in (raw.strip() for raw in text.split("\n")) if len(line.split()) >= min_words]
+    """The stripped lines of ``text`` with at least ``min_words`` words."""
+    return [line for line in (raw.strip() for raw in text.split("\n")) if is_long(line, min_words)]
 
 
 def task_paragraphs(task_names: Sequence[str], min_words: int = DEFAULT_MIN_WORDS) -> list[str]:

@@ -50,7 +50,7 @@ import numpy as np
 
 from steps.common.documents import read_documents, write_jsonl_gz
 from steps.corpus.config import ConfigError, Selector, build, check_selector, not_code, require, selects
-from steps.corpus.decontamination import DEFAULT_MIN_WORDS, long_paragraphs, task_paragraphs
+from steps.corpus.decontamination import DEFAULT_MIN_WORDS, is_long, task_paragraphs
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.stats import merge_stats, total_stats
 from steps.evaluation.tasks import get_task_spec
@@ -236,16 +236,18 @@ def _read_shard(job: ShardJob, config: DedupConfig) -> ShardItems:
     docs = [doc for _, doc in read_documents(job.path)]
     urls = [(index, (doc.get("metadata") or {}).get("url")) for index, doc in enumerate(docs)] if config.url else []
     urls = [(index, str(url)) for index, url in urls if url is not None]
+    dedups_paragraphs = config.dedups_paragraphs(job.source)
+    stripped_lines = [[line.strip() for line in doc["text"].split("\n")] if dedups_paragraphs or config.decontaminate
+                      else [] for doc in docs]  # each document's paragraphs, split once for both uses
     counts, lines, paragraphs = [0] * len(docs), [], []  # per document; then of every non-blank paragraph
-    if config.dedups_paragraphs(job.source):
-        for index, doc in enumerate(docs):
-            stripped = [line.strip() for line in doc["text"].split("\n")]
+    if dedups_paragraphs:
+        for index, stripped in enumerate(stripped_lines):
             present = [line for line, text in enumerate(stripped) if text]
             counts[index] = len(present)
             lines += present
             paragraphs += [stripped[line] for line in present]
-    long = [long_paragraphs(doc["text"], config.decontamination_min_words) if config.decontaminate else []
-            for doc in docs]
+    long = [[p for p in stripped if is_long(p, config.decontamination_min_words)] if config.decontaminate else []
+            for stripped in stripped_lines]
     return ShardItems(
         docs=docs,
         url_docs=np.array([index for index, _ in urls], dtype=np.intp),
