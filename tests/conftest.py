@@ -44,3 +44,21 @@ def micro_workspace(tmp_path_factory) -> Path:
     started, _ = run_tango(MICRO, directory)
     assert started == set(StepGraph.from_file(MICRO))  # a fresh workspace computes every step
     return directory
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A loopback S3 server (moto's ``moto_server`` on 127.0.0.1) for the session: ``.endpoint`` is its URL and
+    ``.bucket()`` creates a fresh bucket and returns ``s3://<bucket>``.
+
+    While it runs, os.environ (inherited by the subprocesses tests start: ``tango run``, ``olmo-tango``) has
+    ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>``, ``AWS_ACCESS_KEY_ID=testing``, ``AWS_SECRET_ACCESS_KEY=testing``
+    and ``AWS_DEFAULT_REGION=us-east-1``; they are restored at the end. ``AWS_ENDPOINT_URL`` alone points s3fs
+    at the server: botocore reads it when a client is made, and s3fs (2026.6, through aiobotocore) makes its
+    client lazily, so an ``S3FileSystem`` created after the fixture started honours it (``Store`` never reuses a
+    cached instance). fsspec's own ``FSSPEC_S3_ENDPOINT_URL`` would work too, but only for processes that
+    import fsspec after it is set, so it is not used."""
+    from tests.s3_server import s3_server as run_s3_server
+
+    with run_s3_server() as server:
+        yield server
