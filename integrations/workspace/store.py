@@ -27,10 +27,6 @@ _GCS = {"gs", "gcs"}
 _TMP = ".store-tmp-"  # local temporary files; never listed
 
 
-class PreconditionFailed(Exception):
-    """An atomic create lost: the key exists."""
-
-
 class _Bytes(Callback):
     """One tqdm bar in bytes, fed by any number of concurrent transfers (fsspec calls relative_update)."""
 

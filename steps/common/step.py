@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import integrations.tango_compat  # noqa: F401  (Tango fixes, before any step runs)
+import integrations.workspace  # noqa: F401  (registers the workspace type `olmo` and its URL schemes)
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError

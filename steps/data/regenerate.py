@@ -60,11 +60,9 @@ def open_workspace(location: str | None) -> Workspace:
         settings = TangoGlobalSettings.default().workspace
         if settings is None:
             raise RegenerationError("no workspace: pass -w/--workspace, or run where a tango.yml names one")
-        if settings.get("type") != "local":
-            return Workspace.from_params(dict(settings))
-        location = str(settings["dir"])
+        return Workspace.from_params(dict(settings))
     parsed = urlparse(location)
-    if parsed.scheme in ("", "local") and not Path(parsed.netloc + parsed.path).is_dir():
+    if parsed.scheme in ("", "local", "file") and not Path(parsed.netloc + parsed.path).is_dir():
         raise RegenerationError(f"workspace {location}: no such directory")
     return Workspace.from_url(location)
 

@@ -11,7 +11,7 @@ import pytest
 from tango import StepGraph
 from tango.common.exceptions import ConfigurationError
 from tango.common.util import import_module_and_submodules
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from steps.common.documents import write_jsonl_gz
 from steps.corpus.pii import mask_pii
@@ -179,7 +179,7 @@ def test_step_trains_a_tokenizer_the_tokenize_step_accepts(tmp_path):
     corpus, texts = tmp_path / "corpus", rich_texts(40)
     write_shard(corpus, texts)
     graph = _graph(corpus, vocab_size=400, max_documents=30)
-    workspace = LocalWorkspace(tmp_path / "workspace")
+    workspace = OlmoWorkspace(str(tmp_path / "workspace"))
     trained = graph["tokenizer"].result(workspace)
     content = (trained.path / "tokenizer.json").read_bytes()
     assert trained.summary == {

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from steps.cli import main
 from steps.data.batches import batch_hash
@@ -74,13 +74,13 @@ def seen_steps(answer: dict) -> list[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def trained(make_corpus, tmp_path_factory) -> tuple[Path, LocalWorkspace]:
+def trained(make_corpus, tmp_path_factory) -> tuple[Path, OlmoWorkspace]:
     """(workflow file, workspace in which its anneal, and so everything before it, is computed)."""
     root = tmp_path_factory.mktemp("regenerate")
     make_corpus(root / "corpus")
     workflow = root / "workflow.json"
     workflow.write_text(json.dumps(small_workflow(root / "corpus")))
-    workspace = LocalWorkspace(root / "workspace")
+    workspace = OlmoWorkspace(str(root / "workspace"))
     import_module_and_submodules("steps")
     StepGraph.from_file(workflow)["anneal"].result(workspace)
     return workflow, workspace
@@ -154,7 +154,7 @@ def test_seen_lists_the_steps_holding_a_document_and_which_were_trained(plan):
 
 def test_questions_that_cannot_be_answered_say_why(trained, tmp_path):
     workflow, workspace = trained
-    empty = LocalWorkspace(tmp_path / "empty")
+    empty = OlmoWorkspace(str(tmp_path / "empty"))
     with pytest.raises(RegenerationError, match=r"step 'instances' \(BuildInstances-.*run `tango run .*workflow.json"):
         plan_from_workflow(workflow, empty)
     with pytest.raises(RegenerationError, match="no such workflow file"):
@@ -239,7 +239,7 @@ def test_micro_workflow_batches_regenerate_in_a_fresh_process_to_their_logged_ha
     training_batch step in a fresh process, for world size 1 and 2."""
     import_module_and_submodules("steps")
     graph = StepGraph.from_file(MICRO)
-    cache = LocalWorkspace(micro_workspace).step_cache
+    cache = OlmoWorkspace(str(micro_workspace)).step_cache
     pretrained, trained = cache[graph["pretrain"]].summary["data_step"], cache[graph["anneal"]].summary["data_step"]
     steps = [str(k) for k in range(trained)]
 

@@ -10,7 +10,7 @@ import fsspec
 import pytest
 import torch
 from tango.common.exceptions import ConfigurationError
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from integrations.huggingface import export_to_hf
 from olmo_model import Olmo, OlmoConfig
@@ -97,7 +97,7 @@ def test_evaluate_hf_reports_what_evaluate_reports_on_the_same_weights(olmo, hf_
     save_model(olmo, olmo.config, tmp_path / "trained" / "model")
     trained = Artifact(tmp_path / "trained", {"fingerprint": "trained-0"})
     tokenizer = Artifact(hf_dir, {"fingerprint": "tokenizer-0"})  # a tokenizer artifact: it has tokenizer.json
-    workspace = LocalWorkspace(tmp_path / "workspace")
+    workspace = OlmoWorkspace(str(tmp_path / "workspace"))
     common = {"heldout": heldout, "config": CONFIG, "paloma": {"french": str(paloma)}, "device": "cpu"}
     ours = EvaluateOlmo(model=trained, tokenizer=tokenizer, **common).result(workspace)
     theirs = EvaluateHuggingFace(model_dir=str(hf_dir), **common).result(workspace)

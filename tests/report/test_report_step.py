@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tango import StepGraph
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from steps.common.artifacts import Artifact
 from steps.report.curves import read_history
@@ -61,7 +61,7 @@ def test_the_baseline_comes_first_then_the_other_variants_by_name():
 
 @pytest.mark.slow
 def test_the_micro_workflows_report_links_its_plots(micro_workspace):
-    report = LocalWorkspace(micro_workspace).step_cache[StepGraph.from_file(MICRO)["report"]]
+    report = OlmoWorkspace(str(micro_workspace)).step_cache[StepGraph.from_file(MICRO)["report"]]
     assert {"loss_curve.png", "downstream_by_model.png"} <= set(report.summary["plots"])
     text = (report.path / "report.md").read_text()
     for name in report.summary["plots"]:

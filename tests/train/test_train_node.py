@@ -1,9 +1,11 @@
 """Multi-node training the way a cluster runs it, as two "nodes" on one machine: the first runs
 ``tango run`` on a workflow whose pretrain asks for 2 nodes, the second ``olmo-tango train-node``; they
-meet at the rendezvous endpoint and train one model, which matches the one-node run of the same workflow."""
+meet at the rendezvous endpoint and train one model, which matches the one-node run of the same workflow.
+The only place the nodes share is a workspace in the loopback S3 server: each has its own local cache."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from steps.train.worker import METRICS_FILE
 
@@ -30,28 +32,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_tango_run_and_train_node_train_one_model_on_two_nodes(micro_workspace, tmp_path):
+def test_tango_run_and_train_node_train_one_model_on_two_nodes(micro_workspace, s3_server, tmp_path):
     workflow = tmp_path / "two-nodes.jsonnet"
     workflow.write_text(
         f"(import '{MICRO}') + {{ steps+: {{ pretrain+: {{ train+: {{ max_steps: {STEPS} }},"
         f" world_size: 2, nnodes: 2, rdzv_endpoint: 'localhost:{free_port()}' }} }} }}\n"
     )
+    bucket = s3_server.bucket() + "/workspace"
+    sync = [str(BIN / "olmo-tango"), "workspace", "sync", str(micro_workspace), bucket, "--workflow", str(MICRO)]
+    subprocess.run(sync, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    node = [{**os.environ, "OLMO_TANGO_CACHE": str(tmp_path / f"node{i}-cache")} for i in range(2)]
     first = subprocess.Popen(
-        [str(BIN / "tango"), "run", str(workflow), "-w", str(micro_workspace), "--step-name", "pretrain"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [str(BIN / "tango"), "run", str(workflow), "-w", bucket, "--step-name", "pretrain"],
+        cwd=ROOT, env=node[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     second = subprocess.run(
-        [str(BIN / "olmo-tango"), "train-node", str(workflow), "--step", "pretrain", "-w", str(micro_workspace)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [str(BIN / "olmo-tango"), "train-node", str(workflow), "--step", "pretrain", "-w", bucket],
+        cwd=ROOT, env=node[1], capture_output=True, text=True, timeout=600,
     )
     output, _ = first.communicate(timeout=600)
     assert first.returncode == 0, output[-4000:]
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert not (tmp_path / "node1-cache" / "results" / StepGraph.from_file(workflow)["pretrain"].unique_id).exists()
 
     import_module_and_submodules("steps")
-    cache = LocalWorkspace(micro_workspace).step_cache
+    cache = OlmoWorkspace(bucket).step_cache
     two_nodes = read_metrics(cache[StepGraph.from_file(workflow)["pretrain"]].path / METRICS_FILE)
-    one_node = read_metrics(cache[StepGraph.from_file(MICRO)["pretrain"]].path / METRICS_FILE)[:STEPS]
+    alone = OlmoWorkspace(str(micro_workspace)).step_cache[StepGraph.from_file(MICRO)["pretrain"]]
+    one_node = read_metrics(alone.path / METRICS_FILE)[:STEPS]
     assert [m["data_step"] for m in two_nodes] == list(range(STEPS))
     assert all(len(set(m["rank_batch_hashes"])) == 2 for m in two_nodes)  # one rank per node
     for ours, alone in zip(two_nodes, one_node, strict=True):

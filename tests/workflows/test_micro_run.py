@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
@@ -30,7 +30,7 @@ def descendants(graph: StepGraph, name: str) -> set[str]:
 
 def test_every_stage_ran_and_reported(micro_workspace):
     graph = StepGraph.from_file(MICRO)
-    cache = LocalWorkspace(micro_workspace).step_cache
+    cache = OlmoWorkspace(str(micro_workspace)).step_cache
     report = cache[graph["report"]]
     text = (report.path / "report.md").read_text()
     for section in ("## Evaluation", "## Corpus", "### filter", "### dedup", "### mix", "## Tokens", "## Training"):
@@ -61,7 +61,7 @@ def test_ablation_recomputes_only_the_overridden_step_and_descendants(micro_work
     assert {"mix", "tokenize", "pretrain", "report"} <= expected
     assert not expected & {"filter", "tokenizer"} and not any(n.startswith("source_") for n in expected)
 
-    cache = LocalWorkspace(micro_workspace).step_cache
+    cache = OlmoWorkspace(str(micro_workspace)).step_cache
     assert {name for name, step in graph.items() if step not in cache} == expected
     started, _ = tango_run(ablation, micro_workspace)
     assert started == expected
