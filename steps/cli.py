@@ -1,4 +1,5 @@
-"""``olmo-tango``: questions about the training data of a workspace, and the extra nodes of a training job.
+"""``olmo-tango``: questions about the training data of a workspace, the extra nodes of a training job, and
+the workspace's results (list, verify, copy between workspaces, collect garbage).
 
   olmo-tango batch WORKFLOW --step K [K ...] [--world-size W] [--micro-batch-size M] [-w WORKSPACE]
                    [--json | --output FILE]
@@ -6,9 +7,13 @@
   olmo-tango seen WORKFLOW --document DOC_ID [--epochs N] [-w WORKSPACE] [--json | --output FILE]
   olmo-tango global-indices WORKFLOW --to FILE [--epoch E] [-w WORKSPACE]
   olmo-tango train-node WORKFLOW --step pretrain [-w WORKSPACE] [--wait SECONDS]
+  olmo-tango workspace ls [-w WORKSPACE] [--json]
+  olmo-tango workspace verify [-w WORKSPACE]
+  olmo-tango workspace sync SRC DST [--workflow WORKFLOW]
+  olmo-tango workspace gc [-w WORKSPACE] [--keep-workflow WORKFLOW ...] (--dry-run | --yes)
 
-The logic is in :mod:`steps.data.regenerate` and :mod:`steps.train.join`; this module parses arguments
-and prints answers.
+The logic is in :mod:`steps.data.regenerate`, :mod:`steps.train.join` and
+:mod:`integrations.workspace.commands`; this module parses arguments and prints answers.
 """
 from __future__ import annotations
 
@@ -18,9 +23,21 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tango import StepGraph
 from tango.common.exceptions import ConfigurationError
+from tango.common.util import import_module_and_submodules
 
 from integrations.launcher import WorkerFailure
+from integrations.workspace import OlmoWorkspace, WorkspaceError
+from integrations.workspace.commands import (
+    CommandError,
+    collect_garbage,
+    human_size,
+    list_results,
+    sync,
+    verify_results,
+)
+from integrations.workspace.results import IntegrityError
 
 from steps.data.regenerate import (
     DataPlan,
@@ -117,7 +134,42 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--wait", type=_at_least(0), default=3600, help="seconds to wait for the step's inputs to appear (default 3600)"
     )
+    _add_workspace_commands(commands)
     return parser
+
+
+def _add_workspace_commands(commands: Any) -> None:
+    workspace = commands.add_parser(
+        "workspace", help="the results of a workspace: list, verify, copy between workspaces, collect garbage"
+    )
+    actions = workspace.add_subparsers(dest="workspace_command", required=True)
+    where = {"help": "workspace path or URL (default: the one tango.yml in the current directory names)"}
+    ls = actions.add_parser(
+        "ls", help="one row per result: step name(s), fingerprint, size, the runs that computed and used it"
+    )
+    ls.add_argument("-w", "--workspace", **where)
+    ls.add_argument("--json", action="store_true", help="one JSON object per result and line")
+    verify = actions.add_parser("verify", help="check every result's files against its listing (sha256 and size)")
+    verify.add_argument("-w", "--workspace", **where)
+    copy = actions.add_parser(
+        "sync",
+        help="copy the results DST lacks from SRC (verified on the way), with their step infos and SRC's run "
+        "records DST lacks; SRC may be a directory written by Tango's LocalWorkspace (imported, nothing unpickled)",
+    )
+    copy.add_argument("source", metavar="SRC", help="the workspace to copy from (path or URL)")
+    copy.add_argument("destination", metavar="DST", help="the workspace to copy to (path or URL; made if absent)")
+    copy.add_argument("--workflow", help="copy only the results of this workflow's steps (Jsonnet)")
+    gc = actions.add_parser(
+        "gc", help="delete the results no run record refers to (as target or computed) and no kept workflow's step"
+    )
+    gc.add_argument("-w", "--workspace", **where)
+    gc.add_argument(
+        "--keep-workflow", action="append", default=[], metavar="WORKFLOW",
+        help="keep the results of this workflow's steps too (repeatable)",
+    )
+    mode = gc.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true", help="list what would be deleted, with sizes")
+    mode.add_argument("--yes", action="store_true", help="delete them")
 
 
 def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DataPlan:
@@ -159,11 +211,120 @@ def _train_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow_fingerprints(workflows: Sequence[str]) -> set[str]:
+    """The unique ids of every step of the workflows' step graphs, dependencies included."""
+    import_module_and_submodules("steps")  # registers every step type a workflow may name
+    fingerprints: set[str] = set()
+    for workflow in workflows:
+        if not Path(workflow).is_file():
+            raise CommandError(f"{workflow}: no such workflow file")
+        try:
+            graph = StepGraph.from_file(workflow)
+        except (ConfigurationError, RuntimeError, ImportError, KeyError, TypeError) as exc:  # jsonnet, Tango, types
+            raise CommandError(f"{workflow}: cannot load the workflow ({type(exc).__name__}: {exc})") from None
+        for step in graph.values():
+            fingerprints |= {step.unique_id, *(dependency.unique_id for dependency in step.recursive_dependencies)}
+    return fingerprints
+
+
+def _open_store(location: str | None):
+    workspace = open_workspace(location)
+    if not isinstance(workspace, OlmoWorkspace):
+        raise CommandError(f"workspace {workspace.url}: a {type(workspace).__name__}, not this project's (type: olmo)")
+    return workspace.store
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _workspace_ls(args: argparse.Namespace) -> int:
+    rows, problems = list_results(_open_store(args.workspace))
+    for problem in problems:
+        print(f"olmo-tango workspace ls: warning: {problem}", file=sys.stderr)
+    if args.json:
+        print("".join(json.dumps(row) + "\n" for row in rows), end="")
+        return 0
+    table = [["STEP", "FINGERPRINT", "SIZE", "COMPUTED BY", "USED BY"]] + [
+        [",".join(row["step_names"]) or "-", row["fingerprint"], human_size(row["size"]),
+         ",".join(row["computed_by"]) or "-", ",".join(row["used_by"]) or "-"]
+        for row in rows
+    ]
+    print(_table(table))
+    print(f"{len(rows)} results, {human_size(sum(row['size'] or 0 for row in rows))}")
+    return 0
+
+
+def _workspace_verify(args: argparse.Namespace) -> int:
+    report = verify_results(_open_store(args.workspace))
+    for unique_id in report.incomplete:
+        print(f"olmo-tango workspace verify: note: results/{unique_id}: no listing yet (being written, or an "
+              "interrupted write); not checked", file=sys.stderr)
+    for problem in report.problems:
+        print(f"olmo-tango workspace verify: error: {problem}", file=sys.stderr)
+    if report.problems:
+        checked = f"{len(report.problems)} problem(s); {report.results} results checked"
+        print(f"olmo-tango workspace verify: error: {checked}", file=sys.stderr)
+        return 1
+    print(f"{report.results} results verified, {report.files} files, {human_size(report.size)}")
+    return 0
+
+
+def _workspace_sync(args: argparse.Namespace) -> int:
+    only = None if args.workflow is None else _workflow_fingerprints([args.workflow])
+    report = sync(args.source, args.destination, only)
+    for warning in report.warnings:
+        print(f"olmo-tango workspace sync: warning: {warning}", file=sys.stderr)
+    for problem in report.refused:
+        print(f"olmo-tango workspace sync: error: {problem}; result not copied", file=sys.stderr)
+    if report.tango:
+        line = (f"imported {len(report.copied)} results from Tango LocalWorkspace {args.source}; "
+                f"skipped {len(report.skipped)} (not artifact directories)")
+        if report.already:
+            line += f"; {len(report.already)} already there"
+    else:
+        rate = report.size / 1e6 / report.seconds if report.seconds > 0 else 0.0
+        line = (f"copied {len(report.copied)} results ({human_size(report.size)}) in {report.seconds:.1f} s "
+                f"({rate:.1f} MB/s); {len(report.already)} already there")
+    print(line)
+    return 1 if report.refused else 0
+
+
+def _workspace_gc(args: argparse.Namespace) -> int:
+    keep = _workflow_fingerprints(args.keep_workflow) if args.keep_workflow else set()
+    garbage = collect_garbage(_open_store(args.workspace), keep, delete=args.yes)
+    if args.dry_run and garbage.results:
+        print(_table([[row["fingerprint"], ",".join(row["step_names"]) or "-", human_size(row["size"])]
+                      for row in garbage.results]))
+    held = f"; kept {len(garbage.held)} a run holds the lease of" if garbage.held else ""
+    if args.dry_run:
+        print(f"{len(garbage.results)} results ({human_size(garbage.size)}) would be deleted{held}; "
+              "run with --yes to delete them")
+    else:
+        print(f"deleted {len(garbage.results)} results ({human_size(garbage.size)}){held}")
+    return 0
+
+
+WORKSPACE_COMMANDS = {"ls": _workspace_ls, "verify": _workspace_verify, "sync": _workspace_sync, "gc": _workspace_gc}
+
+
+def _workspace(args: argparse.Namespace) -> int:
+    try:
+        return WORKSPACE_COMMANDS[args.workspace_command](args)
+    except (CommandError, WorkspaceError, IntegrityError, RegenerationError, ConfigurationError, ValueError,
+            OSError) as exc:
+        print(f"olmo-tango workspace {args.workspace_command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train-node":
         return _train_node(args)
+    if args.command == "workspace":
+        return _workspace(args)
     try:
         answers = args.answers(_plan(args, parser), args)
     except (RegenerationError, ConfigurationError, ValueError, OSError) as exc:
