@@ -28,7 +28,7 @@ from steps.train.parallel import SHARDING
 from steps.train.pretraining_data import check_vocabulary
 from steps.train.runtime import worker_environment
 from steps.train.trainer import TrainConfig, train
-from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
+from steps.train.worker import METRICS_FILE, Initialization, TrainingJob, run_training_job
 
 CURVE_POINTS = 50
 CHECKPOINTS_DIR = "checkpoints"
@@ -215,7 +215,7 @@ class DistributedTrainingStep(TrainingStep):
 class PretrainOlmo(DistributedTrainingStep):
     """Trains OLMo from the mitchell init on the instances, in the data order, with AdamW + LR schedule."""
 
-    VERSION = "003"
+    VERSION = "004"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -254,10 +254,11 @@ class AnnealOlmo(DistributedTrainingStep):
 
     ``train.start_lr`` null starts from the LR pretraining had reached. The data order continues from the
     pretrain step's last batch. ``train.optimizer_state`` "fresh" (default) starts AdamW anew; "carried"
-    continues pretraining's moments (from the final checkpoint in the pretrain artifact).
+    continues pretraining's moments and step counts (the consolidated AdamW state the pretrain artifact
+    hands off in ``checkpoint/``); the optimizer's hyperparameters are the anneal's own.
     """
 
-    VERSION = "003"
+    VERSION = "004"
     OPTIMIZER_STATES = ("fresh", "carried")
 
     @classmethod
@@ -293,8 +294,6 @@ class AnnealOlmo(DistributedTrainingStep):
         config = OlmoConfig.from_dict(json.loads((pretrained.path / MODEL_DIR / CONFIG_FILE).read_text()))
         optimizer_state = train.get("optimizer_state", "fresh")
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        init = Initialization(
-            checkpoint=str(pretrained.path / FINAL_CHECKPOINT_DIR), carry_optimizer=optimizer_state == "carried"
-        )
+        init = Initialization(pretrained=str(pretrained.path), carry_optimizer=optimizer_state == "carried")
         job = self.job(config, settings, arguments, fresh_output, init=init, start_state=start.to_dict())
         return job, {"start_lr": start_lr, "continued_from_data_step": start.data_step, "optimizer_state": optimizer_state}

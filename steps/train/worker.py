@@ -3,16 +3,16 @@
 A ``TrainingJob`` holds everything a worker needs (it is pickled into spawned processes). Each worker
 joins the process group, builds OLMo on the meta device, shards it with FSDP2, initialises it (the
 mitchell init is drawn in full and sharded, so the weights do not depend on the world size) or loads
-it from a checkpoint, trains with ``train`` (checkpoints, resume, NaN policy), and rank 0 writes the
-artifact: the consolidated model (safetensors + config), ``metrics.jsonl`` and the final checkpoint
-(sharded model + optimizer + state, which an anneal may carry on from).
+it from a pretrain artifact, trains with ``train`` (checkpoints, resume, NaN policy), and rank 0 writes the
+artifact: the consolidated model (``model/``: safetensors + config), ``metrics.jsonl`` and the consolidated
+AdamW state (``checkpoint/optimizer.safetensors``, which an anneal may carry on with). Rank 0 writes all of
+it, since only node 0 uploads the artifact; nothing in it is a pickle.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -30,22 +30,33 @@ from .checkpoint import TrainState, save_model_state
 from .parallel import data_parallel_mesh, effective_precision, join_process_group, shard_model, worker_device
 from .pretraining_data import pretraining_batches
 from .progress import TrainingProgress
-from .sharded_checkpoint import full_model_state, list_checkpoints, load_training_checkpoint
+from .sharded_checkpoint import full_training_state, list_checkpoints, load_consolidated, save_optimizer_state
 from .throughput import memory_metrics, model_flops_utilization, peak_flops
 from .trainer import TrainConfig, build_optimizer, train
 
 METRICS_FILE = "metrics.jsonl"
-FINAL_CHECKPOINT_DIR = "checkpoint"
+FINAL_CHECKPOINT_DIR = "checkpoint"  # the consolidated AdamW state an anneal may carry on with
 
 
 @dataclass(frozen=True)
 class Initialization:
-    """Where a job's weights come from: the mitchell init drawn with ``seed``, or ``checkpoint`` (a
-    sharded training checkpoint: the weights, and the optimizer state too when ``carry_optimizer``)."""
+    """Where a job's weights come from: the mitchell init drawn with ``seed``, or the artifact directory
+    ``pretrained`` of a pretrain step (its ``model/``; and its ``checkpoint/`` AdamW state too when
+    ``carry_optimizer``)."""
 
     seed: int | None = None
-    checkpoint: str | None = None
+    pretrained: str | None = None
     carry_optimizer: bool = False
+
+    def load(self, model: Olmo, optimizer: torch.optim.Optimizer) -> None:
+        """Load ``pretrained`` into the sharded ``model`` (and ``optimizer``) on every rank (collective)."""
+        if self.pretrained is None:
+            return
+        artifact = Path(self.pretrained)
+        if self.carry_optimizer:
+            load_consolidated(model, artifact / MODEL_DIR, optimizer, artifact / FINAL_CHECKPOINT_DIR)
+        else:
+            load_consolidated(model, artifact / MODEL_DIR)
 
 
 @dataclass(frozen=True)
@@ -150,8 +161,7 @@ def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | 
     settings = replace(settings, precision=effective_precision(settings.precision, device))
     model = build_model(job, device, settings.precision)
     optimizer = build_optimizer(model, settings)
-    if job.init.checkpoint is not None:
-        load_training_checkpoint(job.init.checkpoint, model, optimizer if job.init.carry_optimizer else None)
+    job.init.load(model, optimizer)
     log, close = (
         _console_and_wandb(job, settings, _resume_step(job.checkpoint_dir)) if rank == 0 else (None, None)
     )
@@ -174,30 +184,25 @@ def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | 
     finally:
         if close is not None:
             close(failed)
-    weights = full_model_state(model)
+    weights, optimizer_state = full_training_state(model, optimizer)
     if rank != 0:
         return None
-    return write_training_output(job, model.config, weights, state)
+    return write_training_output(job, model.config, weights, optimizer_state, state)
 
 
 def write_training_output(
-    job: TrainingJob, config: OlmoConfig, weights: dict[str, torch.Tensor], state: TrainState
+    job: TrainingJob,
+    config: OlmoConfig,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: TrainState,
 ) -> dict[str, Any]:
-    """The artifact's files: consolidated model, per-step metrics, and the final sharded checkpoint."""
+    """The artifact's files (rank 0): consolidated model, per-step metrics, consolidated AdamW state."""
     out = Path(job.output_dir)
     final = {k: v for k, v in state.to_dict().items() if k != "history"}
     save_model_state(weights, config, out / MODEL_DIR, extra=final)
     with open(out / METRICS_FILE, "w") as handle:
         for metrics in state.history:
             handle.write(json.dumps(metrics) + "\n")
-    shutil.rmtree(out / FINAL_CHECKPOINT_DIR, ignore_errors=True)
-    shutil.copytree(list_checkpoints(job.checkpoint_dir)[-1], out / FINAL_CHECKPOINT_DIR, copy_function=_link_or_copy)
+    save_optimizer_state(optimizer_state, out / FINAL_CHECKPOINT_DIR)
     return final
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    """Hard-link when on the same filesystem (a 7B optimizer state is not copied), else copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

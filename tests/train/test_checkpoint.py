@@ -125,7 +125,7 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(make_model
     for step in (2, 4):
         save_training_checkpoint(checkpoint_path(tmp_path, step), model, optimizer, TrainState(step=step))
     newest = checkpoint_path(tmp_path, 4)
-    corrupt(next(newest.glob("*.distcp")))
+    corrupt(next(newest.glob("state/*.safetensors")))
     other = make_model(seed=2)
     where, state = load_latest_checkpoint(tmp_path, other, torch.optim.AdamW(other.parameters()))
     assert where == checkpoint_path(tmp_path, 2) and state.step == 2

@@ -26,7 +26,7 @@ from tango.workspaces import LocalWorkspace
 from steps.common.models import MODEL_DIR
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE
-from steps.train.sharded_checkpoint import list_checkpoints, load_training_checkpoint
+from steps.train.sharded_checkpoint import list_checkpoints, load_consolidated
 from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
 from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob
@@ -246,14 +246,14 @@ def test_sharding_recomputation_and_compilation_train_the_same_model(micro_job, 
     assert len(list(tmp_path.glob("wandb/offline-run-*-options"))) == 1  # W&B offline by default, in the work dir
 
 
-def optimizer_steps(checkpoint: Path) -> set[int]:
-    """The AdamW step counts stored in a sharded checkpoint (loaded in this process)."""
-    config = OlmoConfig.from_dict(json.loads((checkpoint / CONFIG_FILE).read_text()))
+def optimizer_steps(artifact: Path) -> set[int]:
+    """The AdamW step counts an artifact hands off (loaded in this process)."""
+    config = OlmoConfig.from_dict(json.loads((artifact / MODEL_DIR / CONFIG_FILE).read_text()))
     model = Olmo(config)
     optimizer = build_optimizer(model, TrainConfig.from_dict({
         "global_batch_size": 1, "micro_batch_size": 1, "max_steps": 1, "schedule": {"kind": "constant", "peak_lr": 1.0},
     }))
-    load_training_checkpoint(checkpoint, model, optimizer)
+    load_consolidated(model, artifact / MODEL_DIR, optimizer, artifact / FINAL_CHECKPOINT_DIR)
     return {int(state["step"]) for state in optimizer.state.values()}
 
 
@@ -263,10 +263,10 @@ def test_anneal_continues_the_data_order_with_fresh_or_carried_optimizer_state(m
     anneal_steps = 2
     job = replace(
         micro_job(f"anneal-{carried}", max_steps=anneal_steps, schedule=LRSchedule.anneal(1e-3, anneal_steps).to_dict()),
-        init=Initialization(checkpoint=str(pretrained / FINAL_CHECKPOINT_DIR), carry_optimizer=carried),
+        init=Initialization(pretrained=str(pretrained), carry_optimizer=carried),
         start_state={"data_step": STEPS, "tokens_seen": 0, "step": 0, "skipped_steps": 0, "history": []},
     )
     history, _ = run(job, 2)
     assert [m["data_step"] for m in history] == [STEPS, STEPS + 1]
     assert [m["lr"] for m in history] == pytest.approx([5e-4, 0.0])
-    assert optimizer_steps(Path(job.output_dir) / FINAL_CHECKPOINT_DIR) == {STEPS + anneal_steps if carried else anneal_steps}
+    assert optimizer_steps(Path(job.output_dir)) == {STEPS + anneal_steps if carried else anneal_steps}
