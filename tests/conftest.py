@@ -26,6 +26,22 @@ def run_tango(workflow: Path, workspace: Path) -> tuple[set[str], str]:
     return set(re.findall(r'Starting step "([^"]+)"', output)), output
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_workspace_cache(tmp_path_factory) -> Path:
+    """This machine's workspace cache (verified marks, copies of remote results) for the session, so tests
+    never read or write ~/.cache/olmo-tango; subprocesses inherit it. Tests may point it elsewhere."""
+    import os
+
+    directory = tmp_path_factory.mktemp("olmo-tango-cache")
+    previous = os.environ.get("OLMO_TANGO_CACHE")
+    os.environ["OLMO_TANGO_CACHE"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["OLMO_TANGO_CACHE"]
+    else:
+        os.environ["OLMO_TANGO_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tango_run():
     """:func:`run_tango`: ``tango_run(workflow, workspace) -> (steps started, output)``."""

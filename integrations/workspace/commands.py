@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from .leases import LEASES
-from .results import LISTING, RESULTS, IntegrityError, _files, _sha256, parse_listing, verify_directory
+from .results import LISTING, RESULTS, IntegrityError, directory_problems, listed_files, parse_listing, sha256_file
 from .store import Store
 from .workspace import DATE_FORMAT, LAYOUT, MARKER, RUNS, STEPS, local_cache_root, refuse_tango_local_workspace
 
@@ -187,24 +187,6 @@ def list_results(store: Store) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------- verify
-
-
-def directory_problems(directory: Path, listing: dict[str, Any], where: str) -> list[str]:
-    """Every difference between ``directory`` and its listing, one message per file (empty when it matches).
-    Pass/fail is ``verify_directory``'s, the check every read of the workspace makes."""
-    try:
-        verify_directory(directory, listing, where)
-        return []
-    except IntegrityError as first:
-        present = {name: path for name, path in _files(directory).items() if name != LISTING}
-        listed = set(listing["files"])
-        problems = [f"{where}/{name}: listed in {LISTING} but missing" for name in sorted(listed - set(present))]
-        problems += [f"{where}/{name}: not listed in {LISTING}" for name in sorted(set(present) - listed)]
-        for name, entry in sorted(listing["files"].items()):
-            path = present.get(name)
-            if path is not None and (path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256")):
-                problems.append(f"{where}/{name}: sha256 does not match {LISTING} (changed)")
-        return problems or [str(first)]
 
 
 @dataclass
@@ -488,7 +470,7 @@ def import_tango_local(
         prefix = f"{RESULTS}/{unique_id}"
         manifest_raw = (entry / MANIFEST).read_bytes()
         data_files = {
-            name: {"sha256": _sha256(path), "size": path.stat().st_size} for name, path in _files(entry / DATA).items()
+            name: {"sha256": sha256_file(path), "size": path.stat().st_size} for name, path in listed_files(entry / DATA).items()
         }
         problems = _manifest_problems(entry, manifest_raw, data_files, unique_id)
         if problems:

@@ -34,7 +34,7 @@ class IntegrityError(RuntimeError):
     """A workspace file differs from what its listing says: changed, missing, added or not JSON."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 22):
@@ -42,15 +42,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(directory: Path) -> dict[str, Path]:
+def listed_files(directory: Path) -> dict[str, Path]:
     return {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def make_listing(directory: Path, unique_id: str, step_class: str) -> dict[str, Any]:
     """The listing of a result directory about to be published."""
     files = {
-        name: {"sha256": _sha256(path), "size": path.stat().st_size}
-        for name, path in _files(directory).items()
+        name: {"sha256": sha256_file(path), "size": path.stat().st_size}
+        for name, path in listed_files(directory).items()
         if name != LISTING
     }
     return {"fingerprint": unique_id, "step_class": step_class, "files": files}
@@ -69,17 +69,26 @@ def parse_listing(raw: bytes, where: str, unique_id: str) -> dict[str, Any]:
     return listing
 
 
+def directory_problems(directory: Path, listing: dict[str, Any], where: str) -> list[str]:
+    """Every difference between ``directory`` and its listing, one message per file (empty when they match)."""
+    present = {name: path for name, path in listed_files(directory).items() if name != LISTING}
+    listed = listing["files"]
+    problems = [f"{where}/{name}: listed in {LISTING} but missing" for name in sorted(set(listed) - set(present))]
+    problems += [
+        f"{where}/{name}: not listed in {LISTING} (added by another writer?)" for name in sorted(set(present) - set(listed))
+    ]
+    for name, entry in sorted(listed.items()):
+        path = present.get(name)
+        if path is not None and (path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256")):
+            problems.append(f"{where}/{name}: sha256 does not match {LISTING} (changed by another writer?)")
+    return problems
+
+
 def verify_directory(directory: Path, listing: dict[str, Any], where: str) -> None:
     """Fail, naming the file, unless ``directory`` holds exactly the listed files with the listed hashes."""
-    present = {name: path for name, path in _files(directory).items() if name != LISTING}
-    for name in sorted(set(listing["files"]) - set(present)):
-        raise IntegrityError(f"{where}/{name}: listed in {LISTING} but missing")
-    for name in sorted(set(present) - set(listing["files"])):
-        raise IntegrityError(f"{where}/{name}: not listed in {LISTING} (added by another writer?)")
-    for name, entry in listing["files"].items():
-        path = present[name]
-        if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
-            raise IntegrityError(f"{where}/{name}: sha256 does not match {LISTING} (changed by another writer?)")
+    problems = directory_problems(directory, listing, where)
+    if problems:
+        raise IntegrityError(problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)")
 
 
 class VerifiedMarks:
@@ -90,7 +99,7 @@ class VerifiedMarks:
 
     @staticmethod
     def _state(directory: Path) -> dict[str, list[int]]:
-        return {name: [p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino] for name, p in _files(directory).items()}
+        return {name: [p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino] for name, p in listed_files(directory).items()}
 
     def _mark_file(self, unique_id: str) -> Path:
         return self.root / f"{unique_id}.json"

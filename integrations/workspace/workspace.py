@@ -85,7 +85,8 @@ class OlmoWorkspace(Workspace):
         self.store.create(MARKER, f'{{"layout": {LAYOUT}}}\n'.encode())
         self.local_root = local_cache_root()
         self.cache = ResultCache(self.store, self.local_root)
-        self.run_name = f"unregistered-{socket.gethostname()}-{os.getpid()}"
+        self.run_name = f"unregistered-{socket.gethostname()}-{os.getpid()}"  # until register_run
+        self._registered = False
         self.leases = Leases(self.store, run_name=lambda: self.run_name)
         self._held: dict[str, Lease] = {}
         self._computed: dict[str, str] = {}
@@ -244,11 +245,13 @@ class OlmoWorkspace(Workspace):
                 break
             if name is not None:
                 raise WorkspaceError(f"a run named {name!r} already exists in {self.url}")
-        self.run_name = candidate
-        self._computed = {}
+        self.run_name, self._registered, self._computed = candidate, True, {}
         return self.registered_run(candidate)
 
     def _save_run_record(self) -> None:
+        """Record the steps this run computed (steps run outside a registered run are not recorded)."""
+        if not self._registered:
+            return
         record = self.store.read_json(self._run_key(self.run_name))
         record["computed"] = dict(self._computed)
         self.store.write_json(self._run_key(self.run_name), record)
@@ -301,5 +304,9 @@ def _json_bytes(data: Any) -> bytes:
 # first (importing tango.workspaces), so that this registration replaces its "local" and is not replaced.
 import tango.workspaces  # noqa: E402,F401
 
+_registrable_log = logging.getLogger("tango.common.registrable")
+_level = _registrable_log.level
+_registrable_log.setLevel(logging.WARNING)  # replacing on purpose: not worth an INFO line in every run
 for _scheme in ("local", "file", "s3", "gs", "gcs"):
     Workspace.register(_scheme, exist_ok=True)(OlmoWorkspace)
+_registrable_log.setLevel(_level)

@@ -74,6 +74,8 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: missing") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text)") from None
 
 
 def _sha256(path: Path) -> str:
@@ -103,8 +105,12 @@ def listed_checksums(directory: str | Path) -> list[tuple[str, str]]:
     listing = directory / CHECKSUM_FILE
     if not listing.is_file():
         raise CheckpointError(f"{directory}: no {CHECKSUM_FILE}; not a complete model directory or checkpoint")
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{listing}: expected '<sha256>  <file name>' lines (not UTF-8 text)") from None
     pairs = []
-    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         expected, _, name = line.partition("  ")
         if not name:
             raise CheckpointError(f"{listing}:{number}: expected '<sha256>  <file name>'")

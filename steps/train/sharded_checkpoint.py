@@ -61,7 +61,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .checkpoint import (
-    CHECKSUM_FILE,
     CONFIG_FILE,
     STATE_FILE,
     CheckpointError,
@@ -173,10 +172,7 @@ def _check_headers(directory: Path) -> Callable[[Part], None]:
 
 def _check_checksums(directory: Path) -> Callable[[Part], None]:
     def check(part: Part) -> None:
-        try:
-            verify_checksums(directory, part=part)
-        except UnicodeDecodeError:
-            raise CheckpointError(f"{directory / CHECKSUM_FILE}: not UTF-8 text") from None
+        verify_checksums(directory, part=part)
 
     return check
 
@@ -186,8 +182,6 @@ def _read_train_state(path: Path) -> tuple[TrainState, int]:
     try:
         saved = read_json(path)
         return TrainState.from_dict(saved["train_state"]), saved["world_size"]
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: not UTF-8 text") from None
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: expected train_state and world_size ({type(exc).__name__}: {exc})") from None
 

@@ -38,6 +38,14 @@ class WorkspaceTestNumbers(ArtifactStep):
         return self.artifact(out, {"count": count})
 
 
+@Step.register("workspace_test_pickled")
+class WorkspaceTestPickled(Step):
+    """A step with Tango's default format (DillFormat)."""
+
+    def run(self) -> int:
+        raise AssertionError("must not run: its result could not be stored safely")
+
+
 class Marker:
     """Unpickling this creates ``path``: proof that something executed a workspace's bytes."""
 
@@ -171,6 +179,11 @@ def test_a_step_info_naming_a_pickling_step_class_is_refused(tmp_path, monkeypat
     workspace = OlmoWorkspace(str(tmp_path / "workspace"))
     with pytest.raises(IntegrityError, match="names another step class, 'PrintStep'"):
         workspace.step_cache[workspace.step_info(step.unique_id)]
+
+
+def test_a_step_whose_format_unpickles_is_refused_before_it_runs(tmp_path):
+    with pytest.raises(IntegrityError, match="its FORMAT DillFormat may unpickle"):
+        WorkspaceTestPickled().result(OlmoWorkspace(str(tmp_path / "workspace")))
 
 
 def test_tango_local_workspaces_are_refused_with_how_to_import(tmp_path):

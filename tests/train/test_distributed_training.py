@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
-from tango.workspaces import LocalWorkspace
+from integrations.workspace import OlmoWorkspace
 
 from steps.common.models import MODEL_DIR
 from olmo_model import LRSchedule, Olmo, OlmoConfig
@@ -45,7 +45,7 @@ def micro_job(micro_workspace, tmp_path_factory):
     """``micro_job(name, **train_overrides)``: a job training the micro workflow's model on its instances."""
     import_module_and_submodules("steps")
     pretrain = StepGraph.from_file(MICRO)["pretrain"]
-    instances = LocalWorkspace(micro_workspace).step_cache[StepGraph.from_file(MICRO)["instances"]]
+    instances = OlmoWorkspace(str(micro_workspace)).step_cache[StepGraph.from_file(MICRO)["instances"]]
     root = tmp_path_factory.mktemp("jobs")
 
     def make(name: str, **overrides) -> TrainingJob:

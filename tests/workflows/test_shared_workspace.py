@@ -19,6 +19,7 @@ from integrations.workspace import OlmoWorkspace
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
 TANGO = Path(sys.executable).parent / "tango"
+OLMO_TANGO = Path(sys.executable).parent / "olmo-tango"
 
 pytestmark = pytest.mark.slow
 import_module_and_submodules("steps")
@@ -71,7 +72,7 @@ def test_a_killed_holder_is_taken_over_after_its_lease_expires(micro_workspace, 
     pretrain = graph["pretrain"].unique_id
     workspace = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(micro_workspace), str(workspace)], check=True)
-    for path in (workspace / "results" / pretrain, workspace / "work" / pretrain):
+    for path in (workspace / "results" / pretrain, workspace / "work" / pretrain, workspace / "leases" / pretrain):
         subprocess.run(["rm", "-rf", str(path)], check=True)
 
     holder = start_run(workspace, "holder", "--step-name", "pretrain", lease_s=4)
@@ -90,3 +91,16 @@ def test_a_killed_holder_is_taken_over_after_its_lease_expires(micro_workspace, 
     assert shared.run_record("waiter")["computed"] == {"pretrain": pretrain}
     assert shared.run_record("holder")["computed"] == {}
     assert model_hashes(workspace, pretrain) == model_hashes(micro_workspace, pretrain)
+
+
+def test_a_workspace_synced_through_s3_is_reused_where_it_lands(micro_workspace, s3_server, tango_run, tmp_path,
+                                                                 monkeypatch):
+    bucket, landed = s3_server.bucket() + "/micro", tmp_path / "landed"
+    for source, target in ((str(micro_workspace), bucket), (bucket, str(landed))):
+        subprocess.run([str(OLMO_TANGO), "workspace", "sync", source, target], cwd=ROOT, check=True,
+                       capture_output=True, timeout=600)
+    monkeypatch.setenv("COLUMNS", "400")  # the results table on one line per step
+    started, output = tango_run(MICRO, landed)
+    assert started == set()
+    assert f"{landed}/results/PretrainOlmo-" in output
+    assert str(micro_workspace) not in output
