@@ -16,7 +16,8 @@ command's fixed start-up, measured by dry runs); wall-clock and CPU-second figur
 Then it compares the Gopher decisions, document by document: dolma's gopher_v1 attributes judged by
 the Dolma v1.5 thresholds against ours judged by our default thresholds (and the PII span counts).
 It appends the figures to ``benchmarks/RESULTS.md`` (its "corpus" section) and prints one JSON
-line, last. How the two tools' work differs is written down in RESULTS.md.
+line, last. How the two tools' work differs is written down in RESULTS.md. :func:`ours_only` runs this
+project's side alone, untimed, at any size (the smoke test's toy run).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from typing import Any, Iterator, NamedTuple
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "RESULTS.md"
-PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+PROJECT_PYTHON = VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)  # the project's own interpreter
 DOLMA_VENV = BENCHMARKS / ".venv-dolma"
 DOLMA_VERSION = "1.2.1"
 # dolma pins s3fs 2023.6.0, whose aiobotocore pins botocore; with boto3 unpinned pip backtracks
@@ -243,11 +245,40 @@ class Stage(NamedTuple):
     peer_stats: dict[str, Any]
 
 
+def ours_options(stage: str, workers: int, counts: dict[str, Any]) -> dict[str, Any]:
+    """The options of our side of a stage (``corpus_ours.py <stage>``), from the input's counts."""
+    if stage == "filter":
+        return {"workers": workers}
+    if stage == "dedup":
+        num_documents = sum(counts["sources"].values())
+        return {"config": {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
+                           "expected_items": 2 * num_documents + counts["paragraphs"]}, "workers": workers}
+    if stage == "mix":
+        return {"max_shard_bytes": MAX_SHARD_BYTES}
+    return {}
+
+
+# where each stage of ours writes (``decisions`` reads what ``filter`` wrote)
+OURS_OUTPUT = {"filter": "filter", "dedup": "dedup", "mix": "mix", "decisions": "filter"}
+
+
+def ours_only(work: Path, num_documents: int, seed: int = 0, workers: int = 1) -> dict[str, Any]:
+    """This project's side alone, untimed, with the benchmark's commands and options: the seeded input, then
+    ``corpus_ours.py`` filter, dedup, mix and decisions. Returns the input's counts and each stage's stats."""
+    documents, counts = write_input(work, num_documents, seed)
+    found: dict[str, Any] = {"input": counts}
+    for stage, output in OURS_OUTPUT.items():
+        command = ours_command(stage, documents, work / "ours" / output, ours_options(stage, workers, counts))
+        found[stage] = json.loads(run(command, work / "logs" / f"ours-{stage}.log").stdout.strip().splitlines()[-1])
+    return found
+
+
 def tagging(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
     peer = run_dolma(dolma, "tag", {
         "documents": [str(documents / "*" / "*.jsonl.gz")], "taggers": list(PEER_TAGGERS),
         "experiment": EXPERIMENT, "processes": workers}, work, "tag")
-    ours, stats = run_ours("filter", documents, work / "ours" / "filter", {"workers": workers}, work)
+    ours, stats = run_ours("filter", documents, work / "ours" / OURS_OUTPUT["filter"],
+                           ours_options("filter", workers, {}), work)
     return Stage(ours, peer, stats, {})
 
 
@@ -269,9 +300,8 @@ def dedup(dolma: Path, work: Path, documents: Path, workers: int, counts: dict[s
             "bloom_filter": {"file": str(work / "peer" / f"bloom-{kind}.bin"), "read_only": False,
                              "estimated_doc_count": expected, "desired_false_positive_rate": FALSE_POSITIVE_RATE},
             "processes": workers}, work, f"dedupe-{kind}")
-    options = {"config": {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
-                          "expected_items": 2 * num_documents + counts["paragraphs"]}, "workers": workers}
-    ours, stats = run_ours("dedup", documents, work / "ours" / "dedup", options, work)
+    ours, stats = run_ours("dedup", documents, work / "ours" / OURS_OUTPUT["dedup"],
+                           ours_options("dedup", workers, counts), work)
     return Stage(ours, peer, stats, peer_dedup_counts(work / "attributes"))
 
 
@@ -287,7 +317,8 @@ def mix_config(documents: Path, output: Path, workers: int, exclude: list[str], 
 def mixing(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
     nothing = ["$.metadata[?(@.kind == 'no such kind')]"]  # the mixer wants a filter: this one removes nothing
     peer = run_dolma(dolma, "mix", mix_config(documents, work / "peer" / "mix", workers, nothing, []), work, "mix")
-    ours, stats = run_ours("mix", documents, work / "ours" / "mix", {"max_shard_bytes": MAX_SHARD_BYTES}, work)
+    ours, stats = run_ours("mix", documents, work / "ours" / OURS_OUTPUT["mix"], ours_options("mix", workers, {}),
+                           work)
     return Stage(ours, peer, stats, {"documents_out": count_documents(work / "peer" / "mix")})
 
 
@@ -301,7 +332,7 @@ def gopher_mixing(dolma: Path, work: Path, documents: Path, workers: int) -> tup
 
 def agreement(work: Path, documents: Path, kinds: dict[str, str]) -> dict[str, Any]:
     """Gopher decisions (and PII span counts) of both tools, document by document."""
-    _, ours = run_ours("decisions", documents, work / "ours" / "filter", {}, work)
+    _, ours = run_ours("decisions", documents, work / "ours" / OURS_OUTPUT["decisions"], {}, work)
     peer = peer_gopher_decisions(work / "attributes" / EXPERIMENT)
     peer_pii = peer_pii_spans(work / "attributes" / EXPERIMENT)
     if set(ours["gopher"]) != set(peer) or set(ours["pii_spans"]) != set(peer_pii):

@@ -14,7 +14,8 @@ and after "Answer:" for ``acc_uncond``), on both sides:
 The sides alternate over rounds in one process on the same threads; pairs/s comes from each side's median
 round. The two must give the same log-probabilities (to ``LOGPROB_TOLERANCE`` nats per pair); the accuracies
 of both under every normalization are compared. It appends the figures to ``benchmarks/RESULTS.md`` (its
-"eval" section) and prints one JSON line, last.
+"eval" section) and prints one JSON line, last. :func:`measure` runs both sides at any shape and size (the
+smoke test's toy run: both sides are in this process, no peer to install).
 """
 from __future__ import annotations
 
@@ -27,11 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-# benchmarks/tokenize.py shadows the standard library's ``tokenize``: take this folder off the import path
-# and import the other benchmarks as the ``benchmarks`` package.
-BENCHMARKS_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS_DIR]
-sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+# the other benchmarks are imported as the ``benchmarks`` package, from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
@@ -148,7 +146,7 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         f"### {report['date']}: `{command}`",
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, torch {torch.__version__}, threads "
-        f"{report['threads']}. Model: {SHAPE}, vocabulary 50,280 (embedding 50,304), seeded init, fp32; OLMo "
+        f"{report['threads']}. Model: {report['shape']}, vocabulary 50,280 (embedding 50,304), seeded init, fp32; OLMo "
         f"tokenizer. Questions: {report['limit']} per task (seed {report['seed']}) of the nine core tasks: "
         f"{report['pairs']:,} distinct pairs ({report['tokens']:,} tokens of context + continuation), each choice "
         f"after its context and after \"{UNCONDITIONAL_CONTEXT}\". {report['rounds']} rounds, the sides "
@@ -183,18 +181,15 @@ def results_block(command: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds on 12 questions per task, not 3 on 40")
-    parser.add_argument("--seed", type=int, default=0, help="for the weights and the questions' subsample")
-    args = parser.parse_args()
-    rounds, limit = (2, 12) if args.quick else (3, 40)
-    command = " ".join(["python benchmarks/eval.py", *sys.argv[1:]])
-
-    torch.manual_seed(args.seed)
-    model = Olmo(OlmoConfig(**SHAPE)).eval()
+def measure(limit: int, rounds: int, seed: int = 0, shape: dict[str, Any] = SHAPE,
+            tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+    """Score ``limit`` questions of each of ``tasks`` with both sides, ``rounds`` times, on a seeded model of
+    ``shape``; fail unless their log-probabilities agree. Returns the report (:func:`results_block`'s input,
+    without the date)."""
+    torch.manual_seed(seed)
+    model = Olmo(OlmoConfig(**shape)).eval()
     tokenizer = load_tokenizer(olmo_tokenizers_dir() / TOKENIZER)
-    questions = {name: load_task(name, limit, args.seed) for name in TASKS}
+    questions = {name: load_task(name, limit, seed) for name in tasks}
     pairs = {name: task_pairs(task) for name, task in questions.items()}
     scorer = LogLikelihoodScorer(model, tokenizer, device="cpu", batch_size=BATCH_SIZE)
     sides: dict[str, Callable[[Sequence[Pair]], Scores]] = {
@@ -202,9 +197,9 @@ def main() -> None:
         "peer": lambda task: naive_scores(model, tokenizer, task),
     }
     for score in sides.values():
-        score(pairs[TASKS[0]][:WARMUP_PAIRS])
+        score(pairs[tasks[0]][:WARMUP_PAIRS])
     pair_count = sum(len(task) for task in pairs.values())
-    log(f"{rounds} rounds of ours and the naive loop on {pair_count} pairs of {len(TASKS)} tasks")
+    log(f"{rounds} rounds of ours and the naive loop on {pair_count} pairs of {len(tasks)} tasks")
     results = run_rounds(sides, pairs, rounds)
 
     threads = torch.get_num_threads()
@@ -214,20 +209,34 @@ def main() -> None:
     compared = compare(questions, results["ours"]["scores"], results["peer"]["scores"])
     ours, peer = results["ours"]["pairs_per_second"], results["peer"]["pairs_per_second"]
     tokens = sum(len(scorer.request(*pair)[0]) for task in pairs.values() for pair in task)
-    report = {
-        "machine": machine(), "threads": threads, "limit": limit, "seed": args.seed, "rounds": rounds,
-        "pairs": pair_count, "tokens": tokens, "questions": {name: len(task) for name, task in questions.items()},
+    return {
+        "machine": machine(), "threads": threads, "limit": limit, "seed": seed, "rounds": rounds, "shape": shape,
+        "tasks": list(tasks), "pairs": pair_count, "tokens": tokens,
+        "questions": {name: len(task) for name, task in questions.items()},
         "task_pairs": {name: len(task) for name, task in pairs.items()},
         "sides": results, "ratio": ours / peer, **compared,
         "accuracies_equal": compared["accuracies"]["ours"] == compared["accuracies"]["peer"],
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds on 12 questions per task, not 3 on 40")
+    parser.add_argument("--seed", type=int, default=0, help="for the weights and the questions' subsample")
+    args = parser.parse_args()
+    rounds, limit = (2, 12) if args.quick else (3, 40)
+    command = " ".join(["python benchmarks/eval.py", *sys.argv[1:]])
+
+    report = measure(limit, rounds, args.seed)
+    report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     append_results("eval", results_block(command, report))
+    results = report["sides"]
+    ours, peer = results["ours"]["pairs_per_second"], results["peer"]["pairs_per_second"]
     print(json.dumps({
         "benchmark": "eval", "unit": "pairs/s", "ours": round(ours, 2), "peer": round(peer, 2),
-        "ratio": round(ours / peer, 3), "pairs": pair_count, "tasks": list(TASKS),
-        "max_logprob_difference": compared["max_logprob_difference"], "accuracies_equal": report["accuracies_equal"],
-        "accuracies": compared["accuracies"]["ours"],
+        "ratio": round(ours / peer, 3), "pairs": report["pairs"], "tasks": list(TASKS),
+        "max_logprob_difference": report["max_logprob_difference"], "accuracies_equal": report["accuracies_equal"],
+        "accuracies": report["accuracies"]["ours"],
         "task_ratios": {name: round(task_ratio(results, name), 3) for name in TASKS},
         "cpu_share": {name: round(side["cpu_share"], 3) for name, side in results.items()},
     }))

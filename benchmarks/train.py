@@ -14,6 +14,8 @@ peak RSS and the losses to ``benchmarks/RESULTS.md`` (its "train" section) and p
 
 ``--gpu`` adds our trainer on the first GPU: the OLMo-1B preset at seq 2048, bf16 autocast, compiled blocks;
 its tokens/s and MFU (model FLOPs with attention, over the GPU's peak dense bf16 FLOP/s).
+
+:func:`ours_only` runs this project's side alone at any shape and size (the smoke test's toy run).
 """
 from __future__ import annotations
 
@@ -30,11 +32,8 @@ from typing import Any
 
 import numpy as np
 
-# benchmarks/tokenize.py shadows the standard library's ``tokenize``: take this folder off the import path
-# and import the other benchmarks as the ``benchmarks`` package.
-BENCHMARKS_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS_DIR]
-sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+# the other benchmarks are imported as the ``benchmarks`` package, from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.corpus import (  # noqa: E402
     BENCHMARKS, PROJECT_PYTHON, append_results, base_python, log, machine, run, work_directory,
@@ -64,7 +63,7 @@ def ensure_peer() -> Path:
     return python
 
 
-def prepare(work: Path, steps: int, batch: int, seed: int) -> dict[str, Any]:
+def prepare(work: Path, steps: int, batch: int, seed: int, shape: dict[str, Any] = SHAPE) -> dict[str, Any]:
     """Write the shared initial weights (an OlmoForCausalLM directory) and token batches; return the options."""
     script = (
         "import json, sys, torch; from pathlib import Path\n"
@@ -76,13 +75,20 @@ def prepare(work: Path, steps: int, batch: int, seed: int) -> dict[str, Any]:
         "export_to_hf(model.state_dict(), config, olmo_tokenizers_dir() / 'allenai_gpt-neox-olmo-dolma-v1_5.json',"
         " Path(sys.argv[2]))\n"
     )
-    run([str(PROJECT_PYTHON), "-c", script, json.dumps(SHAPE), str(work / "model"), str(seed)],
+    run([str(PROJECT_PYTHON), "-c", script, json.dumps(shape), str(work / "model"), str(seed)],
         work / "logs" / "prepare.log")
     rng = np.random.default_rng(seed)
-    ids = np.minimum(rng.zipf(1.3, size=(steps, batch, SHAPE["max_sequence_length"])) - 1, 50_279)
+    ids = np.minimum(rng.zipf(1.3, size=(steps, batch, shape["max_sequence_length"])) - 1, 50_279)
     np.save(work / "tokens.npy", ids.astype(np.int64))
-    return {"model": str(work / "model"), "tokens": str(work / "tokens.npy"), "olmo_config": SHAPE,
+    return {"model": str(work / "model"), "tokens": str(work / "tokens.npy"), "olmo_config": shape,
             "threads": os.cpu_count() or 1}
+
+
+def ours_only(work: Path, shape: dict[str, Any], steps: int, batch: int, seed: int = 0) -> dict[str, Any]:
+    """This project's side alone, as a round of the benchmark runs it (``train_worker.py ours`` in the training
+    workers' environment, from weights exported as an ``OlmoForCausalLM`` directory): its JSON line."""
+    options = prepare(work, steps, batch, seed, shape)
+    return train_side(PROJECT_PYTHON, "ours", options, worker_environment(), work / "logs" / "ours.log")
 
 
 def environment_prefix(environment: dict[str, str]) -> list[str]:

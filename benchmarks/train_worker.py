@@ -18,19 +18,15 @@ clipping at 1.0, one micro-batch per step.
 """
 from __future__ import annotations
 
+import json
+import resource
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
-# benchmarks/tokenize.py would shadow the standard library's ``tokenize`` (which torch imports).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import json  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 LR = 3e-4
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,10 @@
 """Where every input record of a source went: quarantined, removed by a filter rule, removed by
-dedup, or kept. The counts come from the stages' summaries and must add up exactly."""
+dedup, or kept. The counts come from the stages' summaries and must add up exactly.
+
+Beside them, what a count of records cannot show: ``unreadable_bytes``, the compressed bytes of truncated
+or corrupt shards that decode to no record (each such shard is one ``truncated_shard`` record; the records
+in its unreadable bytes are lost and their number cannot be known), and ``duplicate_ids``, the kept records
+whose id an earlier record of the source already had (ids are kept as given)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -37,6 +42,9 @@ def source_account(source: Mapping[str, Any], filtered: Mapping[str, Any], dedup
         "c4_lines_removed": filtered["c4_lines_removed"],
         "toxic_sentences_removed": filtered["toxic_sentences_removed"],
         "paragraphs_removed": deduped["paragraphs_removed"],
+        "truncated_shards": source["quarantined"].get("truncated_shard", 0),
+        "unreadable_bytes": source.get("unreadable_bytes", 0),
+        "duplicate_ids": source.get("duplicate_ids", 0),
     }
     accounted = sum(account[key] for key in ("quarantined", "removed_by_filter", "removed_by_dedup", "kept"))
     if accounted != account["records_in"]:

@@ -14,7 +14,13 @@ content changes the fingerprint and nothing else does.
 Bad input (invalid JSON or UTF-8, a missing, non-string or blank ``text``, a missing ``id``, a
 document over ``max_document_bytes``, a truncated compressed shard) never stops the run silently:
 each bad record is quarantined with its file and line and counted by reason, or, with
-``strict: true``, fails the run naming file and line.
+``strict: true``, fails the run naming file and line. Input shards are read by
+:func:`steps.corpus.reading.read_source_records` (compression told by magic bytes, a leading UTF-8 BOM
+skipped, the records before the damage in a truncated shard kept). Every input file is named one way
+everywhere (quarantine rows, messages, logs): a local file by its absolute path, any other by its URL.
+
+Ids are kept as given, as Dolma does (dedup is a stage of its own, by URL and text): a record whose id
+another record of the same source already used is kept, and counted (``duplicate_ids``).
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,11 +39,14 @@ from typing import Any, Iterator, Literal, Mapping, Union
 import fsspec
 
 from steps.common.documents import (
-    DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, read_records,
+    DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, list_shards,
+    read_documents,
 )
 from steps.corpus.config import ConfigError, build, require
+from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
 from steps.corpus.layout import DOCUMENTS_DIR, QUARANTINE_DIR, SHARD_SUFFIXES
+from steps.corpus.reading import TruncatedShard, read_source_records
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import merge_stats
 
@@ -139,6 +150,11 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
+def shard_name(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """How an input file is named everywhere: a local file by its absolute path, any other by its URL."""
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
 # fs.info keys that identify a remote file's content, most specific first.
 CONTENT_INFO_KEYS = ("sha256", "ETag", "etag", "e_tag", "md5Hash", "md5", "blob_id", "checksum")
 TIME_INFO_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
@@ -158,7 +174,7 @@ def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
     if lfs.get("sha256"):
         identity["sha256"] = lfs["sha256"]
     if not set(identity) & {*CONTENT_INFO_KEYS, *TIME_INFO_KEYS}:
-        logger.warning("%s: no ETag or modification time; its fingerprint covers only its size", path)
+        logger.warning("%s: no ETag or modification time; its fingerprint covers only its size", shard_name(fs, path))
     return json.dumps({"url": fs.unstrip_protocol(path), **identity}, sort_keys=True, default=str)
 
 
@@ -177,7 +193,7 @@ def _as_source(doc: dict[str, Any], name: str, location: DocumentLocation) -> di
 
 
 def _files_records(spec: FilesSource, url: str) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
-    for location, record in read_records(url, spec.max_document_bytes):
+    for location, record in read_source_records(url, spec.max_document_bytes):
         yield location, record if isinstance(record, BadRecord) else _as_source(record, spec.name, location)
 
 
@@ -229,7 +245,7 @@ def _huggingface_records(spec: HuggingFaceSource) -> Iterator[tuple[DocumentLoca
         rows = datasets.load_dataset(
             spec.dataset, spec.config, split=spec.split, revision=revision, streaming=spec.streaming
         )
-    where = f"{spec.dataset} [{spec.split}]"
+    where = f"{Path(spec.dataset).resolve() if spec.is_local else spec.dataset} [{spec.split}]"
     for index, row in enumerate(rows):
         if spec.max_documents is not None and index >= spec.max_documents:
             break
@@ -294,6 +310,7 @@ class SourceJob:
     url: str | None
     output_dir: str
     max_shard_bytes: int
+    ids_dir: str
 
     @property
     def key(self) -> str:
@@ -302,6 +319,15 @@ class SourceJob:
     @property
     def prefix(self) -> str:
         return f"{self.spec.name}-{self.index:05d}"
+
+    @property
+    def ids_path(self) -> Path:
+        """The sorted digests of the ids of the documents this input wrote (:mod:`steps.corpus.duplicate_ids`)."""
+        return Path(self.ids_dir, self.spec.name, f"{self.prefix}.npy")
+
+    @property
+    def documents_dir(self) -> Path:
+        return Path(self.output_dir, DOCUMENTS_DIR, self.spec.name)
 
 
 def _records(
@@ -318,34 +344,71 @@ def _records(
 
 
 def write_source_input(job: SourceJob) -> dict[str, Any]:
-    """Copy one input's documents into ``documents/<name>/<prefix>-NNNNN.jsonl.gz`` and its bad records
-    into ``quarantine/<name>/<prefix>.jsonl.gz``; return ``{records_in, documents, bytes, quarantined,
-    skipped}`` (``records_in == documents + sum(quarantined)``)."""
+    """Copy one input's documents into ``documents/<name>/<prefix>-NNNNN.jsonl.gz``, its bad records into
+    ``quarantine/<name>/<prefix>.jsonl.gz`` and its documents' id digests to ``job.ids_path``; return
+    ``{records_in, documents, bytes, quarantined, skipped, records_recovered, unreadable_bytes}``
+    (``records_in == documents + sum(quarantined)``; the last two are of a truncated shard: the records read
+    before the damage, and the compressed bytes after them)."""
     name, out = job.spec.name, Path(job.output_dir)
-    for stale in (out / DOCUMENTS_DIR / name).glob(f"{job.prefix}-*"):  # left by an interrupted run
+    for stale in job.documents_dir.glob(f"{job.prefix}-*"):  # left by an interrupted run
         stale.unlink()
     skipped: Counter = Counter()
-    documents = size = records = 0
+    documents = size = records = recovered = unreadable = 0
+    digests = array("Q")
     strict = getattr(job.spec, "strict", False)
-    with ShardWriter(out / DOCUMENTS_DIR / name, job.prefix, job.max_shard_bytes) as writer, \
+    with ShardWriter(job.documents_dir, job.prefix, job.max_shard_bytes) as writer, \
             Quarantine(out / QUARANTINE_DIR / name / f"{job.prefix}.jsonl.gz", strict) as quarantine:
         for _, record in _records(job.spec, job.url, skipped):
             records += 1
             if isinstance(record, BadRecord):
                 quarantine.add(record)
+                if isinstance(record, TruncatedShard):
+                    recovered += record.records_recovered
+                    unreadable += record.unreadable_bytes
                 continue
             writer.write(record)
+            digests.append(id_digest(record["id"]))
             documents += 1
             size += len(record["text"].encode("utf-8"))
+    write_digests(job.ids_path, digests)
     return {"records_in": records, "documents": documents, "bytes": size,
-            "quarantined": dict(sorted(quarantine.counts.items())), "skipped": dict(sorted(skipped.items()))}
+            "quarantined": dict(sorted(quarantine.counts.items())), "skipped": dict(sorted(skipped.items())),
+            "records_recovered": recovered, "unreadable_bytes": unreadable}
+
+
+def _ids_of_finished(job: SourceJob) -> Path:
+    """The id digests of a job finished by an earlier run; rebuilt from its documents if they were not kept."""
+    if not job.ids_path.exists():
+        shards = [p for p in list_shards(job.documents_dir) if p.name.startswith(f"{job.prefix}-")]
+        write_digests(job.ids_path, (id_digest(doc["id"]) for shard in shards for _, doc in read_documents(shard)))
+    return job.ids_path
 
 
 def source_inputs(spec: SourceSpec) -> list[str | None]:
-    """The inputs of a source: the URL of each shard of a files source; one unnamed input otherwise."""
+    """The inputs of a source: each shard of a files source, by :func:`shard_name`; one unnamed input otherwise."""
     if isinstance(spec, FilesSource):
-        return [fs.unstrip_protocol(path) for fs, path in _expand_paths(spec)]
+        return [shard_name(fs, path) for fs, path in _expand_paths(spec)]
     return [None]
+
+
+def quarantine_summary(name: str, stats: Mapping[str, Any], out_dir: str | Path) -> str:
+    """One line saying how many of a source's records were quarantined, why, and where they are."""
+    quarantined, records = stats["quarantined"], stats["records_in"]
+    total = sum(quarantined.values())
+    if total == 0:
+        line = f"source {name!r}: {records} records, none quarantined"
+    else:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in
+                            sorted(quarantined.items(), key=lambda item: (-item[1], item[0])))
+        line = f"source {name!r}: {total} of {records} records quarantined: {reasons}"
+        if quarantined.get("truncated_shard"):
+            line += (f" ({stats.get('unreadable_bytes', 0)} compressed bytes of truncated shards unreadable, the "
+                     f"records in them lost; {stats.get('records_recovered', 0)} records read before the damage)")
+    if stats.get("duplicate_ids"):
+        line += f"; {stats['duplicate_ids']} kept records reuse an id seen before in this source"
+    if total:
+        line += f"; see {QUARANTINE_DIR}/{name}/ in {out_dir}"
+    return line
 
 
 def write_source(
@@ -354,18 +417,31 @@ def write_source(
     max_shard_bytes: int = 256 * 2**20,
     num_workers: int = 1,
     markers: Path | None = None,
+    ids_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Write the source's documents to ``<out_dir>/documents/<name>/`` and its bad records to
-    ``<out_dir>/quarantine/<name>/``, one input shard per job, in parallel and resumable.
+    ``<out_dir>/quarantine/<name>/``, one input shard per job, in parallel and resumable; log
+    :func:`quarantine_summary`.
 
     Returns ``{inputs, records_in, documents, bytes (of text, UTF-8), quarantined: {reason: count},
-    skipped: {reason: count}}``; ``skipped`` counts embedded candidates that make no document.
+    skipped: {reason: count}, records_recovered, unreadable_bytes, duplicate_ids}``; ``skipped`` counts
+    embedded candidates that make no document; ``duplicate_ids`` the documents (kept) whose id an earlier
+    document of the source has. The jobs' id digests go to ``ids_dir`` (keep it with ``markers`` to resume;
+    a temporary folder when not given).
     """
     spec = validate_source(spec)
-    totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {}}
-    jobs = [SourceJob(spec, index, url, str(out_dir), max_shard_bytes) for index, url in enumerate(source_inputs(spec))]
-    for stats in run_shard_jobs(jobs, write_source_input, num_workers, markers):
-        totals = merge_stats(totals, stats)
+    with tempfile.TemporaryDirectory(prefix="source-ids-") as scratch:
+        ids = str(ids_dir if ids_dir is not None else scratch)
+        jobs = [SourceJob(spec, index, url, str(out_dir), max_shard_bytes, ids)
+                for index, url in enumerate(source_inputs(spec))]
+        totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {},
+                                  "records_recovered": 0, "unreadable_bytes": 0}
+        for stats in run_shard_jobs(jobs, write_source_input, num_workers, markers):
+            totals = merge_stats(totals, stats)
+        totals["duplicate_ids"] = count_duplicates(_ids_of_finished(job) for job in jobs)
+    summary = quarantine_summary(spec.name, totals, out_dir)
+    logger.log(logging.WARNING if sum(totals["quarantined"].values()) or totals["duplicate_ids"] else logging.INFO,
+               summary)
     return {"inputs": len(jobs), **totals}
 
 

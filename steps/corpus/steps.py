@@ -50,7 +50,7 @@ class ShardedStage(ArtifactStep):
 class CorpusSource(ShardedStage):
     """One stream of documents (embedded default, fsspec shards or a HF dataset), fingerprinted by content."""
 
-    VERSION = "002"
+    VERSION = "003"
     CONTENT_HASHED = {"source": ContentHash(source_fingerprint, location_keys=("paths",))}
 
     @classmethod
@@ -59,7 +59,8 @@ class CorpusSource(ShardedStage):
 
     def run(self, source: dict, max_shard_bytes: int = 64 * 2**20, num_workers: int = 1) -> Artifact:
         out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
-        stats = write_source(dict(source), out, max_shard_bytes, num_workers, self.markers)
+        stats = write_source(dict(source), out, max_shard_bytes, num_workers, self.markers,
+                             ids_dir=self.work_dir / "ids")
         return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
 
 

@@ -99,10 +99,11 @@ class TrainBpeTokenizer(ArtifactStep):
 class TokenizeDocuments(ArtifactStep):
     """Documents → OLMo raw memmap token files (EOS after each document) with per-document provenance.
 
-    Texts are stripped, and blank ones skipped and counted, as ``dolma tokens`` does.
+    Texts are stripped, and blank ones skipped and counted, and a text whose last token is already EOS gets
+    no second one, as ``dolma tokens`` does.
     """
 
-    VERSION = "003"
+    VERSION = "004"
 
     def run(self, documents: Artifact, tokenizer: Artifact, num_workers: int = 1) -> Artifact:
         out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped

@@ -2,7 +2,7 @@
 
 For every document shard ``<documents_dir>/<source>/<name>.jsonl.gz`` this writes
 
-- ``tokens/<source>/<name>.npy``: the documents' token ids, each followed by EOS, concatenated, as raw
+- ``tokens/<source>/<name>.npy``: the documents' token ids, each ending in one EOS, concatenated, as raw
   little-endian ``uint16`` (when every id of the tokenizer fits) or ``uint32``;
 - ``tokens/<source>/<name>.csv.gz``: one row per document, ``start,end,id,src,loc,source``: dolma's five
   columns (token span with ``end`` exclusive and the EOS at ``end - 1``; ``src`` the shard path relative to
@@ -12,8 +12,9 @@ For every document shard ``<documents_dir>/<source>/<name>.jsonl.gz`` this write
 - ``done/<source>/<name>.json``: written last; a shard with its marker and both files is skipped on re-run.
 
 As ``dolma tokens`` does, a document's text is stripped of leading and trailing whitespace before it is
-encoded, and a document with nothing left is skipped and counted (``empty_documents``), so the token ids
-equal dolma's for the same documents and tokenizer.
+encoded, a document with nothing left is skipped and counted (``empty_documents``), and EOS is appended
+unless the document's last token already is EOS (a text ending in the literal ``<|endoftext|>``), so the
+token ids equal dolma's for the same documents and tokenizer.
 
 Shards are processed in parallel (``num_workers`` processes); the bytes written do not depend on it.
 """
@@ -116,6 +117,13 @@ def _plan_jobs(documents_dir: Path, output_dir: Path, **settings: Any) -> list[S
     return list(jobs.values())
 
 
+def with_eos(ids: list[int], eos_token_id: int) -> list[int]:
+    """A document's token ids ending in exactly the one EOS dolma gives it: appended unless the last id is
+    already EOS (dolma's ``add_special_tokens``). Unlike dolma, an empty encoding also gets one, so every
+    document keeps at least its EOS."""
+    return ids if ids and ids[-1] == eos_token_id else [*ids, eos_token_id]
+
+
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
@@ -149,8 +157,7 @@ def _write_shard(job: ShardJob) -> dict[str, Any]:
             ids: list[int] = []
             for (location, doc, _), encoding in zip(kept, encodings):
                 start = num_tokens + len(ids)
-                ids.extend(encoding.ids)
-                ids.append(job.eos_token_id)
+                ids.extend(with_eos(encoding.ids, job.eos_token_id))
                 end = num_tokens + len(ids)
                 provenance.write(start, end, doc["id"], job.source_shard, location.line, doc["source"])
             data = np.asarray(ids, dtype=dtype).tobytes()

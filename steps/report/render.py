@@ -9,7 +9,23 @@ from steps.report.markdown import in_stage_order, table
 from steps.report.variants import Variant, variants_section
 
 ACCOUNT_COLUMNS = ("records_in", "quarantined", "removed_by_filter", "removed_by_dedup", "kept", "bytes_in",
-                   "bytes_kept", "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed")
+                   "bytes_kept", "pii_spans_masked", "c4_lines_removed", "toxic_sentences_removed", "paragraphs_removed",
+                   "truncated_shards", "unreadable_bytes", "duplicate_ids")
+
+
+def quarantine_section(sources: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The source steps' quarantined records by reason (a row per reason, a column per source), if any."""
+    by_source = {s.get("source", name.removeprefix("source_")): s.get("quarantined", {}) for name, s in sources.items()}
+    reasons = sorted({reason for counts in by_source.values() for reason, n in counts.items() if n})
+    if not reasons:
+        return ["", "No input record was quarantined."]
+    rows = [[reason, *(counts.get(reason, 0) for counts in by_source.values())] for reason in reasons]
+    rows.append(["total", *(sum(counts.values()) for counts in by_source.values())])
+    return ["", "### Quarantined input records", "",
+            "Each kept in `quarantine/<source>/` of its source step's result, with its file, line and message. "
+            "A `truncated_shard` is one record for the whole damaged end of a shard: the records read before the "
+            "damage are kept, those in its compressed bytes that decode to no record (`unreadable_bytes`) are lost.", "",
+            table(["reason", *by_source], rows)]
 
 
 def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
@@ -19,9 +35,13 @@ def corpus_section(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     parts = ["## Corpus", ""]
     if "filter" in summaries and "dedup" in summaries:
         accounts = corpus_accounts(sources, summaries["filter"], summaries["dedup"])
-        parts += ["records in = quarantined + removed by filter + removed by dedup + kept, for every source.", "",
+        parts += ["records in = quarantined + removed by filter + removed by dedup + kept, for every source. "
+                  "unreadable_bytes: compressed bytes of truncated shards that decode to no record; duplicate_ids: "
+                  "kept records whose id the source already had (ids are kept as given).", "",
                   table(["source", *ACCOUNT_COLUMNS], ([name, *(a[c] for c in ACCOUNT_COLUMNS)]
                                                        for name, a in accounts.items()))]
+    if sources:
+        parts += quarantine_section(sources)
     for stage, by_source in stages.items():
         keys = sorted({key for stats in by_source.values() for key, v in stats.items() if not isinstance(v, dict)})
         parts += ["", f"### {stage}", "", table(["source", *keys], ([src, *(st.get(k) for k in keys)] for src, st in by_source.items()))]

@@ -48,7 +48,7 @@ class WriteReport(ArtifactStep):
     and for an ablation a side-by-side table of ``variants`` (``{name: {"training": {stage: step},
     "evaluations": {stage: step}}}``), each beside the variant named ``baseline``."""
 
-    VERSION = "002"
+    VERSION = "003"
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:

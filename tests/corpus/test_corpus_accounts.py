@@ -81,3 +81,24 @@ def test_counts_that_do_not_add_up_are_an_error(pipeline):
                                              "wiki": {**pipeline["dedup"]["sources"]["wiki"], "documents_in": 3}}}
     with pytest.raises(AccountsError, match="filter documents_kept = 12 but dedup documents_in = 3"):
         corpus_accounts(sources, pipeline["filter"], lost)
+
+
+def test_accounts_show_the_bytes_a_truncated_shard_lost_and_the_duplicate_ids(pipeline):
+    accounts = corpus_accounts({k: v for k, v in pipeline.items() if k.startswith("source_")},
+                               pipeline["filter"], pipeline["dedup"])
+    web, wiki = accounts["web"], accounts["wiki"]
+    # b.jsonl.gz: its readable head is kept, the compressed bytes after it are counted lost
+    assert web["truncated_shards"] == 1 and 0 < web["unreadable_bytes"] < 200
+    assert pipeline["source_web"]["records_recovered"] > 0
+    # b.jsonl.gz repeats a.jsonl's first ids: kept (dedup removes what repeats by text), counted
+    assert web["duplicate_ids"] == pipeline["source_web"]["records_recovered"]
+    assert (wiki["truncated_shards"], wiki["unreadable_bytes"], wiki["duplicate_ids"]) == (0, 0, 0)
+
+
+def test_report_shows_the_quarantined_records_by_reason_per_source(pipeline):
+    section = corpus_section(pipeline)
+    assert "| truncated_shards | unreadable_bytes | duplicate_ids |" in section.splitlines()[4]
+    table = section[section.index("### Quarantined input records"):].split("\n\n")[2].splitlines()
+    assert table[:2] == ["| reason | web | wiki |", "|---|---|---|"]
+    assert table[2:] == ["| empty_text | 1 | 0 |", "| invalid_json | 1 | 0 |", "| missing_text | 1 | 0 |",
+                         "| truncated_shard | 1 | 0 |", "| total | 4 | 0 |"]

@@ -2,7 +2,7 @@
 
 The files take no disk space until written; :func:`stamp_instances` writes each given instance's number
 into its first four tokens, so reading a batch back shows which instances (at which file offsets) it holds.
-Used by the data tests and by ``benchmarks/tokenize.py``.
+Used by the data tests and by ``benchmarks/tokenization.py``.
 """
 from __future__ import annotations
 

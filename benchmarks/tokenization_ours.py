@@ -1,14 +1,15 @@
-"""This project's side of the tokenize benchmark, run in the project's virtualenv by ``tokenize.py``.
+"""This project's side of the tokenization benchmark, run in the project's virtualenv by ``tokenization.py``.
 
-``python benchmarks/tokenize_ours.py <mode> '<json options>'`` prints one JSON line:
+``python benchmarks/tokenization_ours.py <mode> '<json options>'`` prints one JSON line:
 
 - ``tokenize``: :func:`steps.data.tokenize.tokenize_documents` over ``documents`` into ``output``
   (options: ``documents``, ``tokenizer``, ``output``, ``eos``, ``workers``); prints tokens and documents;
 - ``startup``: nothing but the imports ``tokenize`` makes (the fixed cost of a run);
 - ``compare`` (not timed): every document's token ids in our output against dolma's ``part-*.npy`` +
   ``part-*.csv.gz`` (options: ``ours``, ``peer``), keyed by document id;
-- ``batch_regen`` (options: ``plan``, ``steps``, ``seed``): the instance indices, token ids and hash of random
-  global batches of an OLMo-7B-shaped plan (2T tokens on 1000 sparse token files, built in ``plan``).
+- ``batch_regen`` (options: ``plan``, ``steps``, ``seed``; ``total_tokens`` and ``files`` for a smaller plan): the
+  instance indices, token ids and hash of random global batches of an OLMo-7B-shaped plan (2T tokens on 1000
+  sparse token files, built in ``plan``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from steps.data.instances import InstanceIndex  # noqa: E402
 from steps.data.order import DataOrder  # noqa: E402
 from steps.data.provenance import read_documents as read_provenance  # noqa: E402
 from steps.data.tokenize import SUMMARY_FILE, tokenize_documents  # noqa: E402
-from tests.data.sparse_plan import OLMO_BATCH_SIZE, read_stamps, sparse_plan, stamp_instances  # noqa: E402
+from tests.data.sparse_plan import (  # noqa: E402
+    OLMO_7B_TOKENS, OLMO_BATCH_SIZE, read_stamps, sparse_plan, stamp_instances,
+)
 
 
 def run_tokenize(options: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +96,7 @@ def batch_regen(options: dict[str, Any]) -> dict[str, Any]:
     checked against its stamps.
     """
     directory = Path(options["plan"])
-    plan = sparse_plan(directory)
+    plan = sparse_plan(directory, options.get("total_tokens", OLMO_7B_TOKENS), options.get("files", 1000))
     index_dict, fingerprint, seed = plan.to_dict(), plan.fingerprint(), options["seed"]
     steps_per_epoch = plan.num_instances // OLMO_BATCH_SIZE
     steps = np.random.default_rng(seed).integers(0, steps_per_epoch, size=options["steps"] + 1).tolist()

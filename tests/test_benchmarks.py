@@ -1,0 +1,73 @@
+"""Every benchmark imports, and runs its own side at toy size (no peer installed, seconds each), through the same
+commands the benchmark runs: a benchmark broken by a change fails here, not on the next timed run."""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+MODULES = sorted(path.stem for path in BENCHMARKS.glob("*.py"))
+# the benchmarks themselves (``python benchmarks/<name>.py [--quick]``, one JSON line last); the others are their helpers
+ENTRY_POINTS = [name for name in MODULES if '"benchmark": ' in (BENCHMARKS / f"{name}.py").read_text()]
+TOY_MODEL = {"d_model": 64, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 128, "max_sequence_length": 64,
+             "weight_tying": True}
+
+
+def test_no_benchmark_shadows_a_standard_library_module():
+    assert {"corpus", "eval", "tokenization", "train"} <= set(ENTRY_POINTS)
+    # each runs as ``python benchmarks/<name>.py``, which puts this folder first on the import path
+    assert not set(MODULES) & set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_benchmark_module_imports(name):
+    importlib.import_module(f"benchmarks.{name}")
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_every_benchmark_script_starts(name):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--quick" in result.stdout, result.stderr[-2000:]
+
+
+def test_corpus_benchmark_runs_our_stages_at_toy_size(tmp_path):
+    from benchmarks import corpus
+
+    found = corpus.ours_only(tmp_path, num_documents=40)
+    assert sum(found["input"]["sources"].values()) == 40
+    assert found["filter"]["documents_in"] == 40 and 0 < found["filter"]["documents_kept"] <= 40
+    assert found["dedup"]["documents_in"] == 40 and found["mix"]["documents_out"] == 40
+    assert len(found["decisions"]["gopher"]) == len(found["decisions"]["pii_spans"]) == 40
+
+
+def test_tokenization_benchmark_runs_our_modes_at_toy_size(tmp_path):
+    from benchmarks import tokenization
+
+    found = tokenization.ours_only(tmp_path, num_documents=40, plan={"total_tokens": 20_000_000, "files": 4})
+    assert found["tokenize"]["documents"] == 40 and found["tokenize"]["tokens"] > 40
+    compared = found["compare"]
+    assert compared["documents_ours"] == compared["documents_peer"] == 40 and compared["differing"] == 0
+    assert found["batch_regen"]["token_files"] == 4 and found["batch_regen"]["batch_ms"] > 0
+
+
+def test_train_benchmark_runs_our_trainer_at_toy_size(tmp_path):
+    from benchmarks import train
+
+    found = train.ours_only(tmp_path, TOY_MODEL, steps=2, batch=1)
+    assert len(found["losses"]) == len(found["step_seconds"]) == 2
+    assert all(loss > 0 for loss in found["losses"]) and found["peak_rss_mb"] > 0
+
+
+def test_eval_benchmark_scores_both_sides_alike_at_toy_size():
+    from benchmarks import eval as evaluation
+
+    report = evaluation.measure(limit=2, rounds=1, shape=TOY_MODEL, tasks=evaluation.TASKS[:2])
+    assert report["max_logprob_difference"] <= evaluation.LOGPROB_TOLERANCE and report["accuracies_equal"]
+    assert report["pairs"] == sum(report["task_pairs"].values()) > 0
+    assert json.dumps(report["questions"]) and "| side |" in evaluation.results_block("toy", {**report, "date": "-"})
