@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -312,6 +313,9 @@ WORKSPACE_COMMANDS = {"ls": _workspace_ls, "verify": _workspace_verify, "sync": 
 def _workspace(args: argparse.Namespace) -> int:
     try:
         return WORKSPACE_COMMANDS[args.workspace_command](args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as ls and friends do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CommandError, WorkspaceError, IntegrityError, RegenerationError, ConfigurationError, ValueError,
             OSError) as exc:
         print(f"olmo-tango workspace {args.workspace_command}: error: {exc}", file=sys.stderr)
