@@ -206,7 +206,7 @@ def test_command_line_argument_errors(arguments, message, capsys):
 
 def test_command_line_answers(trained, tmp_path, capsys):
     workflow, workspace = trained
-    common = [str(workflow), "-w", str(workspace.dir)]
+    common = [str(workflow), "-w", workspace.url]
     assert main(["batch", *common, "--step", "0", "4", "--json"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(a["step"], a["logged_by"], a["matches"]) for a in answers] == [(0, "pretrain", True), (4, "anneal", True)]
@@ -224,7 +224,7 @@ def test_command_line_answers(trained, tmp_path, capsys):
 def test_global_indices_export_olmo_layout_whose_slices_are_the_batches(plan, trained, tmp_path, capsys):
     workflow, workspace = trained
     target = tmp_path / "global_indices.npy"
-    assert main(["global-indices", str(workflow), "-w", str(workspace.dir), "--epoch", "0", "--to", str(target)]) == 0
+    assert main(["global-indices", str(workflow), "-w", workspace.url, "--epoch", "0", "--to", str(target)]) == 0
     assert f"wrote {target}: epoch 0" in capsys.readouterr().out
     indices = np.fromfile(target, dtype="<u4")
     assert np.array_equal(np.sort(indices), np.arange(len(indices)))
