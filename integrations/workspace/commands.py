@@ -13,12 +13,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection
+
+from tqdm import tqdm
 
 from .leases import LEASES
 from .results import LISTING, RESULTS, IntegrityError, directory_problems, listed_files, parse_listing, sha256_file
@@ -107,13 +111,18 @@ class Contents:
         return sorted(names)
 
 
-def read_contents(store: Store) -> Contents:
+def result_files(store: Store) -> dict[str, set[str]]:
+    """unique id -> files under ``results/<id>/``, for every result directory (one listing of the store)."""
     results: dict[str, set[str]] = {}
     for key in store.list(f"{RESULTS}/"):
         parts = key.split("/", 2)
         if len(parts) == 3 and not parts[1].startswith("."):  # not local staging directories of results being written
             results.setdefault(parts[1], set()).add(parts[2])
-    contents = Contents(results, {}, {})
+    return results
+
+
+def read_contents(store: Store) -> Contents:
+    contents = Contents(result_files(store), {}, {})
     for key in store.list(f"{RUNS}/"):
         if key.endswith(".json"):
             try:
@@ -252,31 +261,61 @@ def _open_destination(url: str) -> Store:
     return dst
 
 
-def _existing(dst: Store, unique_id: str, listing: dict[str, Any], report: SyncReport) -> bool:
-    """Whether the destination already has the result (counted, or warned about when it differs); clears
-    what an interrupted copy left in its directory."""
-    try:
-        raw = dst.read_bytes(_listing_key(unique_id))
-    except FileNotFoundError:
+@dataclass
+class _Outcome:
+    """What syncing one result did: ``copied``, ``already`` (identical there), ``kept`` or ``refused``."""
+
+    kind: str
+    size: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def _in_destination(dst: Store, unique_id: str, files: set[str], listing: dict[str, Any]) -> _Outcome | None:
+    """The outcome when the destination already has (or is computing) the result; None when it should be
+    copied, after clearing what an interrupted copy left. ``files``: the destination's files of the result."""
+    if LISTING not in files:
         if _lease_held(dst, unique_id):
-            report.warnings.append(
+            return _Outcome("kept", messages=[
                 f"{dst.url}/{RESULTS}/{unique_id}: being computed there by a run (lease held); not copied"
-            )
-            return True
-        dst.delete(f"{RESULTS}/{unique_id}", recursive=True)  # what an interrupted copy left, if anything
-        return False
+            ])
+        if files:
+            dst.delete(f"{RESULTS}/{unique_id}", recursive=True)  # what an interrupted copy left
+        return None
     try:
-        same = json.loads(raw) == listing
+        same = json.loads(dst.read_bytes(_listing_key(unique_id))) == listing
     except ValueError:
         same = False
     if same:
-        report.already.append(unique_id)
+        return _Outcome("already")
+    return _Outcome("kept", messages=[
+        f"{dst.url}/{_listing_key(unique_id)}: the destination holds a different result of this fingerprint; "
+        f"kept it, not copied (run `olmo-tango workspace verify` on both)"
+    ])
+
+
+def _sync_result(src: Store, dst: Store, unique_id: str, dst_files: set[str]) -> _Outcome:
+    """Copy one result, verified against its listing on the way, its listing last; then its step info."""
+    prefix = f"{RESULTS}/{unique_id}"
+    try:
+        listing = _read_listing(src, unique_id)
+    except (IntegrityError, FileNotFoundError) as exc:
+        return _Outcome("refused", messages=[str(exc)])
+    present = _in_destination(dst, unique_id, dst_files, listing)
+    if present is not None:
+        return present
+    where = f"{src.url}/{prefix}"
+    if src.is_local:
+        problems = directory_problems(src.local_path(prefix), listing, where)
+        moved = 0 if problems else src.copy_tree_to(prefix, dst, prefix, last=LISTING)
     else:
-        report.warnings.append(
-            f"{dst.url}/{_listing_key(unique_id)}: the destination holds a different result of this fingerprint; "
-            f"kept it, not copied (run `olmo-tango workspace verify` on both)"
-        )
-    return True
+        with tempfile.TemporaryDirectory(prefix="olmo-sync-") as tmp:
+            src.get_tree(prefix, Path(tmp))
+            problems = directory_problems(Path(tmp), listing, where)
+            moved = 0 if problems else dst.put_tree(Path(tmp), prefix, last=LISTING)
+    if problems:
+        return _Outcome("refused", messages=problems)
+    _copy_step_info(src, dst, unique_id, overwrite=True)
+    return _Outcome("copied", size=moved)
 
 
 def _copy_step_info(src: Store, dst: Store, unique_id: str, overwrite: bool) -> None:
@@ -311,32 +350,23 @@ def sync(src_url: str, dst_url: str, only: Collection[str] | None = None, progre
     report = SyncReport()
     start = time.monotonic()
     contents = read_contents(src)
-    for unique_id in contents.complete():
-        if only is not None and unique_id not in only:
-            continue
-        prefix = f"{RESULTS}/{unique_id}"
-        try:
-            listing = _read_listing(src, unique_id)
-        except (IntegrityError, FileNotFoundError) as exc:
-            report.refused.append(str(exc))
-            continue
-        if _existing(dst, unique_id, listing, report):
-            continue
-        where = f"{src.url}/{prefix}"
-        if src.is_local:
-            problems = directory_problems(src.local_path(prefix), listing, where)
-            moved = 0 if problems else src.copy_tree_to(prefix, dst, prefix, last=LISTING, progress=progress)
-        else:
-            with tempfile.TemporaryDirectory(prefix="olmo-sync-") as tmp:
-                src.get_tree(prefix, Path(tmp), progress=progress)
-                problems = directory_problems(Path(tmp), listing, where)
-                moved = 0 if problems else dst.put_tree(Path(tmp), prefix, last=LISTING, progress=progress)
-        if problems:
-            report.refused += problems
-            continue
-        report.copied.append(unique_id)
-        report.size += moved
-        _copy_step_info(src, dst, unique_id, overwrite=True)
+    there = result_files(dst)
+    todo = [uid for uid in contents.complete() if only is None or uid in only]
+    with ThreadPoolExecutor(Store.workers) as pool, tqdm(
+        total=len(todo), unit="result", disable=not progress or not todo, file=sys.stderr
+    ) as bar:
+        outcomes = pool.map(lambda uid: _sync_result(src, dst, uid, there.get(uid, set())), todo)
+        for unique_id, outcome in zip(todo, outcomes):
+            bar.update()
+            if outcome.kind == "copied":
+                report.copied.append(unique_id)
+                report.size += outcome.size
+            elif outcome.kind == "already":
+                report.already.append(unique_id)
+            elif outcome.kind == "refused":
+                report.refused += outcome.messages
+            else:
+                report.warnings += outcome.messages
     report.warnings += contents.problems
     for name, record in sorted(contents.runs.items()):
         targets = set(record["steps"].values())
@@ -458,6 +488,7 @@ def import_tango_local(
     report = SyncReport(tango=True)
     start = time.monotonic()
     names, run_targets = _tango_step_names(directory)
+    there = result_files(dst)
     cache = directory / TANGO_CACHE
     present: set[str] = set()
     for entry in sorted(cache.iterdir()) if cache.is_dir() else []:
@@ -485,7 +516,12 @@ def import_tango_local(
                 MANIFEST: {"sha256": hashlib.sha256(manifest_raw).hexdigest(), "size": len(manifest_raw)},
             },
         }
-        if _existing(dst, unique_id, listing, report):
+        found = _in_destination(dst, unique_id, there.get(unique_id, set()), listing)
+        if found is not None:
+            if found.kind == "already":
+                report.already.append(unique_id)
+            else:
+                report.warnings += found.messages
             present.add(unique_id)
             continue
         report.size += dst.put_tree(entry / DATA, f"{prefix}/{DATA}", progress=progress)
