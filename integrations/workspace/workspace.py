@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -230,15 +231,17 @@ class OlmoWorkspace(Workspace):
 
     def register_run(self, targets: Iterable[Step], name: str | None = None) -> Run:
         targets = list(targets)
+        start = _now()
         record = {
-            "start_date": _now().strftime(DATE_FORMAT),
+            "start_date": start.strftime(DATE_FORMAT),
             "host": socket.gethostname(),
             "steps": {step.name: step.unique_id for step in targets},
             "computed": {},
         }
-        for step in targets:
-            if self._read_info(step.unique_id) is None:
-                self.store.create(self._info_key(step.unique_id), _json_bytes(StepInfo.new_from_step(step).to_json_dict()))
+        infos = {step.name: StepInfo.new_from_step(step) for step in targets}
+        with ThreadPoolExecutor(self.store.workers) as pool:  # a step info is written once, by the first run
+            list(pool.map(lambda info: self.store.create(self._info_key(info.unique_id), _json_bytes(info.to_json_dict())),
+                          infos.values()))
         while True:
             candidate = name or petname.generate()
             if self.store.create(self._run_key(candidate), _json_bytes({"name": candidate, **record})):
@@ -246,7 +249,7 @@ class OlmoWorkspace(Workspace):
             if name is not None:
                 raise WorkspaceError(f"a run named {name!r} already exists in {self.url}")
         self.run_name, self._registered, self._computed = candidate, True, {}
-        return self.registered_run(candidate)
+        return Run(name=candidate, steps=infos, start_date=start)
 
     def _save_run_record(self) -> None:
         """Record the steps this run computed (steps run outside a registered run are not recorded)."""
