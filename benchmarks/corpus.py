@@ -14,7 +14,10 @@ command's fixed start-up, measured by dry runs); wall-clock and CPU-second figur
   also ``dolma mix`` with the Dolma v1.5 Gopher rules, whose kept count checks the peer decisions.
 
 Then it compares the Gopher decisions, document by document: dolma's gopher_v1 attributes judged by
-the Dolma v1.5 thresholds against ours judged by our default thresholds (and the PII span counts).
+the Dolma v1.5 thresholds against ours judged by our default thresholds; and the PII span counts of
+dolma's pii_regex_v1 against our PII tagger's under each of its rule sets (``tag.pii.rules``): of the
+documents where either tool finds PII, the fraction where the counts are equal, and of all documents,
+the fraction where both make the same "more than 5 spans: remove" decision.
 It appends the figures to ``benchmarks/RESULTS.md`` (its "corpus" section) and prints one JSON
 line, last. How the two tools' work differs is written down in RESULTS.md. :func:`ours_only` runs this
 project's side alone, untimed, at any size (the smoke test's toy run).
@@ -53,6 +56,8 @@ PEER_TAGGERS = ("gopher_v1", "c4_v1", "pii_regex_v1")
 MAX_SHARD_BYTES = 16 * 2**20
 FALSE_POSITIVE_RATE = 1e-6
 PII_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS")
+PII_RULE_SETS = ("dolma_v1_fixed", "dolma_v1")  # steps.corpus.pii.PII_RULE_SETS: the default first
+PII_MAX_SPANS = 5  # Dolma's rule: a document with more spans is removed
 
 # Dolma v1.5's Gopher rules (configs/dolma-v1_5/mixing, thresholds as in REFERENCE.md): remove a
 # document when gopher_v1 attribute <name> compares so with the threshold; absent attributes
@@ -264,13 +269,37 @@ OURS_OUTPUT = {"filter": "filter", "dedup": "dedup", "mix": "mix", "decisions": 
 
 def ours_only(work: Path, num_documents: int, seed: int = 0, workers: int = 1) -> dict[str, Any]:
     """This project's side alone, untimed, with the benchmark's commands and options: the seeded input, then
-    ``corpus_ours.py`` filter, dedup, mix and decisions. Returns the input's counts and each stage's stats."""
+    ``corpus_ours.py`` filter, dedup, mix and decisions, and pii under each rule set (``pii_<rules>``).
+    Returns the input's counts and each stage's stats."""
     documents, counts = write_input(work, num_documents, seed)
     found: dict[str, Any] = {"input": counts}
     for stage, output in OURS_OUTPUT.items():
         command = ours_command(stage, documents, work / "ours" / output, ours_options(stage, workers, counts))
         found[stage] = json.loads(run(command, work / "logs" / f"ours-{stage}.log").stdout.strip().splitlines()[-1])
+    for rules in PII_RULE_SETS:
+        found[f"pii_{rules}"] = ours_pii_spans(work, documents, rules)
     return found
+
+
+def ours_pii_spans(work: Path, documents: Path, rules: str) -> dict[str, int]:
+    """``{id: PII spans}`` of our PII tagger under ``rules`` (``corpus_ours.py pii``, untimed)."""
+    command = ours_command("pii", documents, work / "ours" / "pii", {"rules": rules})
+    output = run(command, work / "logs" / f"ours-pii-{rules}.log").stdout
+    return json.loads(output.strip().splitlines()[-1])["pii_spans"]
+
+
+def pii_agreement(ours: dict[str, int], peer: dict[str, int]) -> dict[str, Any]:
+    """How our PII span counts compare with dolma's, document by document: of the documents where either
+    finds PII, the fraction with equal counts; of all, the fraction with the same removal decision."""
+    if set(ours) != set(peer):
+        raise RuntimeError(f"the two tools' PII counts cover different documents ({len(ours)} vs {len(peer)})")
+    with_pii = [doc_id for doc_id in peer if ours[doc_id] or peer[doc_id]]
+    same_count = sum(ours[doc_id] == peer[doc_id] for doc_id in with_pii)
+    same_decision = sum((ours[i] > PII_MAX_SPANS) == (peer[i] > PII_MAX_SPANS) for i in peer)
+    return {"documents_with_pii": len(with_pii), "same_count": same_count,
+            "count_agreement": same_count / max(1, len(with_pii)),
+            "over_5_agreement": same_decision / max(1, len(peer)),
+            "spans_ours": sum(ours.values()), "over_5_ours": sum(n > PII_MAX_SPANS for n in ours.values())}
 
 
 def tagging(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
@@ -331,7 +360,8 @@ def gopher_mixing(dolma: Path, work: Path, documents: Path, workers: int) -> tup
 
 
 def agreement(work: Path, documents: Path, kinds: dict[str, str]) -> dict[str, Any]:
-    """Gopher decisions (and PII span counts) of both tools, document by document."""
+    """Gopher decisions and PII span counts (those of our filter's run, and under each PII rule set) of
+    both tools, document by document."""
     _, ours = run_ours("decisions", documents, work / "ours" / OURS_OUTPUT["decisions"], {}, work)
     peer = peer_gopher_decisions(work / "attributes" / EXPERIMENT)
     peer_pii = peer_pii_spans(work / "attributes" / EXPERIMENT)
@@ -348,6 +378,8 @@ def agreement(work: Path, documents: Path, kinds: dict[str, str]) -> dict[str, A
         "pii_spans_ours": sum(ours["pii_spans"].values()), "pii_spans_peer": sum(peer_pii.values()),
         "pii_over_5_ours": len(crowded["ours"]), "pii_over_5_peer": len(crowded["peer"]),
         "pii_over_5_agreement": 1 - len(crowded["ours"] ^ crowded["peer"]) / len(peer),
+        "pii_by_rules": {rules: pii_agreement(ours_pii_spans(work, documents, rules), peer_pii)
+                         for rules in PII_RULE_SETS},
     }
 
 
@@ -434,6 +466,14 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         f"than five: {found['pii_over_5_ours']} / {found['pii_over_5_peer']} (same decision on "
         f"{found['pii_over_5_agreement']:.2%}). Our filter kept {filtered['documents_kept']} of "
         f"{filtered['documents_in']} documents.",
+        "",
+        "| our PII rules | documents with PII (either tool) | same span count as dolma's pii_regex_v1 "
+        "| documents with > 5 spans: ours / dolma | same removal decision (all documents) |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| `{rules}` | {pii['documents_with_pii']} | {pii['count_agreement']:.2%} ({pii['same_count']}) "
+          f"| {pii['over_5_ours']} / {found['pii_over_5_peer']} | {pii['over_5_agreement']:.2%} |"
+          for rules, pii in found["pii_by_rules"].items()),
+        "",
         f"Mix: ours wrote {stages['mix'].ours_stats['documents_out']}, dolma {stages['mix'].peer_stats['documents_out']} "
         "documents.",
         "",
@@ -512,7 +552,10 @@ def main() -> None:
     result = {"benchmark": "corpus", "unit": "docs/s", **figures(stages, num_documents),
               "gopher_agreement": round(found["gopher_agreement"], 5),
               "mix_peer_gopher_rules": gopher_mix[0].docs_per_s(num_documents),
-              **{key: value for key, value in found.items() if key not in ("gopher_agreement", "disagreements")},
+              **{key: value for key, value in found.items()
+                 if key not in ("gopher_agreement", "disagreements", "pii_by_rules")},
+              **{f"pii_{name}_{rules}": round(pii[name], 5) for rules, pii in found["pii_by_rules"].items()
+                 for name in ("count_agreement", "over_5_agreement")},
               "documents": num_documents, "workers": args.workers}
     report = {"stages": stages, "agreement": found, "documents": num_documents, "machine": machine(),
               "input": counts, "workers": args.workers, "load": load, "gopher_mix": gopher_mix, "figures": result,

@@ -10,7 +10,9 @@ stage over the documents directory and prints its stats as one JSON line:
 - ``startup``: nothing but the imports every stage makes (the fixed cost of a run);
 - ``decisions`` (not timed): per document, the Gopher rules that remove it (from the attribute
   files ``filter`` wrote, judged by our default thresholds) and its number of PII spans, as
-  ``{"gopher": {id: [rule, ...]}, "pii_spans": {id: count}}``.
+  ``{"gopher": {id: [rule, ...]}, "pii_spans": {id: count}}``;
+- ``pii`` (not timed): per document, the number of PII spans our PII tagger finds under the rule set
+  ``rules`` (option), as ``{"rules": rules, "pii_spans": {id: count}}``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from steps.corpus.dedup import deduplicate  # noqa: E402
 from steps.corpus.filter import filter_documents  # noqa: E402
 from steps.corpus.layout import shard_stem, source_shards  # noqa: E402
 from steps.corpus.mix import mix_sources  # noqa: E402
+from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
 from steps.corpus.spans import document_value  # noqa: E402
 from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
 from steps.corpus.taggers import TAGGERS, FilterConfig  # noqa: E402
@@ -77,8 +80,20 @@ def decisions(documents_dir: Path, output_dir: Path, options: dict[str, Any]) ->
     }
 
 
+def pii_spans(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    tagging = PiiTagging(rules=options["rules"])
+    counts = {}
+    for shards in source_shards(documents_dir).values():
+        for shard in shards:
+            docs = [doc for _, doc in read_documents(shard)]
+            for doc, attributes in zip(docs, tag_pii([doc["text"] for doc in docs], tagging)):
+                counts[doc["id"]] = document_value(attributes, "span_count")
+    return {"rules": tagging.rules, "pii_spans": counts}
+
+
 STAGES: dict[str, Callable[[Path, Path, dict[str, Any]], dict[str, Any]]] = {
     "filter": run_filter, "dedup": run_dedup, "mix": run_mix, "startup": startup, "decisions": decisions,
+    "pii": pii_spans,
 }
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class CorpusSource(ShardedStage):
 class TagDocuments(ShardedStage):
     """Language, code, Gopher, C4, toxicity and PII attributes of every document, as Dolma attribute files."""
 
-    VERSION = "001"
+    VERSION = "002"  # 002: PII rules 'dolma_v1_fixed' by default (tag.pii.rules)
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
