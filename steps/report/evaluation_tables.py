@@ -1,7 +1,8 @@
 """The report's evaluation tables, from evaluation records.
 
 An evaluation record is an ``evaluate`` artifact's summary whose ``tasks`` hold the full per-task metrics
-of its ``metrics.json`` (``n``, the four accuracies, ``primary_metric``, ``primary``, ``primary_ci95``);
+of its ``metrics.json`` (``n``, the four accuracies, ``primary_metric``, ``primary``, ``primary_ci95`` and
+``prompt_source``: "oe_eval" for OLMES prompts, "hf" for the paper's);
 ``bits_per_byte`` is over held-out documents of the model's own sources, ``bits_per_byte_by_source`` per
 source, and ``bits_per_byte_by_set`` (if any) per Paloma-format set from elsewhere.
 """
@@ -21,6 +22,12 @@ PAPER_RESULTS = {
 }
 
 
+# Tasks whose OLMES prompts (the oe_eval requests ``source: 'auto'`` reads) differ from the paper's (Catwalk's):
+# their scores are not like the paper's unless evaluated with ``source: 'hf'`` (steps/evaluation/tasks.py).
+OLMES_PROMPT_TASKS = ("boolq", "hellaswag", "openbookqa", "piqa", "sciq")
+OLMES_MARK = "†"
+
+
 def paper_average(model: str, tasks: list[str]) -> float:
     """The paper model's mean accuracy (%) over those of ``tasks`` it reports."""
     shown = [PAPER_RESULTS[model][task] for task in tasks if task in PAPER_RESULTS[model]]
@@ -31,10 +38,45 @@ def task_names(evaluations: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted({task for record in evaluations.values() for task in record["tasks"]})
 
 
+def olmes_prompted(evaluations: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``{task: the models scored on it with OLMES prompts}`` for the tasks where those differ from the paper's.
+
+    A record without ``prompt_source`` (evaluated before it was recorded) counts as OLMES-prompted: that is
+    what the default ``source: 'auto'`` reads whenever the oe_eval requests are installed.
+    """
+    prompted = {
+        task: [model for model, record in evaluations.items()
+               if task in record["tasks"] and record["tasks"][task].get("prompt_source", "oe_eval") != "hf"]
+        for task in OLMES_PROMPT_TASKS
+    }
+    return {task: models for task, models in prompted.items() if models}
+
+
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def prompt_note(evaluations: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The sentence under the task table about the tasks marked there, or None when no task is."""
+    prompted = olmes_prompted(evaluations)
+    if not prompted:
+        return None
+    by_everyone = all(models == list(evaluations) for models in prompted.values())
+    tasks = _listing([task if by_everyone else f"{task} ({', '.join(models)})" for task, models in prompted.items()])
+    return (f"{OLMES_MARK} Our scores on {tasks} use OLMES prompts (OLMo's evaluation harness, the oe_eval "
+            f"requests that `source: 'auto'` reads), while the paper's {_listing(list(PAPER_RESULTS))} numbers "
+            "beside them used Catwalk's prompts, so those rows do not compare like with like "
+            "(`source: 'hf'` scores with the paper's prompts).")
+
+
 def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
-    """Primary accuracy per task (percent, 95% interval) for each evaluated model, the paper's models beside them."""
+    """Primary accuracy per task (percent, 95% interval) for each evaluated model, the paper's models beside them.
+
+    Tasks some model was scored on with OLMES prompts where those differ from the paper's carry
+    :data:`OLMES_MARK`, explained in one sentence under the table."""
     evaluations = in_stage_order(evaluations)
     tasks = task_names(evaluations)
+    prompted = olmes_prompted(evaluations)
     metric = {task: next(r["tasks"][task]["primary_metric"] for r in evaluations.values() if task in r["tasks"]) for task in tasks}
     rows = []
     for task in tasks:
@@ -42,11 +84,13 @@ def evaluation_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
             percent_with_interval(r["tasks"][task]["primary"], r["tasks"][task].get("primary_ci95")) if task in r["tasks"] else None
             for r in evaluations.values()
         ]
-        rows.append([task, metric[task], *ours, *(PAPER_RESULTS[m].get(task) for m in PAPER_RESULTS)])
+        label = f"{task} {OLMES_MARK}" if task in prompted else task
+        rows.append([label, metric[task], *ours, *(PAPER_RESULTS[m].get(task) for m in PAPER_RESULTS)])
     paper = [f"{paper_average(model, tasks):.1f}" for model in PAPER_RESULTS]
     rows.append(["**average**", "", *(percent(r["average"]) for r in evaluations.values()), *paper])
     rows.append(["bits per byte (own held-out)", "", *(r["bits_per_byte"] for r in evaluations.values()), None, None])
-    return table(["task", "metric", *evaluations, *PAPER_RESULTS], rows)
+    note = prompt_note(evaluations)
+    return table(["task", "metric", *evaluations, *PAPER_RESULTS], rows) + (f"\n\n{note}" if note else "")
 
 
 def metrics_table(record: Mapping[str, Any]) -> str:

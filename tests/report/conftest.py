@@ -31,14 +31,17 @@ def histories() -> dict[str, list[dict]]:
     return {"pretrain": pretrain, "anneal": anneal}
 
 
-def task(primary_metric: str, n: int, raw: float, per_token: float, per_char: float, uncond: float, ci: list[float]) -> dict:
+def task(primary_metric: str, n: int, raw: float, per_token: float, per_char: float, uncond: float, ci: list[float],
+         prompt_source: str = "oe_eval") -> dict:
     accuracies = {"acc_raw": raw, "acc_per_token": per_token, "acc_per_char": per_char, "acc_uncond": uncond}
-    return {"n": n, **accuracies, "primary_metric": primary_metric, "primary": accuracies[primary_metric], "primary_ci95": ci}
+    return {"n": n, **accuracies, "primary_metric": primary_metric, "primary": accuracies[primary_metric], "primary_ci95": ci,
+            "prompt_source": prompt_source}
 
 
 @pytest.fixture
 def evaluations() -> dict[str, dict]:
-    """Evaluation records (summary + metrics.json tasks) of the base and SFT models."""
+    """Evaluation records (summary + metrics.json tasks) of the base and SFT models, evaluated with ``source: 'auto'``
+    (OLMES prompts: those of BoolQ differ from the paper's)."""
     return {
         "sft": {
             "tasks": {"arc_easy": task("acc_uncond", 40, 0.25, 0.275, 0.3, 0.325, [0.2, 0.45]),

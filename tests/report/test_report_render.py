@@ -22,9 +22,36 @@ def test_the_task_table_gives_each_models_primary_accuracy_with_its_interval_and
     assert table.splitlines()[0] == "| task | metric | base | sft | OLMo-1B | OLMo-7B |"  # pipeline order
     by_task = rows(table)
     assert by_task["arc_easy"] == ["acc_uncond", "42.5 (30.0–60.0)", "32.5 (20.0–45.0)", "58.1", "65.4"]
-    assert by_task["boolq"] == ["acc_raw", "50.0 (35.0–65.0)", "62.5 (47.0–76.0)", "60.7", "73.4"]
+    assert by_task["boolq †"] == ["acc_raw", "50.0 (35.0–65.0)", "62.5 (47.0–76.0)", "60.7", "73.4"]  # OLMES prompts
     assert by_task["**average**"] == ["", "46.2", "47.5", "59.4", "69.4"]  # the paper's over the tasks shown
     assert by_task["bits per byte (own held-out)"] == ["", "1.7", "1.9", "", ""]
+
+
+def test_tasks_scored_with_olmes_prompts_unlike_the_papers_are_marked_and_explained_under_the_table(evaluations):
+    table, note = evaluation_table(evaluations).split("\n\n")
+    assert "boolq †" in rows(table) and "arc_easy" in rows(table)  # ARC's OLMES prompts are the paper's
+    assert note == ("† Our scores on boolq use OLMES prompts (OLMo's evaluation harness, the oe_eval requests that "
+                    "`source: 'auto'` reads), while the paper's OLMo-1B and OLMo-7B numbers beside them used Catwalk's "
+                    "prompts, so those rows do not compare like with like (`source: 'hf'` scores with the paper's prompts).")
+    assert note in render_report("t", {}, {}, evaluations, None, None, {})
+
+
+def test_no_mark_when_every_model_used_the_papers_prompts_for_the_task(evaluations):
+    for record in evaluations.values():
+        record["tasks"]["boolq"]["prompt_source"] = "hf"
+    table = evaluation_table(evaluations)
+    assert "boolq" in rows(table) and "†" not in table
+
+
+def test_the_note_names_the_models_when_only_some_used_olmes_prompts(evaluations):
+    evaluations["sft"]["tasks"]["boolq"]["prompt_source"] = "hf"
+    for record in evaluations.values():
+        record["tasks"]["piqa"] = {**record["tasks"]["boolq"]}
+    evaluations["sft"]["tasks"]["piqa"]["prompt_source"] = "oe_eval"
+    del evaluations["base"]["tasks"]["piqa"]["prompt_source"]  # not recorded: what 'auto' read, OLMES
+    table, note = evaluation_table(evaluations).split("\n\n")
+    assert {"boolq †", "piqa †"} <= set(rows(table))
+    assert note.startswith("† Our scores on boolq (base) and piqa (base, sft) use OLMES prompts")
 
 
 def test_every_normalization_is_shown_with_the_primary_one_marked(evaluations):
