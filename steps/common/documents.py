@@ -1,12 +1,14 @@
 """Dolma-format documents: one JSON object per line, in jsonl, jsonl.gz or jsonl.zst shards.
 
 Every document has ``id``, ``text`` and ``source``; ``added``, ``created`` and ``metadata``
-are optional. Readers go through fsspec, so a shard may be a local path or any fsspec URL.
+are optional. Shards are read by :func:`steps.common.compressed.open_shard`: a local path or any
+fsspec URL, its compression told by its first bytes, a leading UTF-8 byte order mark skipped.
 
 Two readers: :func:`read_documents` raises :class:`DocumentFormatError` at the first bad line;
 :func:`read_records` never raises on bad input and yields a :class:`BadRecord` in its place, for a
 :class:`Quarantine` to keep (or, in strict mode, to raise). :func:`read_records` never holds a line
-over ``max_document_bytes``: its peak memory is about twice that, whatever the shard holds.
+over ``max_document_bytes``: its peak memory is about twice that, whatever the shard holds. Of a
+truncated or corrupt shard both give the documents before the damage, then say where it is.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
-from steps.common.compressed import CHUNK_BYTES, CORRUPT_SHARD_ERRORS, open_shard
+from steps.common.compressed import CORRUPT_SHARD_ERRORS, open_shard
 
 REQUIRED_FIELDS = ("id", "text", "source")
 DEFAULT_MAX_DOCUMENT_BYTES = 32 * 2**20
@@ -74,36 +75,19 @@ class BadRecord:
         return f"{self.location.path}:{self.location.line}: {self.expected}"
 
 
+@dataclass(frozen=True)
+class TruncatedShard(BadRecord):
+    """The ``truncated_shard`` record that ends a truncated or corrupt shard: ``records_recovered`` records
+    (good or bad) were read before the damage; ``unreadable_bytes`` of its ``compressed_bytes`` (of
+    ``compression``: ``gzip``, ``zstd`` or ``plain``) decode to no record."""
+
+    compression: str
+    records_recovered: int
+    unreadable_bytes: int
+    compressed_bytes: int
+
+
 # --- reading -------------------------------------------------------------------------------------
-
-
-def _shard_lines(path: str, max_line_bytes: int | None) -> Iterator[tuple[int, bytes, int]]:
-    """Yield ``(line number, line without its newline, size of the line in bytes)``.
-
-    A line longer than ``max_line_bytes`` is never held whole: only its first
-    :data:`PREVIEW_BYTES` come back, with its full size. Decompression errors propagate.
-    """
-    read_limit = -1 if max_line_bytes is None else max_line_bytes + 1
-    with open_shard(path) as stream:
-        number = 0
-        while line := stream.readline(read_limit):
-            number += 1
-            if line.endswith(b"\n"):
-                yield number, line[:-1], len(line) - 1
-            elif max_line_bytes is not None and len(line) > max_line_bytes:
-                yield number, line[:PREVIEW_BYTES], len(line) + _skip_rest_of_line(stream)
-            else:
-                yield number, line, len(line)
-
-
-def _skip_rest_of_line(stream: io.BufferedReader) -> int:
-    """Read past the end of the current line in bounded chunks; return how many bytes it had left."""
-    skipped = 0
-    while chunk := stream.readline(CHUNK_BYTES):
-        if chunk.endswith(b"\n"):
-            return skipped + len(chunk) - 1
-        skipped += len(chunk)
-    return skipped
 
 
 def _preview(raw: bytes) -> str:
@@ -178,21 +162,28 @@ def read_records(
     ``source`` and the rest are passed through unchecked. Blank lines are not records: they are
     skipped, and the lines after them keep their true numbers. A line over ``max_document_bytes``
     is a ``too_large`` BadRecord and is never held in memory. A truncated or corrupt compressed
-    shard yields its records up to the break, then one ``truncated_shard`` BadRecord, and ends.
+    shard yields its records up to the break, then one :class:`TruncatedShard`, and ends.
     """
     path = str(path)
-    number = 0
-    try:
-        for number, raw, size in _shard_lines(path, max_document_bytes):
-            location = DocumentLocation(path, number)
-            if size > max_document_bytes:
-                expected = f"document of {size} bytes exceeds max_document_bytes={max_document_bytes}"
-                yield location, BadRecord(location, "too_large", expected, _preview(raw))
-            elif raw.strip():
-                yield location, _record(location, raw)
-    except CORRUPT_SHARD_ERRORS as exc:
-        location = DocumentLocation(path, number + 1)
-        yield location, BadRecord(location, "truncated_shard", _truncated(number, exc), "")
+    records = 0
+    with open_shard(path) as shard:
+        try:
+            for number, raw, size in shard.lines(max_document_bytes):
+                location = DocumentLocation(path, number)
+                if size > max_document_bytes:
+                    records += 1
+                    expected = f"document of {size} bytes exceeds max_document_bytes={max_document_bytes}"
+                    yield location, BadRecord(location, "too_large", expected, _preview(raw))
+                elif raw.strip():
+                    records += 1
+                    yield location, _record(location, raw)
+        except CORRUPT_SHARD_ERRORS as exc:
+            unreadable, total = shard.unreadable_bytes()
+            location = DocumentLocation(path, shard.line_number + 1)
+            expected = (f"{_truncated(shard.line_number, exc)}; {unreadable} of {total} compressed bytes decode to "
+                        f"no record (the records in them are lost; {records} recovered before)")
+            yield location, TruncatedShard(location, "truncated_shard", expected, "", shard.compression, records,
+                                           unreadable, total)
 
 
 def parse_document(line: str, path: str, line_number: int) -> dict[str, Any]:
@@ -215,17 +206,17 @@ def read_documents(path: str | Path) -> Iterator[tuple[DocumentLocation, dict[st
     """Yield ``(location, document)`` for every non-blank line of a shard; raise
     :class:`DocumentFormatError` at the first line that is not a document."""
     path = str(path)
-    number = 0
-    try:
-        for number, raw, _ in _shard_lines(path, max_line_bytes=None):
-            if raw.strip():
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DocumentFormatError(path, number, _invalid_utf8(exc)) from None
-                yield DocumentLocation(path, number), parse_document(line, path, number)
-    except CORRUPT_SHARD_ERRORS as exc:
-        raise DocumentFormatError(path, number + 1, _truncated(number, exc)) from exc
+    with open_shard(path) as shard:
+        try:
+            for number, raw, _ in shard.lines():
+                if raw.strip():
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise DocumentFormatError(path, number, _invalid_utf8(exc)) from None
+                    yield DocumentLocation(path, number), parse_document(line, path, number)
+        except CORRUPT_SHARD_ERRORS as exc:
+            raise DocumentFormatError(path, shard.line_number + 1, _truncated(shard.line_number, exc)) from exc
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Bad input (invalid JSON or UTF-8, a missing, non-string or blank ``text``, a mis
 document over ``max_document_bytes``, a truncated compressed shard) never stops the run silently:
 each bad record is quarantined with its file and line and counted by reason, or, with
 ``strict: true``, fails the run naming file and line. Input shards are read by
-:func:`steps.corpus.reading.read_source_records` (compression told by magic bytes, a leading UTF-8 BOM
+:func:`steps.common.documents.read_records` (compression told by magic bytes, a leading UTF-8 BOM
 skipped, the records before the damage in a truncated shard kept). Every input file is named one way
 everywhere (quarantine rows, messages, logs): a local file by its absolute path, any other by its URL.
 
@@ -31,7 +31,7 @@ import re
 import tempfile
 from array import array
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Union
@@ -39,14 +39,13 @@ from typing import Any, Iterator, Literal, Mapping, Union
 import fsspec
 
 from steps.common.documents import (
-    DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, list_shards,
-    read_documents,
+    DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, TruncatedShard,
+    list_shards, read_documents, read_records,
 )
 from steps.corpus.config import ConfigError, build, require
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
 from steps.corpus.layout import DOCUMENTS_DIR, QUARANTINE_DIR, SHARD_SUFFIXES
-from steps.corpus.reading import TruncatedShard, read_source_records
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import merge_stats
 
@@ -193,7 +192,10 @@ def _as_source(doc: dict[str, Any], name: str, location: DocumentLocation) -> di
 
 
 def _files_records(spec: FilesSource, url: str) -> Iterator[tuple[DocumentLocation, dict[str, Any] | BadRecord]]:
-    for location, record in read_source_records(url, spec.max_document_bytes):
+    for location, record in read_records(url, spec.max_document_bytes):
+        if isinstance(record, TruncatedShard):  # quarantine rows are output: they name the compression first
+            record = replace(record, expected=f"{record.compression} {record.expected}")
+            logger.warning("%s", record.message)
         yield location, record if isinstance(record, BadRecord) else _as_source(record, spec.name, location)
 
 

@@ -139,6 +139,16 @@ def test_jsonl_zst_shards_are_read_across_frames_and_a_cut_one_is_reported(tmp_p
         assert "ends inside a frame" in bad.expected
 
 
+def test_shards_are_read_by_their_bytes_whatever_their_name_and_a_leading_bom_skipped(tmp_path):
+    body = b"\xef\xbb\xbf" + good(1) + good(2)
+    shards = {"gzip.jsonl": gzip.compress(body), "plain.jsonl.gz": body,
+              "zstd.jsonl.gz": zstandard.ZstdCompressor().compress(body)}
+    for name, data in shards.items():
+        (tmp_path / name).write_bytes(data)
+        assert [(n, d["id"]) for n, d in records(tmp_path / name)] == [(1, "d1"), (2, "d2")]
+        assert [(location.line, d["id"]) for location, d in read_documents(tmp_path / name)] == [(1, "d1"), (2, "d2")]
+
+
 def test_strict_quarantine_raises_with_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(good(1) + b'{"id": "a"}\n')

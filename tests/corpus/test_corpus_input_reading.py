@@ -10,9 +10,9 @@ import fsspec
 import pytest
 import zstandard
 
-from steps.common.documents import DocumentFormatError, list_shards, read_documents
+from steps.common.compressed import compression_of
+from steps.common.documents import DocumentFormatError, list_shards, read_documents, read_records
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
-from steps.corpus.reading import compression_of, read_source_records
 from steps.corpus.sources import write_source
 
 
@@ -57,10 +57,10 @@ def test_a_bom_does_not_count_toward_max_document_bytes_and_long_lines_are_measu
     doc = jsonl(["a"])[:-1]
     long = json.dumps({"id": "long", "text": "x" * 5000}).encode()
     path.write_bytes(b"\xef\xbb\xbf" + doc + b"\n" + long + b"\n" + doc)
-    got = [record for _, record in read_source_records(str(path), max_document_bytes=len(doc))]
+    got = [record for _, record in read_records(str(path), max_document_bytes=len(doc))]
     assert [r["id"] if isinstance(r, dict) else r.reason for r in got] == ["a", "too_large", "a"]
     assert got[1].expected == f"document of {len(long)} bytes exceeds max_document_bytes={len(doc)}"
-    got = [record for _, record in read_source_records(str(path), max_document_bytes=len(doc) - 1)]
+    got = [record for _, record in read_records(str(path), max_document_bytes=len(doc) - 1)]
     assert [r.reason for r in got] == ["too_large"] * 3
     assert got[0].expected == f"document of {len(doc)} bytes exceeds max_document_bytes={len(doc) - 1}"
 
@@ -79,7 +79,7 @@ def test_a_plain_file_named_gz_and_a_compressed_file_named_jsonl_are_read_by_the
     (tmp_path / "plain.jsonl.gz").write_bytes(jsonl(["p1", "p2"]))
     (tmp_path / "gzip.jsonl").write_bytes(gzip.compress(jsonl(["g1"])))
     (tmp_path / "zstd.jsonl.gz").write_bytes(zstandard.ZstdCompressor().compress(jsonl(["z1"])))
-    with caplog.at_level(logging.WARNING, logger="steps.corpus.reading"):
+    with caplog.at_level(logging.WARNING, logger="steps.common.compressed"):
         stats = write_source(source(tmp_path), tmp_path / "out")
     assert (stats["records_in"], stats["documents"], stats["quarantined"]) == (4, 4, {})
     assert sorted(kept_ids(tmp_path / "out")) == ["g1", "p1", "p2", "z1"]
@@ -113,7 +113,7 @@ def test_a_truncated_zstd_shard_keeps_the_records_of_its_whole_frames_and_blocks
     big = jsonl(range(20_000))
     whole = zstandard.ZstdCompressor().compress(big)
     path.write_bytes(whole[: len(whole) // 2])
-    *docs, (_, bad) = list(read_source_records(str(path)))
+    *docs, (_, bad) = list(read_records(str(path)))
     assert 0 < len(docs) < 20_000 and [d["id"] for _, d in docs] == [str(i) for i in range(len(docs))]
     assert bad.reason == "truncated_shard" and bad.records_recovered == len(docs)
     assert 0 < bad.unreadable_bytes < len(whole) // 2 and bad.compressed_bytes == len(whole) // 2
@@ -125,7 +125,7 @@ def test_a_truncated_gzip_shard_keeps_every_complete_record_and_counts_the_bytes
     cut = whole[: len(whole) // 2]
     path.write_bytes(cut)
     complete = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
-    *docs, (number, bad) = [(location.line, record) for location, record in read_source_records(str(path))]
+    *docs, (number, bad) = [(location.line, record) for location, record in read_records(str(path))]
     assert len(docs) == complete == bad.records_recovered and number == complete + 1
     kept = len(cut) - bad.unreadable_bytes  # the fewest leading bytes that decode to every record kept
     assert zlib.decompressobj(wbits=31).decompress(cut[:kept]).count(b"\n") == complete

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import zstandard
 
 from steps.common.documents import write_jsonl_gz
 from steps.evaluation import perplexity
@@ -124,6 +125,16 @@ def test_paloma_sets_are_read_from_files_or_folders_with_their_subdomains(tmp_pa
     ]
     assert list(perplexity.read_paloma_documents(folder / "val_pets.jsonl.gz", "pets")) == [
         {"text": "the cat sat.", "source": "pets", "metadata": {"domain": "pets"}}
+    ]
+
+
+def test_a_paloma_file_is_read_by_its_bytes_whatever_its_name_and_a_leading_bom_skipped(tmp_path):
+    record = b'{"text": "the cat sat.", "subdomain": "pets"}\n'
+    (tmp_path / "a.jsonl").write_bytes(gzip.compress(b"\xef\xbb\xbf" + record))
+    (tmp_path / "b.jsonl.gz").write_bytes(b"\xef\xbb\xbf" + record)
+    (tmp_path / "c.jsonl.gz").write_bytes(zstandard.ZstdCompressor().compress(record))
+    assert list(perplexity.read_paloma_documents(tmp_path, "c4")) == 3 * [
+        {"text": "the cat sat.", "source": "c4", "metadata": {"domain": "pets"}}
     ]
 
 
