@@ -12,6 +12,21 @@ Imported first through ``include_package`` in ``tango.yml`` (and by ``steps``), 
   ``wandb.apis.public.Artifact``, gone from wandb's public API in the 0.2x releases.
 - ``retry_module``: ``tango.integrations.wandb`` imports the ``retry`` package, which
   nothing installs any more; a minimal equivalent decorator is provided.
+- ``broken_integrations``: Tango's own integrations (``tango.integrations.<name>``) that fail to import with
+  today's packages for a reason other than a missing dependency (``transformers``: transformers 5 has no
+  ``modeling_flax_auto`` nor ``TransfoXLLMHeadModel``) raise ``IntegrationMissingError`` carrying the reason.
+  Tango searches its integrations for any step type it does not know (a typo), and only that error is
+  skipped: the typo ended in ``ImportError: cannot import name 'modeling_flax_auto'`` instead of Tango's own
+  ``ConfigurationError`` listing the known types. ``tango info`` says why instead of "not installed".
+- ``step_name_in_config_errors``: a step's ``ConfigurationError`` names the step (``step 'pretrain': ...``),
+  not only its class.
+- ``concise_config_errors``: Tango's handler of uncaught exceptions prints a configuration error (Tango's
+  ``ConfigurationError``, or a Jsonnet error in the workflow) as its message on the first line of output, on
+  one line, instead of at the end of a 40-150-line traceback (the traceback follows at ``--log-level debug``).
+
+Outside the repository root ``tango run`` finds no ``tango.yml``, so neither these fixes nor the project's
+steps are imported: ``olmo-tango run WORKFLOW`` (``steps.cli``) runs Tango's ``run`` with this repository's
+``tango.yml`` from any directory.
 
 Tango binds the first two functions as dataclass ``default_factory`` values when its
 modules are imported, so replacing the module attribute would not reach them; the fix swaps
@@ -20,6 +35,7 @@ the functions' code objects in place instead (the originals are kept in ``ORIGIN
 from __future__ import annotations
 
 import functools
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
@@ -130,11 +146,147 @@ def fix_retry_module() -> None:
     sys.modules["retry"] = module
 
 
+BROKEN_INTEGRATIONS: dict[str, str] = {}  # integration name -> why it does not import
+
+
+def _integration_error(name: str, reason: str) -> Exception:
+    from tango.common.exceptions import IntegrationMissingError
+
+    error = IntegrationMissingError(name)
+    error.args = (f"Tango's '{name}' integration does not import with the installed packages ({reason}); "
+                  "this project does not use it",)
+    return error
+
+
+class _GuardedLoader(importlib.abc.Loader):
+    """Runs an integration package's loader; an ``ImportError`` other than its dependency being absent becomes
+    ``IntegrationMissingError`` (with the reason), which is what Tango skips and reports."""
+
+    def __init__(self, loader: importlib.abc.Loader, integration: str):
+        self.loader = loader
+        self.integration = integration
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        try:
+            self.loader.exec_module(module)
+        except ImportError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            BROKEN_INTEGRATIONS[self.integration] = reason
+            raise _integration_error(self.integration, reason) from exc
+
+
+class _IntegrationGuard(importlib.abc.MetaPathFinder):
+    PREFIX = "tango.integrations."
+
+    def find_spec(self, fullname, path, target=None):
+        if not fullname.startswith(self.PREFIX) or "." in fullname[len(self.PREFIX):]:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _GuardedLoader(spec.loader, fullname[len(self.PREFIX):])
+        return spec
+
+
+def _explain_broken_integration(record: logging.LogRecord) -> bool:
+    """``tango info``'s "<name> (not installed)" line, for an integration that is installed but broken."""
+    if isinstance(record.msg, str) and "(not installed)" in record.msg and record.args:
+        name = record.args[0] if isinstance(record.args, tuple) else None
+        if name in BROKEN_INTEGRATIONS:
+            from rich.markup import escape
+
+            reason = escape(BROKEN_INTEGRATIONS[name])
+            record.msg = record.msg.replace("(not installed)", "(installed, but Tango's integration does not "
+                                                               "import: %s; this project does not use it)")
+            record.args = (name, reason)
+    return True
+
+
+def fix_broken_integrations() -> None:
+    if not any(isinstance(finder, _IntegrationGuard) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _IntegrationGuard())
+    cli_logger = logging.getLogger("tango.__main__")
+    if _explain_broken_integration not in cli_logger.filters:
+        cli_logger.addFilter(_explain_broken_integration)
+
+
+ORIGINAL_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def fix_step_name_in_config_errors() -> None:
+    from tango.common.exceptions import ConfigurationError
+    from tango.step import Step
+
+    if "step_from_params" in ORIGINAL_FUNCTIONS:
+        return
+    original = ORIGINAL_FUNCTIONS["step_from_params"] = Step.__dict__["from_params"].__func__
+
+    def from_params(cls, params, *args: Any, step_name: str | None = None, **kwargs: Any):
+        try:
+            return original(cls, params, *args, step_name=step_name, **kwargs)
+        except ConfigurationError as exc:
+            if step_name is None or getattr(exc, "step_name", None) is not None:
+                raise
+            named = ConfigurationError(f"step '{step_name}': {exc.message}")
+            named.step_name = step_name
+            raise named from None
+
+    Step.from_params = classmethod(from_params)
+
+
+def is_jsonnet_error(error: BaseException) -> bool:
+    """Whether ``error`` is the ``RuntimeError`` Jsonnet raises for a workflow it cannot evaluate."""
+    return type(error) is RuntimeError and str(error).lower().startswith(("runtime error:", "static error:"))
+
+
+def config_error_line(error: BaseException) -> str:
+    """A configuration error as one line: ``ConfigurationError: step 'pretrain': ...`` (a Jsonnet error: its
+    first line, which holds the message; the lines after it are the Jsonnet stack)."""
+    if is_jsonnet_error(error):
+        return "Jsonnet error: " + str(error).strip().splitlines()[0].split(":", 1)[1].strip()
+    return f"{type(error).__name__}: " + " ".join(str(error).split())
+
+
+def _log_config_errors_concisely(exctype, value, traceback, logger=None):
+    """Tango's ``log_exc_info`` (what its ``sys.excepthook`` calls), a configuration error on one line first."""
+    import tango.common.logging as tango_logging
+    from tango.common.exceptions import ConfigurationError
+
+    if not (isinstance(value, ConfigurationError) or is_jsonnet_error(value)):
+        return ORIGINAL_FUNCTIONS["log_exc_info"](exctype, value, traceback, logger)
+    if value in tango_logging._EXCEPTIONS_LOGGED:
+        return None
+    sys.stdout.flush()
+    lines = [config_error_line(value)]
+    if is_jsonnet_error(value):
+        lines += [line.rstrip() for line in str(value).strip().splitlines()[1:]]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    if (logger or logging.getLogger()).isEnabledFor(logging.DEBUG):
+        return ORIGINAL_FUNCTIONS["log_exc_info"](exctype, value, traceback, logger)  # the traceback too
+    tango_logging._EXCEPTIONS_LOGGED.append(value)
+    return None
+
+
+def fix_concise_config_errors() -> None:
+    import tango.common.logging as tango_logging
+
+    if "log_exc_info" in ORIGINAL_FUNCTIONS:
+        return
+    ORIGINAL_FUNCTIONS["log_exc_info"] = tango_logging.log_exc_info
+    tango_logging.log_exc_info = _log_config_errors_concisely  # the excepthook looks it up at call time
+
+
 FIXES: dict[str, Callable[[], None]] = {
     "pip_packages": fix_pip_packages,
     "git_without_origin": fix_git_without_origin,
     "wandb_public_artifact": fix_wandb_public_artifact,
     "retry_module": fix_retry_module,
+    "broken_integrations": fix_broken_integrations,
+    "step_name_in_config_errors": fix_step_name_in_config_errors,
+    "concise_config_errors": fix_concise_config_errors,
 }
 
 

@@ -11,6 +11,7 @@ the workspace's results (list, verify, copy between workspaces, collect garbage)
   olmo-tango workspace verify [-w WORKSPACE]
   olmo-tango workspace sync SRC DST [--workflow WORKFLOW]
   olmo-tango workspace gc [-w WORKSPACE] [--keep-workflow WORKFLOW ...] (--dry-run | --yes)
+  olmo-tango run WORKFLOW [tango run options]      (from any directory: see integrations.tango_cli)
 
 The logic is in :mod:`steps.data.regenerate`, :mod:`steps.train.join` and
 :mod:`integrations.workspace.commands`; this module parses arguments and prints answers.
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=_at_least(0), default=3600, help="seconds to wait for the step's inputs to appear (default 3600)"
     )
     _add_workspace_commands(commands)
+    commands.add_parser(
+        "run", add_help=False,
+        help="`tango run WORKFLOW [options]` with this repository's tango.yml and workspace, from any directory",
+    )
     return parser
 
 
@@ -323,6 +328,11 @@ def _workspace(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # every option after it is Tango's
+        from integrations.tango_cli import run
+
+        return run(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train-node":

@@ -6,9 +6,9 @@
 // olmo-tiny's steps come from the cache; only `evaluate_hf` and the report run.
 local tiny = import 'olmo-tiny.jsonnet';
 local ref(name) = { type: 'ref', ref: name };
-local p = tiny.params;
 
 tiny {
+  local p = self.params,  // olmo-tiny's params, with any `params+::` override of this workflow
   steps+: {
     evaluate_hf: {
       type: 'evaluate_hf',

@@ -28,4 +28,4 @@ local params = tiny {
   execution: { device: 'cpu', num_workers: 1, log_every: 1 },
 };
 
-olmo.workflow(params) + { params:: params }
+olmo.recipe(params)

@@ -70,4 +70,4 @@ local params = {
   execution: { device: 'cpu', num_workers: 2, checkpoint_every: 50 },
 };
 
-olmo.workflow(params) + { params:: params }
+olmo.recipe(params)

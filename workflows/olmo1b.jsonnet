@@ -14,4 +14,4 @@ local params = seven {
   anneal+: { start_lr: null, micro_batch_size: 8 },
 };
 
-olmo.workflow(params) + { params:: params }
+olmo.recipe(params)

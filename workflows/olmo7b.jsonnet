@@ -107,4 +107,4 @@ local params = {
   },
 };
 
-olmo.workflow(params) + { params:: params }
+olmo.recipe(params)

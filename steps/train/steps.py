@@ -88,15 +88,37 @@ def with_execution_defaults(execution: dict[str, Any], **inputs: Any) -> dict[st
     return {**EXECUTION_DEFAULTS, **execution, **inputs}
 
 
+def check_batch_division(global_batch_size: int, world_size: int, micro_batch_size: int) -> None:
+    """Every rank trains the same whole number of micro-batches of a global batch: the global batch splits
+    evenly over the ranks, and a rank's share into micro-batches."""
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"data_order.global_batch_size {global_batch_size} is not divisible by world_size {world_size} "
+            f"(execution): every rank trains global_batch_size / world_size instances a step"
+        )
+    share = global_batch_size // world_size
+    if share % micro_batch_size:
+        raise ValueError(
+            f"train.micro_batch_size {micro_batch_size} does not divide a rank's share of the global batch, "
+            f"data_order.global_batch_size {global_batch_size} / world_size {world_size} = {share} instances"
+        )
+
+
 def check_run_options(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> None:
     """Validate how a distributed training step is asked to run (its arguments other than ``inputs``):
-    known settings, parallelism and in-loop evaluation."""
+    known settings, parallelism (the global batch splits over the ranks and their micro-batches) and
+    in-loop evaluation."""
+    batch, micro = kwargs["data_order"]["global_batch_size"], kwargs["train"]["micro_batch_size"]
     kwargs = with_execution_defaults({k: v for k, v in kwargs.items() if k not in inputs})
     world_size, nnodes, sharding = kwargs["world_size"], kwargs["nnodes"], kwargs["sharding"]
     if sharding not in SHARDING:
         raise ValueError(f"sharding: expected one of {SHARDING}, got {sharding!r}")
-    if world_size < 1 or nnodes < 1 or world_size % nnodes:
+    for key, value in (("world_size", world_size), ("nnodes", nnodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+    if world_size % nnodes:
         raise ValueError(f"world_size {world_size} must be a positive multiple of nnodes {nnodes}")
+    check_batch_division(batch, world_size, micro)
     if kwargs["in_loop_eval"] is not None:
         validate_in_loop_eval(kwargs["in_loop_eval"])
         if kwargs["heldout"] is None:

@@ -308,6 +308,7 @@ def train(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     eval_every: int | None = None,
     measure: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    on_start: Callable[[TrainState], None] | None = None,
 ) -> TrainState:
     """Train ``model`` until ``config.max_steps`` optimizer steps are done; return the final state.
 
@@ -318,7 +319,8 @@ def train(
     ``start_state``) and writes one every ``config.checkpoint_every`` steps and at the end, keeping the
     newest ``keep_checkpoints``. ``evaluate(model)`` (run on every rank) adds its metrics to those of
     every ``eval_every``-th step and of the last; ``measure(metrics)`` adds measurements of each step
-    (MFU, memory). ``log`` receives the metrics of every
+    (MFU, memory). ``on_start(state)`` is called once before the first step with the state the run starts
+    from (the checkpoint actually loaded, not merely the newest on disk). ``log`` receives the metrics of every
     ``config.log_every``-th step and of the last (on rank 0); they are also kept in ``TrainState.history``.
     Under ``torch.distributed`` every rank calls ``train``; checkpoints are written collectively.
     """
@@ -335,6 +337,8 @@ def train(
     else:
         state = TrainState.from_dict(start_state.to_dict()) if start_state is not None else TrainState()
         torch.manual_seed(config.seed)
+    if on_start is not None:
+        on_start(state)
     model.train()
     while state.step < config.max_steps:
         started = time.perf_counter()

@@ -30,7 +30,7 @@ from .checkpoint import TrainState, save_model_state
 from .parallel import data_parallel_mesh, effective_precision, join_process_group, shard_model, worker_device
 from .pretraining_data import pretraining_batches
 from .progress import TrainingProgress
-from .sharded_checkpoint import full_training_state, list_checkpoints, load_consolidated, save_optimizer_state
+from .sharded_checkpoint import full_training_state, load_consolidated, save_optimizer_state
 from .throughput import memory_metrics, model_flops_utilization, peak_flops
 from .trainer import TrainConfig, build_optimizer, train
 
@@ -117,13 +117,18 @@ def _step_measurements(config: OlmoConfig, seq_len: int, device: torch.device) -
     return measure
 
 
-def _console_and_wandb(job: TrainingJob, settings: TrainConfig, start_step: int) -> tuple[Callable, Callable]:
-    """The per-step log (progress line; W&B when configured) and its closing function (rank 0)."""
-    progress = TrainingProgress(settings.max_steps, start_step=start_step, every=job.log_every)
+def _console_and_wandb(job: TrainingJob, settings: TrainConfig) -> tuple[Callable, Callable, Callable]:
+    """The per-step log (progress line; W&B when configured), the hook ``train`` calls with the state it
+    starts from (so a resumed run's progress starts at the checkpoint actually loaded, which is not the newest
+    one when that is corrupted), and the closing function (rank 0)."""
+    progress: list[TrainingProgress] = []
     run = WandbLogger(**job.wandb) if job.wandb is not None else None
 
+    def started(state: TrainState) -> None:
+        progress[:] = [TrainingProgress(settings.max_steps, start_step=state.step, every=job.log_every)]
+
     def log(metrics: dict[str, Any]) -> None:
-        progress.update(metrics)
+        progress[0].update(metrics)
         if run is not None:
             run.log(metrics, step=metrics["step"])
 
@@ -131,13 +136,7 @@ def _console_and_wandb(job: TrainingJob, settings: TrainConfig, start_step: int)
         if run is not None:
             run.finish(exit_code=int(failed))
 
-    return log, close
-
-
-def _resume_step(checkpoint_dir: str) -> int:
-    """The step a run will resume from (0 without a checkpoint), for the progress line's ETA."""
-    existing = list_checkpoints(checkpoint_dir)
-    return int(existing[-1].name.split("-")[1]) if existing else 0
+    return log, started, close
 
 
 def run_training_job(job: TrainingJob) -> dict[str, Any] | None:
@@ -147,11 +146,12 @@ def run_training_job(job: TrainingJob) -> dict[str, Any] | None:
     join_process_group(device)
     rank = dist.get_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
-    try:
-        return _train_and_save(job, device)
-    finally:
-        dist.barrier()  # no rank tears the group down while another still uses it
-        dist.destroy_process_group()
+    # On an exception this process exits at once and the launcher stops the other ranks, wherever they wait:
+    # a barrier here would meet them inside some other collective and hang the job instead.
+    result = _train_and_save(job, device)
+    dist.barrier()  # no rank tears the group down while another still uses it
+    dist.destroy_process_group()
+    return result
 
 
 def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | None:
@@ -162,9 +162,7 @@ def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | 
     model = build_model(job, device, settings.precision)
     optimizer = build_optimizer(model, settings)
     job.init.load(model, optimizer)
-    log, close = (
-        _console_and_wandb(job, settings, _resume_step(job.checkpoint_dir)) if rank == 0 else (None, None)
-    )
+    log, started, close = _console_and_wandb(job, settings) if rank == 0 else (None, None, None)
     failed = True
     try:
         state = train(
@@ -179,6 +177,7 @@ def _train_and_save(job: TrainingJob, device: torch.device) -> dict[str, Any] | 
             evaluate=job.in_loop_eval() if job.in_loop_eval is not None else None,
             eval_every=job.eval_every,
             measure=_step_measurements(model.config, job.instances.summary["seq_len"], device),
+            on_start=started,
         )
         failed = False
     finally:

@@ -8,6 +8,7 @@ import importlib.util
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,63 @@ def test_retry_stand_in_retries_then_raises():
         always_fails()
     assert isinstance(sys.modules["retry"], types.ModuleType)
 
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TANGO = Path(sys.executable).parent / "tango"
+
+
+def _tango_run(workflow_text: str, tmp_path: Path) -> tuple[int, list[str]]:
+    """``tango run`` from the repository root on a workflow importing olmo-micro; exit status and output lines."""
+    workflow = tmp_path / "workflow.jsonnet"
+    workflow.write_text(f"(import '{ROOT / 'workflows' / 'olmo-micro.jsonnet'}') + {workflow_text}\n")
+    result = subprocess.run([str(TANGO), "run", str(workflow), "-w", str(tmp_path / "workspace")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    return result.returncode, result.stdout.splitlines()
+
+
+def test_a_config_error_is_the_first_line_of_tango_runs_output_naming_the_step_and_key(tmp_path):
+    status, lines = _tango_run("{ steps+: { pretrain+: { world_size: 3 } } }", tmp_path)
+    assert status != 0
+    assert lines[0] == (
+        "ConfigurationError: step 'pretrain': PretrainOlmo: data_order.global_batch_size 4 is not divisible by "
+        "world_size 3 (execution): every rank trains global_batch_size / world_size instances a step"
+    )
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_a_misspelt_step_type_is_a_config_error_not_a_broken_integrations_import_error(tmp_path):
+    status, lines = _tango_run("{ steps+: { pretrain+: { type: 'pretrian' } } }", tmp_path)
+    assert status != 0
+    assert lines[0].startswith("ConfigurationError: step 'pretrain': 'pretrian' not in acceptable choices for "
+                               "steps.pretrain.type: [")
+    assert "'pretrain'" in lines[0] and not any("modeling_flax_auto" in line for line in lines)
+
+
+def test_a_broken_tango_integration_reads_as_missing_with_its_reason():
+    from tango.common.exceptions import IntegrationMissingError
+
+    original = subprocess.run(
+        [sys.executable, "-c", "import tango.integrations.transformers"], capture_output=True, text=True, cwd="/"
+    )
+    if original.returncode == 0:
+        pytest.skip("Tango's transformers integration imports with this transformers")
+    assert "ImportError" in original.stderr.splitlines()[-1]  # not IntegrationMissingError: Tango does not skip it
+    with pytest.raises(IntegrationMissingError, match=r"Tango's 'transformers' integration does not import with the "
+                                                      r"installed packages \(ImportError: "):
+        importlib.import_module("tango.integrations.transformers")
+    assert "transformers" in tango_compat.BROKEN_INTEGRATIONS
+    importlib.import_module("tango.integrations.torch")  # a working integration imports as before
+
+
+def test_tango_info_says_why_a_broken_integration_is_not_used(monkeypatch):
+    import logging
+
+    monkeypatch.setitem(tango_compat.BROKEN_INTEGRATIONS, "transformers", "ImportError: cannot import name 'x' [y]")
+    record = logging.LogRecord("tango.__main__", logging.INFO, __file__, 1, " [yellow]\N{ballot x} %s (not installed)[/]",
+                               ("transformers",), None)
+    assert logging.getLogger("tango.__main__").filter(record)
+    assert record.getMessage().startswith(" [yellow]\N{ballot x} transformers (installed, but Tango's integration does "
+                                          "not import: ImportError: cannot import name 'x' \\[y]")
+    other = logging.LogRecord("tango.__main__", logging.INFO, __file__, 1, " %s (not installed)", ("beaker",), None)
+    assert logging.getLogger("tango.__main__").filter(other) and other.getMessage() == " beaker (not installed)"

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,6 +187,29 @@ def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path)
         assert torch.equal(tensor, reference_weights[name]), name
 
 
+def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one_bit_identical(micro_job, two_workers):
+    job = micro_job("corrupted", checkpoint_every=2)
+    run(job, 2)
+    checkpoints = list_checkpoints(job.checkpoint_dir)
+    assert [p.name for p in checkpoints] == [f"step-{STEPS - 2:08d}", f"step-{STEPS:08d}"]
+    shard = sorted((checkpoints[-1] / "state").glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-8] ^= 0xFF  # a weight's bytes, not the header: only the checksum sees it
+    shard.write_bytes(bytes(data))
+    for path in Path(job.output_dir).iterdir():  # the artifact is written again by the resumed run
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    result = launch(job, 2)  # `tango run` again
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "falling back" in result.stderr and f"resuming from {checkpoints[0]} at step {STEPS - 2}" in result.stderr
+    history, weights = outputs(job)
+    reference_history, reference_weights = two_workers
+    assert [m["loss"] for m in history] == [m["loss"] for m in reference_history]
+    assert weights.keys() == reference_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, reference_weights[name]), name
+
+
 def test_checkpoint_of_two_workers_resumes_on_one(micro_job, one_worker):
     first = micro_job("resharded", checkpoint_every=4, max_steps=4)
     run(first, 2)
@@ -230,6 +254,22 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     assert failure, result.stderr[-4000:]
     bad_step = int(failure.group(1))
     assert [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)][-1] == bad_step - 1
+
+
+def test_one_ranks_exception_stops_the_job_promptly_naming_it(micro_job):
+    """Rank 0 alone fails (a bad W&B setting: only rank 0 logs) while rank 1 trains on; the job must stop with
+    rank 0's exception, not wait in a barrier that meets rank 1 inside another collective."""
+    job = replace(micro_job("one-rank-fails"), wandb={"project": "p", "run_id": "r", "directory": "/tmp", "config": {},
+                                                      "no_such_setting": 1})
+    job_file = Path(job.output_dir).parent / "job.pkl"
+    job_file.write_bytes(pickle.dumps(job))
+    started = time.monotonic()
+    result = subprocess.run([str(BIN / "python"), str(LAUNCH_JOB), str(job_file), "2"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert re.search(r"WorkerFailure: worker rank 0 failed: TypeError: .*no_such_setting", result.stderr), \
+        result.stderr[-4000:]
+    assert time.monotonic() - started < 240
 
 
 @pytest.mark.parametrize("options", [

@@ -124,6 +124,23 @@ def test_nan_skip_policy_drops_only_that_update(make_model):
     assert all(torch.equal(a, b) for a, b in zip(after_two, model.parameters()))
 
 
+def test_on_start_receives_the_state_of_the_checkpoint_actually_loaded(make_model, tmp_path):
+    """A corrupted newest checkpoint is skipped: the run starts (and says it starts) at the one before."""
+    train(make_model(), random_batches, config(max_steps=4, checkpoint_every=2), log=quiet, checkpoint_dir=tmp_path)
+    newest = list_checkpoints(tmp_path)[-1]
+    shard = sorted((newest / "state").glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-4] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    starts, logged = [], []
+    state = train(make_model(), random_batches, config(max_steps=6), log=lambda m: logged.append(m["step"]),
+                  checkpoint_dir=tmp_path, on_start=lambda s: starts.append(s.step))
+    assert starts == [2] and logged == [3, 4, 5, 6] and state.step == 6
+    fresh = []
+    train(make_model(), random_batches, config(max_steps=1), log=quiet, on_start=lambda s: fresh.append(s.step))
+    assert fresh == [0]
+
+
 def test_resume_from_checkpoint_is_bit_identical(make_model, tmp_path):
     schedule = {"kind": "cosine", "peak_lr": 3e-3, "warmup_steps": 2, "total_steps": 8}
     full = make_model()

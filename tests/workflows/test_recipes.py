@@ -158,3 +158,80 @@ def test_compare_hf_adds_a_transformers_directory_to_olmo_tinys_report(tmp_path)
     assert all(graph[name].unique_id == tiny[name].unique_id for name in tiny if name != "report")
     assert graph["report"].kwargs["evaluations"]["hf"].unique_id == graph["evaluate_hf"].unique_id
     assert graph["evaluate_hf"].kwargs["config"] == tiny["evaluate_base"].kwargs["config"]
+
+
+def _graph_of(tmp_path: Path, source: str) -> StepGraph:
+    workflow = tmp_path / "workflow.jsonnet"
+    workflow.write_text(source)
+    return StepGraph.from_file(workflow)
+
+
+@pytest.mark.parametrize("override, where, key", [
+    ("params+:: { execution+: { checkpoint_evry: 5 } }", "recipe 'olmo-tiny' params.execution", "checkpoint_evry"),
+    ("params+:: { pretrian+: { max_steps: 5 } }", "recipe 'olmo-tiny' params", "pretrian"),
+])
+def test_a_typo_in_a_recipes_params_fails_naming_the_key_and_where(tmp_path, override, where, key):
+    with pytest.raises(RuntimeError) as failure:  # a Jsonnet error, raised when the workflow is loaded
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + {{ {override} }}")
+    assert f"{where}: unknown key(s) ['{key}']; expected some of [" in str(failure.value)
+    assert ("'checkpoint_every'" if "execution" in where else "'pretrain'") in str(failure.value)
+
+
+def test_a_typo_in_a_recipe_file_itself_fails_too(tmp_path):
+    recipe = (WORKFLOWS / "olmo-micro.jsonnet").read_text().replace("  seq_len: 64,", "  seq_len: 64, seqlen: 32,")
+    recipe = recipe.replace("'lib/olmo.libsonnet'", f"'{WORKFLOWS / 'lib' / 'olmo.libsonnet'}'")
+    recipe = recipe.replace("'olmo-tiny.jsonnet'", f"'{WORKFLOWS / 'olmo-tiny.jsonnet'}'")
+    with pytest.raises(RuntimeError, match=r"recipe 'olmo-micro' params: unknown key\(s\) \['seqlen'\]"):
+        _graph_of(tmp_path, recipe)
+
+
+def test_overriding_a_recipes_params_reaches_its_steps(tmp_path):
+    tiny = _tiny_graph()
+    graph = _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + {{ params+:: {{ seq_len: 32 }} }}")
+    assert graph["instances"].kwargs["seq_len"] == 32
+    differs = {name for name in tiny if tiny[name].unique_id != graph[name].unique_id}
+    assert "instances" in differs and "pretrain" in differs and "tokenize" not in differs
+    for name in differs:
+        assert name == "instances" or _depends_on(graph[name], graph["instances"])
+    micro = _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + "
+                                "{ params+:: { pretrain+: { max_steps: 3 }, execution+: { world_size: 2 } } }")
+    assert micro["pretrain"].kwargs["train"]["max_steps"] == 3 and micro["pretrain"].kwargs["world_size"] == 2
+    assert micro["anneal"].kwargs["world_size"] == 2
+
+
+@pytest.mark.parametrize("ablation, steps_override", [
+    ("cosine-schedule.jsonnet", "pretrain+: { train+: { schedule+: { kind: 'cosine' } } }"),
+    ("no-paragraph-dedup.jsonnet", "dedup+: { config+: { paragraph: false } }"),
+    ("relaxed-gopher.jsonnet", "filter+: { config+: { gopher+: { max_dup_5_gram_char_fraction: 0.30, "
+     "max_dup_6_gram_char_fraction: 0.28, max_dup_7_gram_char_fraction: 0.26, max_dup_8_gram_char_fraction: 0.24, "
+     "max_dup_9_gram_char_fraction: 0.22, max_dup_10_gram_char_fraction: 0.20 } } }"),
+])
+def test_ablations_written_as_params_overrides_keep_the_fingerprints_of_step_overrides(tmp_path, ablation,
+                                                                                       steps_override):
+    """They were written as step overrides before; the same steps (and so the cached results) come out."""
+    by_params = StepGraph.from_file(WORKFLOWS / "ablations" / ablation)
+    by_steps = _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + {{ steps+: {{ {steps_override} }} }}")
+    assert {name: step.unique_id for name, step in by_params.items()} == {
+        name: step.unique_id for name, step in by_steps.items()
+    }
+
+
+@pytest.mark.parametrize("override, message", [
+    ("world_size: 3", "data_order.global_batch_size 4 is not divisible by world_size 3 (execution)"),
+    ("world_size: 2, train+: { micro_batch_size: 4 }",
+     "train.micro_batch_size 4 does not divide a rank's share of the global batch, data_order.global_batch_size 4 "
+     "/ world_size 2 = 2 instances"),
+    ("world_size: 4, nnodes: 3", "world_size 4 must be a positive multiple of nnodes 3"),
+])
+def test_a_global_batch_that_does_not_split_over_the_ranks_fails_before_anything_runs(tmp_path, override, message):
+    with pytest.raises(ConfigurationError) as failure:
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ steps+: {{ pretrain+: {{ {override} }} }} }}")
+    assert str(failure.value).startswith("step 'pretrain': PretrainOlmo: ") and message in str(failure.value)
+
+
+def test_anneal_checks_the_split_too(tmp_path):
+    with pytest.raises(ConfigurationError, match=r"step 'anneal': AnnealOlmo: data_order.global_batch_size 4 is not "
+                                                 r"divisible by world_size 3"):
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ steps+: {{ anneal+: {{ world_size: 3 }} }} }}")
+    with pytest.raises(ConfigurationError, match=r"step 'pretrain': .* world_size 3"):  # the recipe's execution
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ params+:: {{ execution+: {{ world_size: 3 }} }} }}")

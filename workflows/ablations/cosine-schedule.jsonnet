@@ -2,5 +2,5 @@
 // config's choice). The whole corpus and data path comes from the cache; pretrain and
 // everything after it is recomputed.
 (import '../olmo-tiny.jsonnet') + {
-  steps+: { pretrain+: { train+: { schedule+: { kind: 'cosine' } } } },
+  params+:: { pretrain+: { schedule+: { kind: 'cosine' } } },
 }

@@ -2,5 +2,5 @@
 // Only `dedup` and the steps downstream of it are recomputed; sources, filter and the
 // tokenizer come from the cache.
 (import '../olmo-tiny.jsonnet') + {
-  steps+: { dedup+: { config+: { paragraph: false } } },
+  params+:: { dedup+: { paragraph: false } },
 }

@@ -1,5 +1,12 @@
-// Builds the whole OLMo DAG from one params object. Recipes (olmo-tiny, olmo1b, olmo7b) pass
-// their params to `workflow`; ablations import a recipe and override one step by name.
+// Builds the whole OLMo DAG from one params object. A recipe (olmo-tiny, olmo1b, olmo7b) is
+// `recipe(params)`: its steps are built from its own (hidden) `params` field, so a change of params reaches
+// every step that reads them:
+//
+//   (import 'olmo-tiny.jsonnet') + { params+:: { seq_len: 32, pretrain+: { max_steps: 50 } } }
+//
+// Ablations import a recipe and override its params (or one step by name: `steps+: { dedup+: ... }`).
+// Every key of the params and of `execution` is checked against `paramKeys` and `execution`: a typo
+// fails when the workflow is loaded, naming the key, before anything runs.
 //
 //   sources -> tag -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_anneal
 //                                                       |                  |     `-> evaluate_base   `-> sft -> evaluate_sft -> dpo -> evaluate_dpo -> export
@@ -7,9 +14,31 @@
 //   text_set_<name> (held-out text unrelated to the corpus) -> every evaluate
 local ref(name) = { type: 'ref', ref: name };
 local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
+local quoted(keys) = '[' + std.join(', ', ["'" + k + "'" for k in keys]) + ']';
+
+// `object`, or an error naming the keys of `object` (at `where`) that are not in `known`.
+local checkKeys(object, known, where) =
+  local unknown = [k for k in std.objectFields(object) if !std.member(known, k)];
+  if std.length(unknown) > 0 then
+    error where + ': unknown key(s) ' + quoted(unknown) + '; expected some of ' + quoted(std.sort(known))
+  else object;
 
 {
   ref:: ref,
+
+  // The params a recipe may set (every one is read by `workflow`; the last four may be left out).
+  paramKeys:: [
+    'name', 'sources', 'source_shard_bytes', 'tag', 'filter', 'dedup', 'mix', 'tokenizer', 'seq_len', 'data_order',
+    'inspect_batch', 'model', 'pretrain', 'anneal', 'sft_data', 'sft', 'preference_data', 'dpo', 'evaluation',
+    'execution', 'text_sets', 'paloma', 'in_loop_eval',
+  ],
+
+  // A recipe: its params (hidden, overridable with `params+::`) and the steps `workflow` builds from them.
+  recipe(params):: {
+    local lib = $,
+    params:: params,
+    steps: lib.workflow(self.params).steps,
+  },
 
   // Settings that change where and how fast things run, never what they compute
   // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
@@ -36,8 +65,14 @@ local sourceStep(source) = 'source_' + std.strReplace(source.name, '-', '_');
     model: { vocab_size: size, eos_token_id: size - 1, pad_token_id: 1 },
   },
 
-  workflow(p):: {
-    local x = $.execution + (if std.objectHas(p, 'execution') then p.execution else {}),
+  workflow(params):: {
+    local name = if std.objectHas(params, 'name') then "recipe '" + params.name + "'" else 'recipe',
+    local p = checkKeys(params, $.paramKeys, name + ' params'),
+    local x = $.execution + (
+      if std.objectHas(p, 'execution')
+      then checkKeys(p.execution, std.objectFields($.execution), name + ' params.execution')
+      else {}
+    ),
     local textSets = if std.objectHas(p, 'text_sets') then p.text_sets else {},
     // Paloma-format sets every evaluate scores: the text sets made here, and any given by path or URL.
     local paloma = { [name]: ref('text_set_' + name) for name in std.objectFields(textSets) }
