@@ -25,6 +25,7 @@ import itertools
 import json
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
@@ -251,8 +252,9 @@ def tokenize_documents(
         # fork where the platform has it: spawn would re-import __main__, which fails for stdin/REPL callers
         start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(start_method)
-        with context.Pool(workers, initializer=_single_threaded_worker) as pool:
-            records = pool.map(tokenize_shard, jobs, chunksize=1)
+        # an executor, not a Pool: a worker that dies (killed, out of memory) fails the step instead of hanging it
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded_worker) as pool:
+            records = list(pool.map(tokenize_shard, jobs))
 
     summary = {
         "tokenizer_sha256": tokenizer_sha256,
