@@ -24,6 +24,13 @@ Imported first through ``include_package`` in ``tango.yml`` (and by ``steps``), 
   ``ConfigurationError``, or a Jsonnet error in the workflow) as its message on the first line of output, on
   one line, instead of at the end of a 40-150-line traceback (the traceback follows at ``--log-level debug``).
 
+Not a fix: Tango 1.3.2's metadata caps click < 8.1.4 (a 2023 cap for a type checker); setup.sh installs Tango
+without that cap (README "Dependencies and pins"), and on today's click (8.5) its command line works unchanged
+(``tango --help``, ``run``, ``info``, ``settings``, the multicore executor's ``tango --called-by-executor run``);
+``test_tangos_command_line_needs_no_fix_on_click_without_tangos_cap`` keeps checking it. Nor does Tango's
+cached-path need one for huggingface-hub 2: Tango resolves workflow and settings paths through it, and only
+an ``hf://`` path (untested) would reach huggingface-hub.
+
 Outside the repository root ``tango run`` finds no ``tango.yml``, so neither these fixes nor the project's
 steps are imported: ``olmo-tango run WORKFLOW`` (``steps.cli``) runs Tango's ``run`` with this repository's
 ``tango.yml`` from any directory.

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from integrations import tango_compat
 
@@ -168,3 +169,27 @@ def test_tango_info_says_why_a_broken_integration_is_not_used(monkeypatch):
                                           "not import: ImportError: cannot import name 'x' \\[y]")
     other = logging.LogRecord("tango.__main__", logging.INFO, __file__, 1, " %s (not installed)", ("beaker",), None)
     assert logging.getLogger("tango.__main__").filter(other) and other.getMessage() == " beaker (not installed)"
+
+
+def test_tangos_command_line_needs_no_fix_on_click_without_tangos_cap(tmp_path):
+    """ai2-tango 1.3.2 caps click < 8.1.4 (a 2023 cap for a type checker); setup.sh installs it without the cap
+    (README "Dependencies and pins"). On today's click its command line works unchanged, so tango_compat has no fix
+    for it: help, version, info and settings here; ``tango run`` in the tests above and in tests/workflows."""
+
+    def tango(*arguments: str, cwd: Path = ROOT) -> str:
+        result = subprocess.run([str(TANGO), *arguments], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    assert "Commands:" in tango("--help") and "--workspace" in tango("run", "--help")
+    assert "1.3.2" in tango("--version")
+    info = tango("--log-level", "INFO", "info")
+    assert f"Loaded from {ROOT / 'tango.yml'}" in " ".join(info.split())
+    assert "integrations.tango_compat" in info and "(not found)" not in info
+    settings = tmp_path / "tango.yml"
+    tango("settings", "init", "-p", str(settings), cwd=tmp_path)
+    tango("--settings", str(settings), "settings", "set", "workspace", str(tmp_path / "workspace"), cwd=tmp_path)
+    tango("--settings", str(settings), "settings", "set", "log-level", "debug", cwd=tmp_path)
+    written = yaml.safe_load(settings.read_text())
+    assert written["workspace"] == {"type": "local", "dir": str(tmp_path / "workspace")}
+    assert written["log_level"] == "debug"
