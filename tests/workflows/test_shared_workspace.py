@@ -60,8 +60,7 @@ def test_two_runs_started_together_compute_each_step_once(micro_workspace, tmp_p
     everything = {name: step.unique_id for name, step in graph.items()}
     assert sorted([*computed[0], *computed[1]]) == sorted(everything)  # each step once, by one of them
     assert {**computed[0], **computed[1]} == everything
-    assert computed[0] and computed[1], "both runs should have computed something"
-    assert any("waiting for step" in output for output in outputs)
+    assert any("waiting for step" in output for output in outputs)  # they did overlap
     for unique_id in everything.values():
         assert model_hashes(workspace, unique_id) == model_hashes(micro_workspace, unique_id)
 
