@@ -25,7 +25,8 @@ local params = tiny {
   dpo+: { epochs: 1, max_length: 128, global_batch_size: 8, micro_batch_size: 4 },
   evaluation+: { tasks: ['arc_easy', 'boolq', 'winogrande'], limit: 3, heldout_documents: 3 },
   text_sets: { wikipedia: { task: 'boolq', field: 'passage', documents: 3 } },
-  execution: { device: 'cpu', num_workers: 1, log_every: 1 },
+  // W&B runs of the training and evaluation steps, offline in their work directories (tests/workflows).
+  execution: { device: 'cpu', num_workers: 1, log_every: 1, wandb: { project: 'olmo-tango', mode: 'offline' } },
 };
 
 olmo.recipe(params)

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from tango import Step
 
+from integrations.wandb_logger import check_settings
 from steps.adapt.chat import (
     build_preference_pairs,
     build_sft_examples,
@@ -76,6 +77,7 @@ class AdaptationStep(TrainingStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         check_keys(kwargs["train"], ADAPT_KEYS, f"{cls.__name__}.train")
         cls.adapt_config(kwargs["train"], num_steps=100)
+        check_settings(kwargs.get("wandb"))
 
     @classmethod
     def adapt_config(cls, train: dict[str, Any], num_steps: int) -> TrainConfig:
@@ -105,6 +107,7 @@ class SupervisedFinetune(AdaptationStep):
         train: dict,
         device: str = "auto",
         log_every: int = 10,
+        wandb: dict | None = None,
     ) -> Artifact:
         model = load_artifact_model(pretrained, resolve_device(device))
         batches, counts = sft_batches(
@@ -117,7 +120,7 @@ class SupervisedFinetune(AdaptationStep):
             seed=train.get("seed", 0),
         )
         settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
-        state = self.fit(model, batches, settings, log_every)
+        state = self.fit(model, batches, settings, log_every, wandb)
         return self.save(model, state, {"examples": counts})
 
 
@@ -135,6 +138,7 @@ class DirectPreferenceOptimization(AdaptationStep):
         train: dict,
         device: str = "auto",
         log_every: int = 10,
+        wandb: dict | None = None,
     ) -> Artifact:
         model = load_artifact_model(pretrained, resolve_device(device))
         config = model.config
@@ -150,7 +154,7 @@ class DirectPreferenceOptimization(AdaptationStep):
             pairs, pad_token_id=config.pad_token_id, batch_size=train["global_batch_size"], seed=train.get("seed", 0)
         )
         settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
-        state = self.fit(model, batches, settings, log_every, loss_function=DPOLoss(train.get("beta", 0.1)))
+        state = self.fit(model, batches, settings, log_every, wandb, loss_function=DPOLoss(train.get("beta", 0.1)))
         last = state.history[-1]
         accuracy = {k: v for k, v in last.items() if k.startswith("rewards/")}
         return self.save(model, state, {"pairs": counts, "beta": train.get("beta", 0.1), **accuracy})

@@ -16,6 +16,7 @@ import torch
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 
+from integrations.wandb_logger import WandbLogger, check_settings, step_run
 from steps.common.artifacts import Artifact
 from steps.common.models import load_artifact_model, resolve_device
 from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, check_keys
@@ -108,6 +109,7 @@ class EvaluationStep(ArtifactStep):
             and all(isinstance(k, str) and isinstance(v, (str, Step, Artifact)) for k, v in paloma.items())
         ):
             raise ValueError(f"paloma: expected {{set name: path, URL or text-set artifact}}, got {paloma!r}")
+        check_settings(kwargs.get("wandb"))
 
     def evaluate(
         self,
@@ -118,8 +120,10 @@ class EvaluationStep(ArtifactStep):
         config: dict[str, Any],
         paloma: dict[str, str | Artifact] | None,
         device: torch.device,
+        wandb: dict[str, Any] | None = None,
     ) -> Artifact:
-        """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte."""
+        """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte
+        (and is the summary of the step's W&B run when ``wandb``, the ``execution.wandb`` setting, is given)."""
         scorer = LogLikelihoodScorer(model, tokenizer, device=device, tokenization=config.get("tokenization", "separate"))
         source = config.get("source", "auto")
         downstream = evaluate_tasks(scorer, config["tasks"], config.get("limit"), config.get("seed", 0), source)
@@ -144,6 +148,9 @@ class EvaluationStep(ArtifactStep):
             "bits_per_byte_by_set": {s: v["overall"]["bits_per_byte"] for s, v in perplexity["sets"].items()},
         }
         self.logger.info("average primary accuracy %.3f, bits per byte %.3f", summary["average"], summary["bits_per_byte"])
+        if wandb is not None:
+            with WandbLogger(**step_run(self, wandb)) as run:
+                run.summarize(summary)
         return self.artifact(out, summary)
 
 
@@ -161,11 +168,12 @@ class EvaluateOlmo(EvaluationStep):
         config: dict,
         paloma: dict[str, str | Artifact] | None = None,
         device: str = "auto",
+        wandb: dict | None = None,
     ) -> Artifact:
         target = resolve_device(device)
         olmo = load_artifact_model(model, target)
         tok = load_tokenizer(tokenizer_file(tokenizer))
-        return self.evaluate(model.fingerprint, olmo, tok, heldout, config, paloma, target)
+        return self.evaluate(model.fingerprint, olmo, tok, heldout, config, paloma, target, wandb)
 
 
 @Step.register("evaluate_hf")
@@ -210,7 +218,8 @@ class EvaluateHuggingFace(EvaluationStep):
         tokenizer: Artifact | None = None,
         paloma: dict[str, str | Artifact] | None = None,
         device: str = "auto",
+        wandb: dict | None = None,
     ) -> Artifact:
         model, own_tokenizer = load_hf_model(str(model_dir))
         tok = load_tokenizer(tokenizer_file(tokenizer)) if tokenizer is not None else own_tokenizer
-        return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, resolve_device(device))
+        return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, resolve_device(device), wandb)

@@ -15,6 +15,7 @@ from typing import Any
 from tango import Step
 
 from integrations.launcher import Rendezvous, launch_workers
+from integrations.wandb_logger import WandbLogger, check_settings, step_run
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.common.models import MODEL_DIR
@@ -119,6 +120,7 @@ def check_run_options(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> None:
     if world_size % nnodes:
         raise ValueError(f"world_size {world_size} must be a positive multiple of nnodes {nnodes}")
     check_batch_division(batch, world_size, micro)
+    check_settings(kwargs["wandb"])
     if kwargs["in_loop_eval"] is not None:
         validate_in_loop_eval(kwargs["in_loop_eval"])
         if kwargs["heldout"] is None:
@@ -140,10 +142,16 @@ class TrainingStep(ArtifactStep):
         batches: Any,
         config: TrainConfig,
         log_every: int,
+        wandb: dict[str, Any] | None = None,
         **train_options: Any,
     ) -> TrainState:
-        """Train in this process (SFT, DPO), checkpointing into the work directory."""
+        """Train in this process (SFT, DPO), checkpointing into the work directory; every step's metrics go to
+        the step's W&B run when ``wandb`` (the ``execution.wandb`` setting) is given."""
+        run = WandbLogger(**step_run(self, wandb)) if wandb is not None else None
+
         def log(metrics: dict[str, Any]) -> None:
+            if run is not None:
+                run.log(metrics, step=metrics["step"])
             if metrics["step"] % log_every and metrics["step"] not in (1, config.max_steps):
                 return
             self.logger.info(
@@ -156,7 +164,14 @@ class TrainingStep(ArtifactStep):
                 metrics["tokens_per_second"],
             )
 
-        return train(model, batches, config, log=log, checkpoint_dir=self.work_dir / CHECKPOINTS_DIR, **train_options)
+        failed = True
+        try:
+            state = train(model, batches, config, log=log, checkpoint_dir=self.work_dir / CHECKPOINTS_DIR, **train_options)
+            failed = False
+        finally:
+            if run is not None:
+                run.finish(exit_code=int(failed))
+        return state
 
     def save(self, model: Olmo, state: TrainState, summary: dict[str, Any]) -> Artifact:
         out = self.output_dir()
@@ -222,8 +237,7 @@ class DistributedTrainingStep(TrainingStep):
         """The job fields of the step's execution arguments."""
         options = {name: arguments[name] for name in RUN_OPTIONS}
         if options["wandb"] is not None:
-            options["wandb"] = {"run_id": self.unique_id, "name": self.name, "directory": str(self.work_dir),
-                                "config": {}, **options["wandb"]}
+            options["wandb"] = step_run(self, options["wandb"])
         evaluation = arguments["in_loop_eval"]
         if evaluation is not None:
             tokenizer = arguments["instances"].path / TOKENIZER_FILE

@@ -1,4 +1,5 @@
-"""WandbLogger against the real wandb client, offline: what it writes is read back from the run file."""
+"""WandbLogger against the real wandb client, offline: what a run holds is read back from its run directory
+by wandb's own command line, ``wandb leet inspect --json`` (the records of the run file, as JSON)."""
 import json
 import os
 import socket
@@ -9,51 +10,62 @@ import time
 from pathlib import Path
 
 import pytest
-from wandb.proto import wandb_internal_pb2
-from wandb.sdk.internal import datastore
+from tango import Step
+from tango.workspaces import LocalWorkspace
 
+import integrations.tango_compat  # noqa: F401  (Tango fixes: the test steps run through Tango)
 from integrations import wandb_logger
-from integrations.wandb_logger import WandbLogger, resolve_mode
+from integrations.wandb_logger import WandbLogger, check_settings, jsonable, resolve_mode, step_run
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "Pretrain-001-5mXq2Lk9"
 
 
-def read_run(run_file: Path) -> dict:
-    """Config, history rows (without wandb's own ``_`` keys), summary and exit code of an offline run file."""
-    store = datastore.DataStore()
-    store.open_for_scan(str(run_file))
+def inspect(run_directory: Path) -> list[dict]:
+    """The records of an offline run, as ``wandb leet inspect --json`` prints them (one JSON object a line)."""
+    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_directory)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def read_run(run_directory: Path) -> dict:
+    """Id, name, group, project, config, history rows (without wandb's own ``_`` keys), summary and exit code
+    of an offline run; ``exit_code`` is None until the run's exit record is written."""
     run = {"config": {}, "history": [], "summary": {}, "exit_code": None}
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        kind = record.WhichOneof("record_type")
+    for record in inspect(run_directory):
+        kind = record["type"]
         if kind == "run":
-            run["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+            facts = record["run"]
+            run.update(id=facts.get("run_id"), name=facts.get("display_name"), group=facts.get("run_group"),
+                       project=facts.get("project"))
+            run["config"].update(facts.get("config", {}).get("update", {}))
+        elif kind == "config":
+            run["config"].update(record["config"].get("update", {}))
         elif kind == "history":
-            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            run["history"].append({key: value for key, value in row.items() if not key.startswith("_")})
+            run["history"].append({k: v for k, v in record["history"]["item"].items() if not k.startswith("_")})
         elif kind == "summary":
-            run["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                   for item in record.summary.update})
+            run["summary"].update(record["summary"].get("update", {}))
         elif kind == "exit":
-            run["exit_code"] = record.exit.exit_code
+            run["exit_code"] = record["exit"].get("exit_code", 0)
+    run["config"].pop("_wandb", None)
+    run["summary"] = {k: v for k, v in run["summary"].items() if not k.startswith("_")}
     return run
 
 
-def finished_run(run_file: Path, timeout: float = 30.0) -> dict:
-    """``read_run`` once the run's exit record is on disk: wandb's service writes the file after ``finish``
+def finished_run(run_directory: Path, timeout: float = 60.0) -> dict:
+    """``read_run`` once the run's exit record is on disk: wandb's service writes it after ``finish``
     returns (at the latest when the process exits)."""
     deadline = time.monotonic() + timeout
-    while (run := read_run(run_file))["exit_code"] is None:
-        assert time.monotonic() < deadline, f"{run_file} has no exit record after {timeout} s"
-        time.sleep(0.05)
+    while (run := read_run(run_directory))["exit_code"] is None:
+        assert time.monotonic() < deadline, f"{run_directory} has no exit record after {timeout} s"
+        time.sleep(0.2)
     return run
 
 
-def run_files(directory: Path) -> list[Path]:
-    """The offline run files of ``RUN_ID`` (wandb suffixes ``-1``, ``-2`` to a directory started the same second)."""
-    return list(directory.glob(f"wandb/offline-run-*-{RUN_ID}*/run-{RUN_ID}.wandb"))
+def run_directories(directory: Path, run_id: str = RUN_ID) -> list[Path]:
+    """The offline run directories of ``run_id`` (wandb suffixes ``-1``, ``-2`` to one started the same second)."""
+    return sorted(directory.glob(f"wandb/offline-run-*-{run_id}*"))
 
 
 def step_metrics(step: int) -> dict:
@@ -78,7 +90,7 @@ OFFLINE_RUN = textwrap.dedent("""
     from tests.integrations.test_wandb_logger import RUN_ID, step_metrics
 
     config = {"peak_lr": 4e-4, "model": {"d_model": 32}}
-    with WandbLogger("olmo-tango-test", RUN_ID, config, sys.argv[1]) as logger:
+    with WandbLogger("olmo-tango-test", RUN_ID, config, sys.argv[1], name="micro/pretrain", group="micro") as logger:
         assert logger.mode == "offline", logger.mode
         for step in (1, 2, 3):
             logger.log(step_metrics(step), step=step)
@@ -100,12 +112,13 @@ def test_offline_by_default_writes_numbers_and_summary_into_the_directory(tmp_pa
         assert result.returncode == 0, result.stderr[-3000:]
         with pytest.raises(BlockingIOError):
             server.accept()
-    (run_file,) = run_files(directory)
-    run = read_run(run_file)
+    (run_directory,) = run_directories(directory)
+    run = finished_run(run_directory)
+    assert (run["id"], run["name"], run["group"], run["project"]) == (RUN_ID, "micro/pretrain", "micro", "olmo-tango-test")
     assert run["history"] == [logged_row(1), logged_row(2), logged_row(3)]
-    assert run["summary"]["batch_hash"] == "hash-3"
+    assert run["summary"]["batch_hash"] == "hash-3" and run["summary"]["loss"] == 4.0
     assert "rank_batch_hashes" not in run["summary"]
-    assert run["config"]["peak_lr"] == 4e-4 and run["config"]["model"] == {"d_model": 32}
+    assert run["config"] == {"peak_lr": 4e-4, "model": {"d_model": 32}}
     assert run["exit_code"] == 0
 
 
@@ -114,8 +127,9 @@ def test_resumed_run_keeps_the_run_id_and_logs_the_later_steps(tmp_path, no_wand
         with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
             for step in steps:
                 logger.log(step_metrics(step), step=step)
-    logged_steps = sorted([row["step"] for row in finished_run(path)["history"]] for path in run_files(tmp_path))
-    assert logged_steps == [[1, 2], [3, 4]]
+    runs = [finished_run(path) for path in run_directories(tmp_path)]
+    assert {run["id"] for run in runs} == {RUN_ID}
+    assert sorted([row["step"] for row in run["history"]] for run in runs) == [[1, 2], [3, 4]]
 
 
 def test_a_failing_run_is_marked_failed(tmp_path, no_wandb_mode):
@@ -123,8 +137,20 @@ def test_a_failing_run_is_marked_failed(tmp_path, no_wandb_mode):
         with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
             logger.log(step_metrics(1), step=1)
             raise RuntimeError("non-finite loss")
-    (run_file,) = run_files(tmp_path)
-    assert finished_run(run_file)["exit_code"] == 1
+    (run_directory,) = run_directories(tmp_path)
+    assert finished_run(run_directory)["exit_code"] == 1
+
+
+def test_summarize_puts_nested_results_in_the_summary(tmp_path, no_wandb_mode):
+    results = {"average": 0.25, "tasks": {"boolq": {"primary": 0.5, "n": 3, "prompt_source": "hf", "ci95": [0.1, 0.9]}},
+               "bits_per_byte_by_set": {"wikipedia": 2.5}, "exact": True}
+    with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
+        logger.summarize(results)
+    (run_directory,) = run_directories(tmp_path)
+    run = finished_run(run_directory)
+    assert run["history"] == []
+    assert run["summary"] == {"average": 0.25, "tasks/boolq/primary": 0.5, "tasks/boolq/n": 3,
+                              "tasks/boolq/prompt_source": "hf", "bits_per_byte_by_set/wikipedia": 2.5, "exact": 1}
 
 
 def test_disabled_mode_writes_no_run(tmp_path, monkeypatch):
@@ -140,10 +166,10 @@ def test_online_mode_asks_wandb_to_resume_the_run(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(wandb_logger.wandb, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setenv("WANDB_MODE", "online")
-    WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path)
+    WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path, entity="ai2", group="olmo-tiny")
     WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path, mode="offline")
-    assert [(call["mode"], call["id"], call["resume"]) for call in calls] == [
-        ("online", RUN_ID, "allow"), ("offline", RUN_ID, None),
+    assert [(call["mode"], call["id"], call["resume"], call["entity"], call["group"]) for call in calls] == [
+        ("online", RUN_ID, "allow", "ai2", "olmo-tiny"), ("offline", RUN_ID, None, None, None),
     ]
 
 
@@ -174,3 +200,68 @@ def test_log_rejects_a_bad_step(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger, pytest.raises(ValueError, match="step"):
         logger.log({"loss": 1.0}, step=-1)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({}, r"wandb.project: expected a non-empty string, got None"),
+    ({"project": "p", "projct": "q"}, r"wandb: unknown key\(s\) \['projct'\]; expected some of \['entity', 'mode', "),
+    ({"project": "p", "mode": "cloud"}, r"W&B mode: expected one of"),
+    ({"project": "p", "workflow": 3}, r"wandb.workflow: expected a non-empty string, got 3"),
+    ("olmo", r"wandb: expected null or \{project: ..., ...\}, got 'olmo'"),
+])
+def test_a_bad_wandb_setting_is_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        check_settings(settings)
+    check_settings(None)
+    check_settings({"project": "p", "entity": "e", "mode": "offline", "workflow": "olmo-tiny"})
+
+
+@Step.register("wandb_logger_test_source")
+class WandbTestSource(Step):
+    def run(self, value: int) -> int:
+        return value
+
+
+@Step.register("wandb_logger_test_train")
+class WandbTestTrain(Step):
+    """Logs to the W&B run ``step_run`` gives it, as the training and evaluation steps do."""
+
+    VERSION = "007"
+    SKIP_ID_ARGUMENTS = {"wandb"}
+
+    def run(self, source: int, train: dict, wandb: dict | None = None) -> str:
+        with WandbLogger(**step_run(self, wandb)) as logger:
+            logger.log({"loss": float(source)}, step=1)
+        return str(self.work_dir)
+
+
+def test_a_steps_run_is_named_after_workflow_and_step_with_the_steps_whole_config(tmp_path, no_wandb_mode):
+    source = WandbTestSource(value=3, step_name="source")
+    train = WandbTestTrain(source=source, train={"lr": 0.5, "schedule": {"kind": "linear"}, "path": tmp_path},
+                           wandb={"project": "olmo-tango-test", "workflow": "olmo-micro"}, step_name="pretrain")
+    work_dir = Path(train.result(LocalWorkspace(tmp_path / "workspace")))
+    (run_directory,) = run_directories(work_dir, train.unique_id)
+    run = finished_run(run_directory)
+    assert (run["id"], run["name"], run["group"]) == (train.unique_id, "olmo-micro/pretrain", "olmo-micro")
+    assert run["config"] == {
+        "source": source.unique_id,  # an input: its fingerprint
+        "train": {"lr": 0.5, "schedule": {"kind": "linear"}, "path": str(tmp_path)},
+        "wandb": {"project": "olmo-tango-test", "workflow": "olmo-micro"},
+        "tango": {"step": "pretrain", "fingerprint": train.unique_id, "class": "WandbTestTrain", "version": "007",
+                  "workflow": "olmo-micro"},
+    }
+    assert run["history"] == [{"loss": 3.0}]
+
+
+def test_a_step_outside_a_workflow_is_named_after_the_step(tmp_path, no_wandb_mode):
+    train = WandbTestTrain(source=1, train={}, wandb={"project": "olmo-tango-test"}, step_name="sft")
+    work_dir = Path(train.result(LocalWorkspace(tmp_path / "workspace")))
+    (run_directory,) = run_directories(work_dir, train.unique_id)
+    run = finished_run(run_directory)
+    assert (run["name"], run["group"], run["config"]["tango"]["workflow"]) == ("sft", None, None)
+
+
+def test_jsonable_config_values():
+    assert jsonable({"a": (1, float("nan")), 2: {3, 1}, "p": Path("/x"), "f": print}) == {
+        "a": [1, "nan"], "2": [1, 3], "p": "/x", "f": repr(print),
+    }

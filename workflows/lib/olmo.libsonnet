@@ -43,7 +43,9 @@ local checkKeys(object, known, where) =
   // Settings that change where and how fast things run, never what they compute
   // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
   // Distributed training: `world_size` workers over `nnodes` nodes meeting at `rdzv_endpoint` ('host:port');
-  // `wandb: { project: ... }` logs to Weights & Biases (offline unless WANDB_MODE=online).
+  // `wandb: { project: ... }` (and `entity`, `mode`) logs pretrain, anneal, SFT, DPO and every evaluate to Weights &
+  // Biases (offline unless `mode` or WANDB_MODE says 'online'): one run per step, named `<name>/<step>` after the
+  // recipe's `name`, grouped by it, with the step's fingerprint as its id and the step's arguments as its config.
   execution:: {
     device: 'auto', num_workers: 2, world_size: 1, nnodes: 1, rdzv_endpoint: null, max_restarts: 0, sharding: 'full',
     activation_checkpointing: false, compile: false, log_every: 10, checkpoint_every: null, keep_checkpoints: 2,
@@ -79,11 +81,13 @@ local checkKeys(object, known, where) =
                    + (if std.objectHas(p, 'paloma') then p.paloma else {}),
     local sources = [sourceStep(s) for s in p.sources],
     // How the pretrain/anneal workers run, and the in-loop evaluation of `p.in_loop_eval[stage]` (if any).
+    // The W&B setting of every step that logs (integrations/wandb_logger.py): the workflow's name comes with it.
+    local wandb = if x.wandb == null then null else { workflow: p.name } + x.wandb,
     local distributed(stage) = {
       [key]: x[key]
       for key in ['device', 'world_size', 'nnodes', 'rdzv_endpoint', 'max_restarts', 'sharding',
-                  'activation_checkpointing', 'compile', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'wandb']
-    } + (
+                  'activation_checkpointing', 'compile', 'log_every', 'checkpoint_every', 'keep_checkpoints']
+    } + { wandb: wandb } + (
       if std.objectHas(p, 'in_loop_eval') then { in_loop_eval: p.in_loop_eval[stage], heldout: ref('mix') } else {}
     ),
     local evaluate(model) = {
@@ -93,6 +97,7 @@ local checkKeys(object, known, where) =
       heldout: ref('mix'),
       config: p.evaluation,
       device: x.device,
+      wandb: wandb,
     } + (if std.length(paloma) > 0 then { paloma: paloma } else {}),
 
     steps: {
@@ -161,6 +166,7 @@ local checkKeys(object, known, where) =
         train: p.sft,
         device: x.device,
         log_every: x.log_every,
+        wandb: wandb,
       },
       evaluate_sft: evaluate('sft'),
       preference_data: { type: 'preference_data', documents: ref('mix'), config: p.preference_data },
@@ -172,6 +178,7 @@ local checkKeys(object, known, where) =
         train: p.dpo,
         device: x.device,
         log_every: x.log_every,
+        wandb: wandb,
       },
       evaluate_dpo: evaluate('dpo'),
       export: { type: 'export_hf', model: ref('dpo'), tokenizer: ref('tokenizer') },
