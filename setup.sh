@@ -13,6 +13,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# A pip whose resolver finds boto3's match for aiobotocore's botocore pin in seconds (pip 23, which Python 3.11's
+# venv brings, backtracks through boto3's releases for minutes).
+pip install "pip>=26"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install "${TORCH_SPEC:-torch==2.13.0}"
 fi
