@@ -1,12 +1,10 @@
 """WandbLogger against the real wandb client, offline: what a run holds is read back from its run directory
-by wandb's own command line, ``wandb leet inspect --json`` (the records of the run file, as JSON)."""
-import json
+by wandb's own command line, ``wandb leet inspect --json`` (the records of the run file, as JSON; wandb_runs.py)."""
 import os
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -16,56 +14,10 @@ from tango.workspaces import LocalWorkspace
 import integrations.tango_compat  # noqa: F401  (Tango fixes: the test steps run through Tango)
 from integrations import wandb_logger
 from integrations.wandb_logger import WandbLogger, check_settings, jsonable, resolve_mode, step_run
+from tests.integrations.wandb_runs import finished_run, run_directories
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "Pretrain-001-5mXq2Lk9"
-
-
-def inspect(run_directory: Path) -> list[dict]:
-    """The records of an offline run, as ``wandb leet inspect --json`` prints them (one JSON object a line)."""
-    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_directory)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-
-def read_run(run_directory: Path) -> dict:
-    """Id, name, group, project, config, history rows (without wandb's own ``_`` keys), summary and exit code
-    of an offline run; ``exit_code`` is None until the run's exit record is written."""
-    run = {"config": {}, "history": [], "summary": {}, "exit_code": None}
-    for record in inspect(run_directory):
-        kind = record["type"]
-        if kind == "run":
-            facts = record["run"]
-            run.update(id=facts.get("run_id"), name=facts.get("display_name"), group=facts.get("run_group"),
-                       project=facts.get("project"))
-            run["config"].update(facts.get("config", {}).get("update", {}))
-        elif kind == "config":
-            run["config"].update(record["config"].get("update", {}))
-        elif kind == "history":
-            run["history"].append({k: v for k, v in record["history"]["item"].items() if not k.startswith("_")})
-        elif kind == "summary":
-            run["summary"].update(record["summary"].get("update", {}))
-        elif kind == "exit":
-            run["exit_code"] = record["exit"].get("exit_code", 0)
-    run["config"].pop("_wandb", None)
-    run["summary"] = {k: v for k, v in run["summary"].items() if not k.startswith("_")}
-    return run
-
-
-def finished_run(run_directory: Path, timeout: float = 60.0) -> dict:
-    """``read_run`` once the run's exit record is on disk: wandb's service writes it after ``finish``
-    returns (at the latest when the process exits)."""
-    deadline = time.monotonic() + timeout
-    while (run := read_run(run_directory))["exit_code"] is None:
-        assert time.monotonic() < deadline, f"{run_directory} has no exit record after {timeout} s"
-        time.sleep(0.2)
-    return run
-
-
-def run_directories(directory: Path, run_id: str = RUN_ID) -> list[Path]:
-    """The offline run directories of ``run_id`` (wandb suffixes ``-1``, ``-2`` to one started the same second)."""
-    return sorted(directory.glob(f"wandb/offline-run-*-{run_id}*"))
 
 
 def step_metrics(step: int) -> dict:
@@ -112,7 +64,7 @@ def test_offline_by_default_writes_numbers_and_summary_into_the_directory(tmp_pa
         assert result.returncode == 0, result.stderr[-3000:]
         with pytest.raises(BlockingIOError):
             server.accept()
-    (run_directory,) = run_directories(directory)
+    (run_directory,) = run_directories(directory, RUN_ID)
     run = finished_run(run_directory)
     assert (run["id"], run["name"], run["group"], run["project"]) == (RUN_ID, "micro/pretrain", "micro", "olmo-tango-test")
     assert run["history"] == [logged_row(1), logged_row(2), logged_row(3)]
@@ -127,7 +79,7 @@ def test_resumed_run_keeps_the_run_id_and_logs_the_later_steps(tmp_path, no_wand
         with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
             for step in steps:
                 logger.log(step_metrics(step), step=step)
-    runs = [finished_run(path) for path in run_directories(tmp_path)]
+    runs = [finished_run(path) for path in run_directories(tmp_path, RUN_ID)]
     assert {run["id"] for run in runs} == {RUN_ID}
     assert sorted([row["step"] for row in run["history"]] for run in runs) == [[1, 2], [3, 4]]
 
@@ -137,7 +89,7 @@ def test_a_failing_run_is_marked_failed(tmp_path, no_wandb_mode):
         with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
             logger.log(step_metrics(1), step=1)
             raise RuntimeError("non-finite loss")
-    (run_directory,) = run_directories(tmp_path)
+    (run_directory,) = run_directories(tmp_path, RUN_ID)
     assert finished_run(run_directory)["exit_code"] == 1
 
 
@@ -146,7 +98,7 @@ def test_summarize_puts_nested_results_in_the_summary(tmp_path, no_wandb_mode):
                "bits_per_byte_by_set": {"wikipedia": 2.5}, "exact": True}
     with WandbLogger("olmo-tango-test", RUN_ID, {}, tmp_path) as logger:
         logger.summarize(results)
-    (run_directory,) = run_directories(tmp_path)
+    (run_directory,) = run_directories(tmp_path, RUN_ID)
     run = finished_run(run_directory)
     assert run["history"] == []
     assert run["summary"] == {"average": 0.25, "tasks/boolq/primary": 0.5, "tasks/boolq/n": 3,

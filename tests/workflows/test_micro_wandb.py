@@ -8,7 +8,7 @@ from tango import StepGraph
 from tango.common.util import import_module_and_submodules
 
 from integrations.workspace import OlmoWorkspace
-from tests.integrations.test_wandb_logger import finished_run, run_directories
+from tests.integrations.wandb_runs import finished_run, run_directories
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
