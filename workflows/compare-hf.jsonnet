@@ -17,6 +17,9 @@ tiny {
       config: p.evaluation,
       paloma: { [name]: ref('text_set_' + name) for name in std.objectFields(p.text_sets) },
       device: p.execution.device,
+      // W&B as the lib sets it for olmo-tiny's own evaluate steps (`execution.wandb`).
+      wandb: if std.objectHas(p.execution, 'wandb') && p.execution.wandb != null
+             then { workflow: p.name } + p.execution.wandb else null,
     },
     report+: { evaluations+: { hf: ref('evaluate_hf') } },
   },
