@@ -63,18 +63,25 @@ def micro_workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """A loopback S3 server (moto's ``moto_server`` on 127.0.0.1) for the session: ``.endpoint`` is its URL and
-    ``.bucket()`` creates a fresh bucket and returns ``s3://<bucket>``.
-
-    While it runs, os.environ (inherited by the subprocesses tests start: ``tango run``, ``olmo-tango``) has
-    ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>``, ``AWS_ACCESS_KEY_ID=testing``, ``AWS_SECRET_ACCESS_KEY=testing``
-    and ``AWS_DEFAULT_REGION=us-east-1``; they are restored at the end. ``AWS_ENDPOINT_URL`` alone points s3fs
-    at the server: botocore reads it when a client is made, and s3fs (2026.6, through aiobotocore) makes its
-    client lazily, so an ``S3FileSystem`` created after the fixture started honours it (``Store`` never reuses a
-    cached instance). fsspec's own ``FSSPEC_S3_ENDPOINT_URL`` would work too, but only for processes that
-    import fsspec after it is set, so it is not used."""
+def s3_process():
+    """moto's ``moto_server`` on 127.0.0.1 for the whole session (started by the first test that needs it)."""
     from tests.s3_server import s3_server as run_s3_server
 
-    with run_s3_server() as server:
+    with run_s3_server(set_environment=False) as server:
         yield server
+
+
+@pytest.fixture
+def s3_server(s3_process, monkeypatch):
+    """The loopback S3 server: ``.endpoint`` is its URL and ``.bucket()`` creates a fresh bucket and returns
+    ``s3://<bucket>``.
+
+    During the test (only: other tests must not see a live S3 endpoint), os.environ (inherited by the
+    subprocesses tests start: ``tango run``, ``olmo-tango``) has ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>``,
+    ``AWS_ACCESS_KEY_ID=testing``, ``AWS_SECRET_ACCESS_KEY=testing`` and ``AWS_DEFAULT_REGION=us-east-1``.
+    ``AWS_ENDPOINT_URL`` alone points s3fs at the server: botocore reads it when a client is made, and s3fs
+    (through aiobotocore) makes its client lazily, so an ``S3FileSystem`` created during the test honours it
+    (``Store`` never reuses a cached instance)."""
+    for name, value in s3_process.environment.items():
+        monkeypatch.setenv(name, value)
+    return s3_process

@@ -22,13 +22,27 @@ class S3Server:
 
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
+        self.environment = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        """What points boto3 and s3fs (and the processes that inherit it) at this server."""
 
     def bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh random name unless given) and return its URL, ``s3://<bucket>``."""
         import boto3
 
         name = name or f"test-{uuid.uuid4().hex[:16]}"
-        boto3.client("s3", endpoint_url=self.endpoint).create_bucket(Bucket=name)
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=name)
         return f"s3://{name}"
 
 
@@ -39,9 +53,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def s3_server(timeout_s: float = 60) -> Iterator[S3Server]:
-    """Run ``moto_server`` on 127.0.0.1 and a free port; while it runs, os.environ has ``AWS_ENDPOINT_URL``
-    (read by botocore, so by boto3 and by s3fs through aiobotocore) and test credentials."""
+def s3_server(timeout_s: float = 60, set_environment: bool = True) -> Iterator[S3Server]:
+    """Run ``moto_server`` on 127.0.0.1 and a free port; while it runs (with ``set_environment``), os.environ
+    has its ``environment``: ``AWS_ENDPOINT_URL`` (read by botocore, so by boto3 and by s3fs through
+    aiobotocore) and test credentials."""
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
@@ -57,16 +72,12 @@ def s3_server(timeout_s: float = 60) -> Iterator[S3Server]:
                         log.seek(0)
                         raise RuntimeError(f"moto_server did not answer on {endpoint}:\n{log.read().decode()[-4000:]}")
                     time.sleep(0.1)
-            env = {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-            saved = {name: os.environ.get(name) for name in env}
-            os.environ.update(env)
+            running = S3Server(endpoint)
+            saved = {name: os.environ.get(name) for name in running.environment}
+            if set_environment:
+                os.environ.update(running.environment)
             try:
-                yield S3Server(endpoint)
+                yield running
             finally:
                 for name, value in saved.items():
                     if value is None:
