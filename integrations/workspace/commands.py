@@ -24,7 +24,7 @@ from typing import Any, Collection
 
 from tqdm import tqdm
 
-from .leases import LEASES
+from .leases import latest_lease
 from .results import LISTING, RESULTS, IntegrityError, directory_problems, listed_files, parse_listing, sha256_file
 from .store import Store
 from .workspace import DATE_FORMAT, LAYOUT, MARKER, RUNS, STEPS, local_cache_root, refuse_tango_local_workspace
@@ -156,13 +156,11 @@ def _read_listing(store: Store, unique_id: str) -> dict[str, Any]:
 def _lease_held(store: Store, unique_id: str) -> bool:
     """Whether a run holds the step's lease now (its newest lease is not released): it is being computed,
     or its run has just written the result and not yet recorded it."""
-    keys = [key for key in store.list(f"{LEASES}/{unique_id}/") if key.endswith(".json")]
-    if not keys:
-        return False
     try:
-        return not store.read_json(keys[-1]).get("released", False)  # zero-padded generations sort in order
-    except (ValueError, AttributeError, FileNotFoundError):
+        _, holder = latest_lease(store, unique_id)
+    except (ValueError, FileNotFoundError):
         return True  # unreadable or just replaced: assume someone holds it
+    return holder is not None and not holder.released
 
 
 # ---------------------------------------------------------------------------------------------- ls

@@ -115,6 +115,20 @@ class Lease:
             self._write()
 
 
+def latest_lease(store: Store, unique_id: str) -> tuple[int, Holder | None]:
+    """The newest generation of a step's lease and its holder ((0, None) when no run ever took it)."""
+    keys = store.list(f"{LEASES}/{unique_id}/")
+    generations = sorted(int(key.rsplit("/", 1)[1].split(".")[0]) for key in keys if key.endswith(".json"))
+    if not generations:
+        return 0, None
+    key = _key(unique_id, generations[-1])
+    data = store.read_json(key)
+    try:
+        return generations[-1], Holder(**data)
+    except TypeError:
+        raise ValueError(f"{store.url}/{key}: not a lease record") from None
+
+
 class Leases:
     """Takes and watches the leases of steps in a workspace's store."""
 
@@ -122,18 +136,6 @@ class Leases:
         self.store = store
         self.run_name = run_name
         self.ttl_s = lease_ttl() if ttl_s is None else ttl_s
-
-    def _latest(self, unique_id: str) -> tuple[int, Holder | None]:
-        keys = self.store.list(f"{LEASES}/{unique_id}/")
-        generations = sorted(int(key.rsplit("/", 1)[1].split(".")[0]) for key in keys if key.endswith(".json"))
-        if not generations:
-            return 0, None
-        key = _key(unique_id, generations[-1])
-        data = self.store.read_json(key)
-        try:
-            return generations[-1], Holder(**data)
-        except TypeError:
-            raise ValueError(f"{self.store.url}/{key}: not a lease record") from None
 
     def _try_create(self, unique_id: str, generation: int) -> Lease | None:
         holder = Holder(run=self.run_name(), host=socket.gethostname(), pid=os.getpid(), since=_now())
@@ -157,7 +159,7 @@ class Leases:
         while True:
             if done():
                 return None
-            generation, holder = self._latest(unique_id)
+            generation, holder = latest_lease(self.store, unique_id)
             free = holder is None or holder.released
             if not free:
                 seen = (generation, holder.beat)

@@ -119,11 +119,15 @@ class Store:
 
     # -- files --------------------------------------------------------------------------------------
 
+    def _missing(self, key: str) -> FileNotFoundError:
+        """The error for a missing ``key``, naming its URL."""
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._url(key))
+
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.fs.cat_file(self._path(key))
         except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._url(key)) from None
+            raise self._missing(key) from None
 
     def read_json(self, key: str) -> Any:
         """The JSON document at ``key``; anything else raises ValueError (nothing is ever unpickled)."""
@@ -198,7 +202,7 @@ class Store:
         try:
             return self.fs.size(self._path(key))
         except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._url(key)) from None
+            raise self._missing(key) from None
 
     def _files(self, prefix: str) -> dict[str, int]:
         """Key -> size of every file under ``prefix``."""
