@@ -24,9 +24,9 @@ from typing import Any, Collection
 
 from tqdm import tqdm
 
-from .leases import latest_lease
+from .leases import latest_lease, leased_ids
 from .results import LISTING, RESULTS, IntegrityError, directory_problems, listed_files, parse_listing, sha256_file
-from .store import Store
+from .store import Store, local_files
 from .workspace import DATE_FORMAT, LAYOUT, MARKER, RUNS, STEPS, local_cache_root, refuse_tango_local_workspace
 
 # What Tango's LocalWorkspace writes: pickled step infos (never opened here), one directory per result with
@@ -261,18 +261,23 @@ def _open_destination(url: str) -> Store:
 
 @dataclass
 class _Outcome:
-    """What syncing one result did: ``copied``, ``already`` (identical there), ``kept`` or ``refused``."""
+    """What syncing one result does: ``copy`` (verified, to be copied), ``copied``, ``already`` (identical
+    there), ``kept`` or ``refused``."""
 
     kind: str
     size: int = 0
     messages: list[str] = field(default_factory=list)
+    listing: dict[str, Any] = field(default_factory=dict)
 
 
-def _in_destination(dst: Store, unique_id: str, files: set[str], listing: dict[str, Any]) -> _Outcome | None:
+def _in_destination(
+    dst: Store, unique_id: str, files: set[str], listing: dict[str, Any], leased: set[str]
+) -> _Outcome | None:
     """The outcome when the destination already has (or is computing) the result; None when it should be
-    copied, after clearing what an interrupted copy left. ``files``: the destination's files of the result."""
+    copied, after clearing what an interrupted copy left. ``files``: the destination's files of the result;
+    ``leased``: the fingerprints with leases there (:func:`leased_ids`)."""
     if LISTING not in files:
-        if _lease_held(dst, unique_id):
+        if unique_id in leased and _lease_held(dst, unique_id):
             return _Outcome("kept", messages=[
                 f"{dst.url}/{RESULTS}/{unique_id}: being computed there by a run (lease held); not copied"
             ])
@@ -291,52 +296,98 @@ def _in_destination(dst: Store, unique_id: str, files: set[str], listing: dict[s
     ])
 
 
-def _sync_result(src: Store, dst: Store, unique_id: str, dst_files: set[str]) -> _Outcome:
-    """Copy one result, verified against its listing on the way, its listing last; then its step info."""
-    prefix = f"{RESULTS}/{unique_id}"
+def _plan_result(src: Store, dst: Store, unique_id: str, dst_files: set[str], leased: set[str]) -> _Outcome:
+    """What to do with one result: ``copy`` when the destination lacks it (a local source's files are
+    verified against the listing here; a remote one's once downloaded), else the outcome."""
     try:
         listing = _read_listing(src, unique_id)
     except (IntegrityError, FileNotFoundError) as exc:
         return _Outcome("refused", messages=[str(exc)])
-    present = _in_destination(dst, unique_id, dst_files, listing)
+    present = _in_destination(dst, unique_id, dst_files, listing, leased)
     if present is not None:
         return present
-    where = f"{src.url}/{prefix}"
     if src.is_local:
-        problems = directory_problems(src.local_path(prefix), listing, where)
-        moved = 0 if problems else src.copy_tree_to(prefix, dst, prefix, last=LISTING)
-    else:
-        with tempfile.TemporaryDirectory(prefix="olmo-sync-") as tmp:
-            src.get_tree(prefix, Path(tmp))
-            problems = directory_problems(Path(tmp), listing, where)
-            moved = 0 if problems else dst.put_tree(Path(tmp), prefix, last=LISTING)
-    if problems:
-        return _Outcome("refused", messages=problems)
-    _copy_step_info(src, dst, unique_id, overwrite=True)
-    return _Outcome("copied", size=moved)
+        prefix = f"{RESULTS}/{unique_id}"
+        problems = directory_problems(src.local_path(prefix), listing, f"{src.url}/{prefix}")
+        if problems:
+            return _Outcome("refused", messages=problems)
+    return _Outcome("copy", listing=listing)
 
 
-def _copy_step_info(src: Store, dst: Store, unique_id: str, overwrite: bool) -> None:
-    key = _info_key(unique_id)
-    if not overwrite and dst.exists(key):
-        return
+def _step_info(src: Store, unique_id: str) -> bytes | None:
+    """The raw step info of ``unique_id`` in ``src``, if it is a JSON record of that fingerprint."""
     try:
-        raw = src.read_bytes(key)
+        raw = src.read_bytes(_info_key(unique_id))
         info = json.loads(raw)
     except (FileNotFoundError, ValueError):
-        return  # no step info (or not JSON): the result is complete without it
-    if isinstance(info, dict) and info.get("unique_id") == unique_id:
-        if overwrite:
-            dst.write_bytes(key, raw)
-        else:
-            dst.create(key, raw)
+        return None  # no step info (or not JSON): the result is complete without it
+    return raw if isinstance(info, dict) and info.get("unique_id") == unique_id else None
+
+
+def _put_results(src: Store, dst: Store, trees: dict[str, Path], progress: bool) -> dict[str, _Outcome]:
+    """Upload results (fingerprint -> local directory of its verified files) in one batch, their listings
+    after every other file, then their step infos."""
+    files = {uid: {f"{RESULTS}/{uid}/{rel}": tree / rel for rel in local_files(tree)} for uid, tree in trees.items()}
+    everything = {key: path for result in files.values() for key, path in result.items()}
+    dst.put_files(everything, last=[_listing_key(uid) for uid in trees], progress=progress)
+    infos = {uid: _step_info(src, uid) for uid in trees}
+    dst.write_many({_info_key(uid): raw for uid, raw in infos.items() if raw is not None})
+    return {uid: _Outcome("copied", size=sum(path.stat().st_size for path in files[uid].values())) for uid in trees}
+
+
+def _copy_remote_result(src: Store, dst: Store, unique_id: str, listing: dict[str, Any]) -> _Outcome:
+    """Download one result of a remote source, verify it against its listing, and upload it."""
+    prefix = f"{RESULTS}/{unique_id}"
+    with tempfile.TemporaryDirectory(prefix="olmo-sync-") as tmp:
+        src.get_tree(prefix, Path(tmp))
+        problems = directory_problems(Path(tmp), listing, f"{src.url}/{prefix}")
+        if problems:
+            return _Outcome("refused", messages=problems)
+        return _put_results(src, dst, {unique_id: Path(tmp)}, progress=False)[unique_id]
+
+
+def _copy_results(src: Store, dst: Store, plans: dict[str, _Outcome], progress: bool) -> dict[str, _Outcome]:
+    """Copy the results planned ``copy``: a local source's all in one batch, a remote source's one by one
+    (each downloaded and verified first), ``Store.workers`` at a time."""
+    todo = [uid for uid, plan in plans.items() if plan.kind == "copy"]
+    if src.is_local:
+        return _put_results(src, dst, {uid: src.local_path(f"{RESULTS}/{uid}") for uid in todo}, progress)
+    with ThreadPoolExecutor(Store.workers) as pool, tqdm(
+        total=len(todo), unit="result", disable=not progress or not todo, file=sys.stderr
+    ) as bar:
+        copied = {}
+        for uid, outcome in zip(todo, pool.map(lambda uid: _copy_remote_result(src, dst, uid, plans[uid].listing), todo)):
+            copied[uid] = outcome
+            bar.update()
+    return copied
+
+
+def _copy_run_records(src: Store, dst: Store, contents: Contents, only: Collection[str] | None) -> list[str]:
+    """Create the run records (and logs) that ``dst`` lacks, of the runs whose targets are all in ``only`` (if
+    given), with the step infos of their targets (Tango looks them up); returns their names."""
+    there = set(dst.list(f"{RUNS}/")) | set(dst.list(f"{STEPS}/"))
+    copied = []
+    for name, record in sorted(contents.runs.items()):
+        targets = set(record["steps"].values())
+        key = f"{RUNS}/{name}.json"
+        if (only is not None and not targets <= set(only)) or key in there:
+            continue
+        infos = {_info_key(uid): _step_info(src, uid) for uid in sorted(targets) if _info_key(uid) not in there}
+        for info_key, raw in infos.items():
+            if raw is not None:
+                dst.create(info_key, raw)
+        if dst.create(key, src.read_bytes(key)):
+            copied.append(name)
+            if src.exists(f"{RUNS}/{name}.log"):
+                dst.write_bytes(f"{RUNS}/{name}.log", src.read_bytes(f"{RUNS}/{name}.log"))
+    return copied
 
 
 def sync(src_url: str, dst_url: str, only: Collection[str] | None = None, progress: bool = True) -> SyncReport:
     """Copy the results of ``src_url`` that ``dst_url`` lacks (only the fingerprints in ``only``, if given),
-    each verified against its listing on the way and committed by copying its listing last; then the step
-    infos of the copied results and the run records ``dst_url`` lacks. A Tango LocalWorkspace directory as
-    ``src_url`` is imported (see :func:`import_tango_local`)."""
+    each verified against its listing on the way and committed by copying its listing after its other files;
+    then the step infos of the copied results and the run records ``dst_url`` lacks. A Tango LocalWorkspace
+    directory as ``src_url`` is imported (see :func:`import_tango_local`)."""
     src = open_store(src_url)
     if Store(dst_url).url == src.url:
         raise CommandError(f"{src_url} and {dst_url} are the same workspace")
@@ -348,36 +399,23 @@ def sync(src_url: str, dst_url: str, only: Collection[str] | None = None, progre
     report = SyncReport()
     start = time.monotonic()
     contents = read_contents(src)
-    there = result_files(dst)
+    there, leased = result_files(dst), leased_ids(dst)
     todo = [uid for uid in contents.complete() if only is None or uid in only]
-    with ThreadPoolExecutor(Store.workers) as pool, tqdm(
-        total=len(todo), unit="result", disable=not progress or not todo, file=sys.stderr
-    ) as bar:
-        outcomes = pool.map(lambda uid: _sync_result(src, dst, uid, there.get(uid, set())), todo)
-        for unique_id, outcome in zip(todo, outcomes):
-            bar.update()
-            if outcome.kind == "copied":
-                report.copied.append(unique_id)
-                report.size += outcome.size
-            elif outcome.kind == "already":
-                report.already.append(unique_id)
-            elif outcome.kind == "refused":
-                report.refused += outcome.messages
-            else:
-                report.warnings += outcome.messages
+    with ThreadPoolExecutor(Store.workers) as pool:
+        plans = dict(zip(todo, pool.map(lambda uid: _plan_result(src, dst, uid, there.get(uid, set()), leased), todo)))
+    plans.update(_copy_results(src, dst, plans, progress))
+    for unique_id, outcome in plans.items():
+        if outcome.kind == "copied":
+            report.copied.append(unique_id)
+            report.size += outcome.size
+        elif outcome.kind == "already":
+            report.already.append(unique_id)
+        elif outcome.kind == "refused":
+            report.refused += outcome.messages
+        else:
+            report.warnings += outcome.messages
     report.warnings += contents.problems
-    for name, record in sorted(contents.runs.items()):
-        targets = set(record["steps"].values())
-        if only is not None and not targets <= set(only):
-            continue
-        if dst.exists(f"{RUNS}/{name}.json"):
-            continue
-        for unique_id in sorted(targets):  # a run's targets have step infos (Tango looks them up)
-            _copy_step_info(src, dst, unique_id, overwrite=False)
-        if dst.create(f"{RUNS}/{name}.json", src.read_bytes(f"{RUNS}/{name}.json")):
-            report.runs.append(name)
-            if src.exists(f"{RUNS}/{name}.log") and not dst.exists(f"{RUNS}/{name}.log"):
-                dst.write_bytes(f"{RUNS}/{name}.log", src.read_bytes(f"{RUNS}/{name}.log"))
+    report.runs = _copy_run_records(src, dst, contents, only)
     report.seconds = time.monotonic() - start
     return report
 
@@ -486,7 +524,7 @@ def import_tango_local(
     report = SyncReport(tango=True)
     start = time.monotonic()
     names, run_targets = _tango_step_names(directory)
-    there = result_files(dst)
+    there, leased = result_files(dst), leased_ids(dst)
     cache = directory / TANGO_CACHE
     present: set[str] = set()
     for entry in sorted(cache.iterdir()) if cache.is_dir() else []:
@@ -514,7 +552,7 @@ def import_tango_local(
                 MANIFEST: {"sha256": hashlib.sha256(manifest_raw).hexdigest(), "size": len(manifest_raw)},
             },
         }
-        found = _in_destination(dst, unique_id, there.get(unique_id, set()), listing)
+        found = _in_destination(dst, unique_id, there.get(unique_id, set()), listing, leased)
         if found is not None:
             if found.kind == "already":
                 report.already.append(unique_id)

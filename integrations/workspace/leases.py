@@ -115,6 +115,11 @@ class Lease:
             self._write()
 
 
+def leased_ids(store: Store) -> set[str]:
+    """The fingerprints of the steps that have lease files (taken now or before), from one listing."""
+    return {key.split("/")[1] for key in store.list(f"{LEASES}/") if key.count("/") == 2}
+
+
 def latest_lease(store: Store, unique_id: str) -> tuple[int, Holder | None]:
     """The newest generation of a step's lease and its holder ((0, None) when no run ever took it)."""
     keys = store.list(f"{LEASES}/{unique_id}/")

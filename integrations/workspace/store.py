@@ -16,9 +16,10 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 from fsspec.callbacks import Callback
 from tqdm import tqdm
 
@@ -41,6 +42,24 @@ class _Bytes(Callback):
     def relative_update(self, inc: int = 1) -> None:
         with self.lock:
             self.bar.update(inc)
+
+
+class _PerFile(Callback):
+    """The callback of a batch transfer (fsspec's ``put`` of many files): it counts files, which the bar does
+    not show; each file's transfer reports its bytes to ``bytes_callback``."""
+
+    def __init__(self, bytes_callback: _Bytes):
+        super().__init__()
+        self.bytes_callback = bytes_callback
+
+    def branched(self, path_1: str, path_2: str, **kwargs: Any) -> Callback:
+        return self.bytes_callback
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_Move = Callable[[list[str], _Bytes], None]  # moves a batch of files (by name) at once, reporting bytes
 
 
 def _into_place(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -144,6 +163,13 @@ class Store:
         else:
             self.fs.pipe_file(self._path(key), data)
 
+    def write_many(self, items: Mapping[str, bytes]) -> None:
+        """Write (or overwrite) several keys at once, each atomically (see :meth:`write_bytes`)."""
+        if isinstance(self.fs, AsyncFileSystem):
+            self.fs.pipe({self._path(key): data for key, data in items.items()}, batch_size=self.workers)
+        else:
+            _in_threads(lambda key: self.write_bytes(key, items[key]), list(items), self.workers)
+
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, indent=2).encode())
 
@@ -221,18 +247,32 @@ class Store:
 
     # -- trees --------------------------------------------------------------------------------------
 
+    def put_files(self, files: Mapping[str, Path], last: Collection[str] = (), progress: bool = False) -> int:
+        """Upload local files (key -> local path), the keys in ``last`` only after all others (in one batch: an
+        async backend such as s3fs takes them on its event loop, ``workers`` at a time). A local store takes
+        hard links where it can (so the source files must not be modified in place afterwards), else copies.
+        Returns the bytes moved."""
+        sizes = {key: Path(path).stat().st_size for key, path in files.items()}
+
+        def move(keys: list[str], cb: _Bytes) -> None:
+            if isinstance(self.fs, AsyncFileSystem):
+                self.fs.put(
+                    [str(files[key]) for key in keys], [self._path(key) for key in keys], callback=_PerFile(cb),
+                    batch_size=self.workers, **self._transfer_options(),
+                )
+            else:
+                _in_threads(lambda key: self._put_file(Path(files[key]), key, cb), keys, self.workers)
+
+        return _transfer(sizes, last, progress, move)
+
     def put_tree(self, local_dir: Path, prefix: str, last: str | None = None, progress: bool = False) -> int:
         """Upload every file under ``local_dir`` to ``prefix/<relative path>``, ``last`` (a relative path)
-        only after all others. A local store takes hard links where it can (so the source files must not
-        be modified in place afterwards), else copies. Returns the bytes moved."""
+        only after all others (see :meth:`put_files`). Returns the bytes moved."""
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise NotADirectoryError(f"{local_dir}: not a directory")
-        files = [p for p in local_dir.rglob("*") if p.is_file() and not p.name.startswith(_TMP)]
-        sizes = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in files}
-        return _transfer(
-            sizes, last, progress, lambda rel, cb: self._put_file(local_dir / rel, f"{prefix}/{rel}", cb), self.workers
-        )
+        files = {f"{prefix}/{rel}": local_dir / rel for rel in local_files(local_dir)}
+        return self.put_files(files, () if last is None else [f"{prefix}/{last}"], progress)
 
     def get_tree(self, prefix: str, local_dir: Path, progress: bool = False) -> int:
         """Download every file under ``prefix`` into ``local_dir``; returns the bytes moved."""
@@ -255,17 +295,17 @@ class Store:
                 self.fs.cp_file(self._path(f"{prefix}/{rel}"), other._path(f"{other_prefix}/{rel}"))
                 cb.relative_update(sizes[rel])
 
-            return _transfer(sizes, last, progress, copy, self.workers)
+            return _transfer(sizes, _last(last), progress, _each(copy, self.workers))
         with tempfile.TemporaryDirectory(prefix="store-copy-") as tmp:
             moved = self.get_tree(prefix, Path(tmp), progress)
             other.put_tree(Path(tmp), other_prefix, last, progress)
             return moved
 
     def _get_tree(self, prefix: str, local_dir: Path, last: str | None, progress: bool) -> int:
-        return _transfer(
-            self._tree(prefix), last, progress, lambda rel, cb: self._get_file(f"{prefix}/{rel}", local_dir / rel, cb),
-            self.workers,
-        )
+        def get(rel: str, cb: _Bytes) -> None:
+            self._get_file(f"{prefix}/{rel}", local_dir / rel, cb)
+
+        return _transfer(self._tree(prefix), _last(last), progress, _each(get, self.workers))
 
     def _put_file(self, src: Path, key: str, cb: _Bytes) -> None:
         if self.is_local:
@@ -286,17 +326,40 @@ class Store:
         return {"chunksize": self.block_size, "max_concurrency": self.part_concurrency} if self._protocol in _S3 else {}
 
 
-def _transfer(
-    sizes: dict[str, int], last: str | None, progress: bool, move: Callable[[str, _Bytes], None], workers: int
-) -> int:
-    """Run ``move(relative path, callback)`` for every file of ``sizes`` in a thread pool, then for ``last``."""
-    if last is not None and last not in sizes:
-        raise FileNotFoundError(f"{last!r} (to be moved last) is not among the files to move")
+def local_files(directory: Path) -> list[str]:
+    """The relative paths of the files under a local ``directory`` (not the store's temporary files)."""
+    return [
+        path.relative_to(directory).as_posix()
+        for path in directory.rglob("*")
+        if path.is_file() and not path.name.startswith(_TMP)
+    ]
+
+
+def _last(name: str | None) -> list[str]:
+    return [] if name is None else [name]
+
+
+def _in_threads(move_one: Callable[[str], None], names: list[str], workers: int) -> None:
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(move_one, names))
+
+
+def _each(move_one: Callable[[str, _Bytes], None], workers: int) -> _Move:
+    """A batch move that runs ``move_one(name, callback)`` for each name, ``workers`` at a time."""
+    return lambda names, cb: _in_threads(lambda name: move_one(name, cb), names, workers)
+
+
+def _transfer(sizes: dict[str, int], last: Collection[str], progress: bool, move: _Move) -> int:
+    """Move every file of ``sizes`` (name -> size) in one batch, then those in ``last`` in another; returns
+    the bytes moved."""
+    missing = sorted(set(last) - set(sizes))
+    if missing:
+        raise FileNotFoundError(f"{missing} (to be moved last) not among the files to move")
     total = sum(sizes.values())
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, file=sys.stderr) as bar:
         cb = _Bytes(bar)
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda rel: move(rel, cb), [rel for rel in sizes if rel != last]))
-        if last is not None:
-            move(last, cb)
+        first = [name for name in sizes if name not in set(last)]
+        for batch in (first, list(last)):
+            if batch:
+                move(batch, cb)
     return total

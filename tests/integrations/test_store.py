@@ -57,30 +57,33 @@ def read_tree(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def moves(monkeypatch) -> list[tuple[str, str]]:
-    """Records ("start" | "end", relative path) for every file a tree operation moves."""
+    """Records ("start" | "end", file name) for every file a tree operation moves (the names a batch
+    move is given are the file's key or path relative to the tree)."""
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
     transfer = store_module._transfer
 
-    def recording(sizes, last, progress, move, workers):
-        def recorded(rel, cb):
+    def recording(sizes, last, progress, move):
+        def recorded(names, cb):
             with lock:
-                events.append(("start", rel))
-            move(rel, cb)
+                events.extend(("start", name) for name in names)
+            move(names, cb)
             with lock:
-                events.append(("end", rel))
+                events.extend(("end", name) for name in names)
 
-        return transfer(sizes, last, progress, recorded, workers)
+        return transfer(sizes, last, progress, recorded)
 
     monkeypatch.setattr(store_module, "_transfer", recording)
     return events
 
 
-def assert_moved_last(events: list[tuple[str, str]], last: str) -> None:
-    """The final move of ``last`` started after every other file had been moved (and nothing was in flight)."""
-    start = max(i for i, (kind, rel) in enumerate(events) if kind == "start" and rel == last)
-    started = sorted(rel for kind, rel in events[:start] if kind == "start")
-    ended = sorted(rel for kind, rel in events[:start] if kind == "end")
+def assert_moved_last(events: list[tuple[str, str]], last: str, prefix: str) -> None:
+    """The final move of ``last`` started after every other file had been moved (and nothing was in flight).
+    A move names a file by its path relative to the tree or by its key under ``prefix``."""
+    relative = [(kind, name.removeprefix(f"{prefix}/")) for kind, name in events]
+    start = max(i for i, (kind, rel) in enumerate(relative) if kind == "start" and rel == last)
+    started = sorted(rel for kind, rel in relative[:start] if kind == "start")
+    ended = sorted(rel for kind, rel in relative[:start] if kind == "end")
     assert started == ended and {"a.txt", "empty", "nested/deeper/b.bin", "nested/c.json", "big.bin"} <= set(ended)
 
 
@@ -213,7 +216,7 @@ def test_tree_round_trip(store, tmp_path, moves, capfd):
     moved = store.put_tree(tmp_path / "src", "results/abc", last="DONE", progress=True)
     assert moved == sum(map(len, files.values()))
     assert "100%" in capfd.readouterr().err
-    assert_moved_last(moves, "DONE")
+    assert_moved_last(moves, "DONE", "results/abc")
     assert store.list("results/abc") == sorted(f"results/abc/{rel}" for rel in files)
     if not store.is_local:  # went up as a multipart upload, in 5 MiB parts
         assert store.fs.info(f"{store.url}/results/abc/big.bin")["ETag"].strip('"').endswith("-3")
@@ -244,7 +247,7 @@ def test_copy_tree_to(source, destination, tmp_path, request, moves):
     a.put_tree(tmp_path / "src", "x/one", last="DONE")
     moves.clear()
     assert a.copy_tree_to("x/one", b, "y/two", last="DONE") == sum(map(len, files.values()))
-    assert_moved_last(moves, "DONE")
+    assert_moved_last(moves, "DONE", "y/two")
     assert b.list() == sorted(f"y/two/{rel}" for rel in files)
     b.get_tree("y/two", tmp_path / "back")
     assert read_tree(tmp_path / "back") == files

@@ -14,6 +14,7 @@ from tango.workspaces import LocalWorkspace
 
 from integrations.workspace import OlmoWorkspace
 from integrations.workspace.commands import human_size
+from integrations.workspace import store as store_module
 from integrations.workspace.store import Store
 from steps.cli import main
 from steps.common.artifacts import Artifact
@@ -228,6 +229,39 @@ def test_sync_through_a_bucket_is_byte_identical(tmp_path, capsys, s3_server):
     assert out.startswith("copied 0 results") and out.endswith("; 2 already there\n")
     code, out, _ = cli(capsys, "verify", "-w", bucket)
     assert (code, out.split(",")[0]) == (0, "2 results verified")
+
+
+def test_sync_commits_each_result_by_its_listing_after_every_other_file(tmp_path, capsys, s3_server, monkeypatch):
+    """Results go up in one batch of their files, then one of their listings; a sync interrupted in the
+    first batch leaves no listing (so no result) behind, and the next sync completes it."""
+    a, b = small_workspace(tmp_path / "src")
+    batches: list[list[str]] = []
+    transfer = store_module._transfer
+
+    def recording(sizes, last, progress, move):
+        def recorded(names, cb):
+            batches.append(list(names))
+            if len(batches) == 1 and fail:
+                raise OSError("connection reset")
+            move(names, cb)
+
+        return transfer(sizes, last, progress, recorded)
+
+    monkeypatch.setattr(store_module, "_transfer", recording)
+    bucket = s3_server.bucket() + "/ws"
+    fail = True
+    assert cli(capsys, "sync", tmp_path / "src", bucket)[0] == 1
+    assert not any(key.endswith("/result.json") for key in Store(bucket).list("results"))
+    batches.clear()
+    fail = False
+    assert cli(capsys, "sync", tmp_path / "src", bucket)[0] == 0
+    listings = sorted(f"results/{uid}/result.json" for uid in (a.unique_id, b.unique_id))
+    assert len(batches) == 2 and sorted(batches[1]) == listings
+    assert sorted(batches[0]) == sorted(f"results/{key}" for key in tree(tmp_path / "src" / "results", ".")
+                                        if not key.endswith("result.json"))
+    assert tree(tmp_path / "src", "results") == {
+        key: Store(bucket).read_bytes(key) for key in Store(bucket).list("results")
+    }
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
