@@ -5,7 +5,8 @@
 //
 // olmo-tiny's steps come from the cache; only `evaluate_hf` and the report run.
 local tiny = import 'olmo-tiny.jsonnet';
-local ref(name) = { type: 'ref', ref: name };
+local lib = import 'lib/olmo.libsonnet';
+local ref = lib.ref;
 
 tiny {
   local p = self.params,  // olmo-tiny's params, with any `params+::` override of this workflow
@@ -16,10 +17,7 @@ tiny {
       heldout: ref('mix'),
       config: p.evaluation,
       paloma: { [name]: ref('text_set_' + name) for name in std.objectFields(p.text_sets) },
-      device: p.execution.device,
-      // W&B as the lib sets it for olmo-tiny's own evaluate steps (`execution.wandb`).
-      wandb: if std.objectHas(p.execution, 'wandb') && p.execution.wandb != null
-             then { workflow: p.name } + p.execution.wandb else null,
+      execution: lib.execution(p),  // as olmo-tiny's own evaluate steps get it
     },
     report+: { evaluations+: { hf: ref('evaluate_hf') } },
   },

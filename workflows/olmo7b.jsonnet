@@ -107,4 +107,8 @@ local params = {
   },
 };
 
-olmo.recipe(params)
+// SFT and DPO run on one node of 8 GPUs, as open-instruct fine-tunes a 7B: their global batches (128 and 32
+// sequences) do not split over the pretraining job's 256 workers.
+local oneNode = { execution+: { world_size: 8, nnodes: 1, rdzv_endpoint: null } };
+
+olmo.recipe(params) + { steps+: { sft+: oneNode, dpo+: oneNode } }

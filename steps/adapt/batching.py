@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import numpy as np
@@ -61,12 +62,34 @@ class ExampleBatches(Generic[Item]):
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)
         return np.array([self._permutation(p // count)[p % count] for p in positions], dtype=np.int64)
 
-    def steps_for_epochs(self, epochs: int) -> int:
-        """Steps that cover ``epochs`` passes over the examples (the last batch may reach into the next)."""
-        return math.ceil(epochs * len(self.items) / self.batch_size)
-
     def __call__(self, step: int) -> dict[str, Any]:
         indices = self.indices(step)
         batch = self.collate([self.items[i] for i in indices])
         batch["batch_hash"] = hashlib.sha256(indices.astype("<i8").tobytes()).hexdigest()[:16]
         return batch
+
+
+@dataclass(frozen=True)
+class ExampleData(Generic[Item]):
+    """An adaptation step's training data: encoded examples in global batches of ``batch_size`` (a seeded
+    multi-epoch order, :class:`ExampleBatches`), padded with ``pad_token_id``, none longer than ``max_length``."""
+
+    items: list[Item]
+    pad_token_id: int
+    batch_size: int
+    seed: int
+    max_length: int
+
+    @property
+    def seq_len(self) -> int:
+        return self.max_length
+
+    def steps_for_epochs(self, epochs: float) -> int:
+        """Steps that cover ``epochs`` passes over the examples (the last batch may reach into the next)."""
+        return math.ceil(epochs * len(self.items) / self.batch_size)
+
+    def example_batches(self, items: Sequence[Item]) -> ExampleBatches[Item]:
+        return ExampleBatches(items, self.batch_size, self.seed, self.collate)
+
+    def collate(self, items: list[Item]) -> dict[str, Any]:
+        raise NotImplementedError

@@ -2,9 +2,9 @@
 
 Loss per pair: ``−log σ(β·((log πθ(c) − log πθ(r)) − (log πref(c) − log πref(r))))`` with log-probs
 summed over the response tokens. The reference model is the policy before DPO (the SFT model); its
-log-probs are computed once, before training (``with_reference_logprobs``), and travel in the
-batches, so no second model is held in memory and none is run per step. ``DPOLoss`` plugs into
-``train(..., loss_function=DPOLoss(beta))``, which averages over the pairs of each global batch.
+log-probs are computed once, before training (``with_reference_logprobs``, in every worker with the model
+it is about to train), and travel in the batches, so no second model is held in memory and none is run per
+step. ``DPOLoss`` is the trainer's objective; it averages over the pairs of each global batch.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from steps.train.objectives import label_logprobs
+from steps.train.parallel import reshard
 from steps.train.trainer import autocast
 
-from .batching import ExampleBatches
+from .batching import ExampleBatches, ExampleData
 from .chat import Rendered, check_messages, render_chat
 from .sft import collate_chats, has_labels
 
@@ -125,6 +126,7 @@ def with_reference_logprobs(
             EncodedPair(pair.chosen, pair.rejected, float(c), float(r))
             for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist())
         )
+    reshard(model)
     model.train(was_training)
     return completed
 
@@ -147,10 +149,21 @@ class DPOLoss:
                         self.beta, reduction="sum")
 
 
-def dpo_batches(
-    pairs: Sequence[EncodedPair], *, pad_token_id: int, batch_size: int, seed: int
-) -> ExampleBatches[EncodedPair]:
-    """The trainer's batch source over pairs that carry reference log-probs."""
-    if any(pair.reference_chosen_logp is None for pair in pairs):
-        raise ValueError("pairs lack reference log-probs: run with_reference_logprobs first")
-    return ExampleBatches(list(pairs), batch_size, seed, lambda items: collate_pairs(items, pad_token_id))
+@dataclass(frozen=True)
+class PreferenceData(ExampleData[EncodedPair]):
+    """A DPO step's training data: encoded pairs, their reference log-probs computed by the model before its
+    first update (``reference_batch_size`` pairs at a time); the DPO loss with ``beta``."""
+
+    beta: float = 0.1
+    reference_batch_size: int = 1
+
+    def objective(self) -> DPOLoss:
+        return DPOLoss(self.beta)
+
+    def batches(self, model: nn.Module, precision: str) -> ExampleBatches[EncodedPair]:
+        return self.example_batches(
+            with_reference_logprobs(model, self.items, self.pad_token_id, self.reference_batch_size, precision)
+        )
+
+    def collate(self, items: list[EncodedPair]) -> dict[str, Any]:
+        return collate_pairs(items, self.pad_token_id)

@@ -1,8 +1,7 @@
 """Supervised fine-tuning: chat examples become padded batches for the shared trainer.
 
-Train with ``train(model, batches, config)``: the default ``NextTokenLoss`` already skips
-``IGNORE_INDEX`` labels, so the loss covers assistant tokens (and their EOS) only, averaged over
-the assistant tokens of the whole global batch.
+The objective is the trainer's ``NextTokenLoss``, which skips ``IGNORE_INDEX`` labels, so the loss covers
+assistant tokens (and their EOS) only, averaged over the assistant tokens of the whole global batch.
 """
 from __future__ import annotations
 
@@ -10,10 +9,11 @@ from collections import Counter
 from typing import Any, Sequence
 
 from tokenizers import Tokenizer
+from torch import nn
 
-from steps.train.objectives import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective
 
-from .batching import ExampleBatches, pad_right
+from .batching import ExampleBatches, ExampleData, pad_right
 from .chat import Rendered, check_messages, render_chat
 
 
@@ -46,16 +46,14 @@ def collate_chats(items: list[Rendered], pad_token_id: int) -> dict[str, Any]:
     }
 
 
-def sft_batches(
-    examples: Sequence[dict[str, Any]],
-    tokenizer: Tokenizer,
-    max_length: int,
-    *,
-    eos_token_id: int,
-    pad_token_id: int,
-    batch_size: int,
-    seed: int,
-) -> tuple[ExampleBatches[Rendered], dict[str, int]]:
-    """The trainer's batch source over ``examples`` (global batches of ``batch_size`` conversations)."""
-    encoded, counts = encode_sft_examples(examples, tokenizer, eos_token_id, max_length)
-    return ExampleBatches(encoded, batch_size, seed, lambda items: collate_chats(items, pad_token_id)), counts
+class ChatData(ExampleData[Rendered]):
+    """An SFT step's training data: rendered chats; next-token loss on the assistant tokens."""
+
+    def objective(self) -> Objective:
+        return NextTokenLoss()
+
+    def batches(self, model: nn.Module, precision: str) -> ExampleBatches[Rendered]:
+        return self.example_batches(self.items)
+
+    def collate(self, items: list[Rendered]) -> dict[str, Any]:
+        return collate_chats(items, self.pad_token_id)

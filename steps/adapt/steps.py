@@ -6,23 +6,19 @@ from typing import Any, Callable
 
 from tango import Step
 
-from integrations.wandb_logger import check_settings
-from steps.adapt.chat import (
-    build_preference_pairs,
-    build_sft_examples,
-    read_preference_pairs,
-    read_sft_examples,
-)
-from steps.adapt.dpo import DPOLoss, dpo_batches, encode_preference_pairs, with_reference_logprobs
-from steps.adapt.sft import sft_batches
+from steps.adapt.chat import build_preference_pairs, build_sft_examples, read_preference_pairs, read_sft_examples
+from steps.adapt.dpo import PreferenceData, encode_preference_pairs
+from steps.adapt.sft import ChatData, encode_sft_examples
 from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
-from steps.common.models import load_artifact_model, resolve_device
+from steps.common.execution import Execution, ExecutionArgument
+from steps.common.models import artifact_model_config
 from steps.common.step import ArtifactStep, check_keys
 from steps.data.steps import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
-from steps.train.steps import TrainingStep
+from steps.train.steps import TrainingStep, check_batch_division
 from steps.train.trainer import TrainConfig
+from steps.train.worker import Initialization, TrainingJob
 
 SFT_FILE = "sft.jsonl.gz"
 PREFERENCES_FILE = "preferences.jsonl.gz"
@@ -71,13 +67,16 @@ class BuildPreferenceData(BuildAdaptationData):
 
 
 class AdaptationStep(TrainingStep):
-    """Fine-tunes a model artifact with open-instruct's recipe shape (epochs, LR, warmup ratio)."""
+    """Fine-tunes a model artifact with open-instruct's recipe shape (epochs, LR, warmup ratio), on the
+    workers the recipe's ``execution`` asks for, like every training step."""
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        check_keys(kwargs["train"], ADAPT_KEYS, f"{cls.__name__}.train")
-        cls.adapt_config(kwargs["train"], num_steps=100)
-        check_settings(kwargs.get("wandb"))
+        train = kwargs["train"]
+        check_keys(train, ADAPT_KEYS, f"{cls.__name__}.train")
+        cls.adapt_config(train, num_steps=100)
+        check_batch_division(train["global_batch_size"], kwargs["execution"].world_size, train["micro_batch_size"],
+                             "train.")
 
     @classmethod
     def adapt_config(cls, train: dict[str, Any], num_steps: int) -> TrainConfig:
@@ -92,69 +91,71 @@ class AdaptationStep(TrainingStep):
         options = {k: v for k, v in train.items() if k not in {"epochs", "lr", "warmup_ratio", "max_length", "beta"}}
         return cls.train_config(options, max_steps=num_steps, schedule=schedule)
 
+    def adaptation_job(
+        self, fresh_output: bool, pretrained: Artifact, train: dict, execution: Execution,
+        data: ChatData | PreferenceData,
+    ) -> TrainingJob:
+        return self.new_job(
+            execution, fresh_output, model=artifact_model_config(pretrained), data=data,
+            init=Initialization(pretrained=str(pretrained.path)),
+            config=self.adapt_config(train, data.steps_for_epochs(train["epochs"])),
+        )
+
 
 @Step.register("sft")
 class SupervisedFinetune(AdaptationStep):
     """SFT: next-token loss on the assistant turns only (user turns and headers masked)."""
 
-    VERSION = "002"
+    VERSION = "003"
 
     def run(
-        self,
-        pretrained: Artifact,
-        data: Artifact,
-        tokenizer: Artifact,
-        train: dict,
-        device: str = "auto",
-        log_every: int = 10,
-        wandb: dict | None = None,
+        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
+        execution: ExecutionArgument = None,
     ) -> Artifact:
-        model = load_artifact_model(pretrained, resolve_device(device))
-        batches, counts = sft_batches(
-            read_sft_examples(data.path / SFT_FILE),
-            load_tokenizer(tokenizer_file(tokenizer)),
+        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
+                                    execution=execution))
+
+    def job(
+        self, fresh_output: bool, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
+        execution: Execution,
+    ) -> tuple[TrainingJob, dict[str, Any]]:
+        config = artifact_model_config(pretrained)
+        examples, counts = encode_sft_examples(
+            read_sft_examples(data.path / SFT_FILE), load_tokenizer(tokenizer_file(tokenizer)), config.eos_token_id,
             train["max_length"],
-            eos_token_id=model.config.eos_token_id,
-            pad_token_id=model.config.pad_token_id,
-            batch_size=train["global_batch_size"],
-            seed=train.get("seed", 0),
         )
-        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
-        state = self.fit(model, batches, settings, log_every, wandb)
-        return self.save(model, state, {"examples": counts})
+        chats = ChatData(examples, config.pad_token_id, train["global_batch_size"], train.get("seed", 0),
+                         train["max_length"])
+        return self.adaptation_job(fresh_output, pretrained, train, execution, chats), {"examples": counts}
 
 
 @Step.register("dpo")
 class DirectPreferenceOptimization(AdaptationStep):
     """DPO: the sigmoid loss on summed response log-probs against the frozen input model."""
 
-    VERSION = "002"
+    VERSION = "003"
 
     def run(
-        self,
-        pretrained: Artifact,
-        data: Artifact,
-        tokenizer: Artifact,
-        train: dict,
-        device: str = "auto",
-        log_every: int = 10,
-        wandb: dict | None = None,
+        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
+        execution: ExecutionArgument = None,
     ) -> Artifact:
-        model = load_artifact_model(pretrained, resolve_device(device))
-        config = model.config
+        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
+                                    execution=execution))
+
+    def history_summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {key: value for key, value in history[-1].items() if key.startswith("rewards/")}
+
+    def job(
+        self, fresh_output: bool, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
+        execution: Execution,
+    ) -> tuple[TrainingJob, dict[str, Any]]:
+        config = artifact_model_config(pretrained)
         pairs, counts = encode_preference_pairs(
-            read_preference_pairs(data.path / PREFERENCES_FILE),
-            load_tokenizer(tokenizer_file(tokenizer)),
-            config.eos_token_id,
-            train["max_length"],
+            read_preference_pairs(data.path / PREFERENCES_FILE), load_tokenizer(tokenizer_file(tokenizer)),
+            config.eos_token_id, train["max_length"],
         )
-        # The reference is the input model before any update: its log-probs are computed once.
-        pairs = with_reference_logprobs(model, pairs, config.pad_token_id, train["micro_batch_size"])
-        batches = dpo_batches(
-            pairs, pad_token_id=config.pad_token_id, batch_size=train["global_batch_size"], seed=train.get("seed", 0)
-        )
-        settings = self.adapt_config(train, batches.steps_for_epochs(train["epochs"]))
-        state = self.fit(model, batches, settings, log_every, wandb, loss_function=DPOLoss(train.get("beta", 0.1)))
-        last = state.history[-1]
-        accuracy = {k: v for k, v in last.items() if k.startswith("rewards/")}
-        return self.save(model, state, {"pairs": counts, "beta": train.get("beta", 0.1), **accuracy})
+        beta = train.get("beta", 0.1)
+        preferences = PreferenceData(pairs, config.pad_token_id, train["global_batch_size"], train.get("seed", 0),
+                                     train["max_length"], beta, reference_batch_size=train["micro_batch_size"])
+        return self.adaptation_job(fresh_output, pretrained, train, execution, preferences), {"pairs": counts,
+                                                                                             "beta": beta}

@@ -13,15 +13,12 @@ from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError
 
 from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
+from steps.common.execution import Execution
 
 # Arguments that say where, how fast and how observably a step runs, never what it computes, so they stay out
-# of every fingerprint (distributed training: workers, nodes, sharding, recomputation, compilation, logging and
-# in-loop evaluation, which only observes the model).
-EXECUTION_ARGUMENTS = {
-    "device", "num_workers", "world_size", "nnodes", "rdzv_endpoint", "max_restarts", "sharding",
-    "activation_checkpointing", "compile", "log_every", "checkpoint_every", "keep_checkpoints", "wandb",
-    "in_loop_eval", "heldout",
-}
+# of every fingerprint: the recipe's ``execution`` block (steps.common.execution), and a training step's in-loop
+# evaluation (which only observes the model) with the held-out documents it scores.
+EXECUTION_ARGUMENTS = {"execution", "in_loop_eval", "heldout"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,8 @@ class ArtifactStep(Step[Artifact]):
     @classmethod
     def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
+            if "execution" in kwargs:  # the block as written, or an Execution Tango built from it
+                kwargs["execution"] = Execution.from_config(kwargs["execution"])
             cls.validate(kwargs)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None

@@ -7,6 +7,7 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact
+from steps.common.execution import ExecutionArgument
 from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import filter_documents
@@ -57,9 +58,9 @@ class CorpusSource(ShardedStage):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         validate_source(kwargs["source"])
 
-    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20, num_workers: int = 1) -> Artifact:
+    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20, execution: ExecutionArgument = None) -> Artifact:
         out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
-        stats = write_source(dict(source), out, max_shard_bytes, num_workers, self.markers,
+        stats = write_source(dict(source), out, max_shard_bytes, execution.num_workers, self.markers,
                              ids_dir=self.work_dir / "ids")
         return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
 
@@ -74,9 +75,9 @@ class TagDocuments(ShardedStage):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         TagConfig.from_dict(kwargs["config"])
 
-    def run(self, sources: list[Artifact], config: dict, num_workers: int = 1) -> Artifact:
+    def run(self, sources: list[Artifact], config: dict, execution: ExecutionArgument = None) -> Artifact:
         out = self.output_dir(fresh=False)
-        stats = tag_documents(self.merged_sources(sources), out, config, num_workers, self.markers)
+        stats = tag_documents(self.merged_sources(sources), out, config, execution.num_workers, self.markers)
         return self.artifact(out, stats)
 
 
@@ -90,10 +91,12 @@ class FilterDocuments(ShardedStage):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         FilterConfig.from_dict(kwargs["config"])
 
-    def run(self, sources: list[Artifact], attributes: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+    def run(
+        self, sources: list[Artifact], attributes: Artifact, config: dict, execution: ExecutionArgument = None
+    ) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = filter_documents(self.merged_sources(sources), attributes.path / ATTRIBUTES_DIR, out, config,
-                                 num_workers, self.markers)
+                                 execution.num_workers, self.markers)
         return self.artifact(out, stats)
 
 
@@ -110,10 +113,10 @@ class DeduplicateDocuments(ArtifactStep):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         DedupConfig.from_dict(kwargs["config"])
 
-    def run(self, documents: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+    def run(self, documents: Artifact, config: dict, execution: ExecutionArgument = None) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = deduplicate(documents_dir(documents), out, config, work_dir=self.work_dir / "dedup",
-                            num_workers=num_workers)
+                            num_workers=execution.num_workers)
         return self.artifact(out, stats)
 
 
@@ -127,6 +130,7 @@ class MixSources(ShardedStage):
     def validate(cls, kwargs: dict[str, Any]) -> None:
         MixConfig.from_dict(kwargs["config"])
 
-    def run(self, documents: Artifact, config: dict, num_workers: int = 1) -> Artifact:
+    def run(self, documents: Artifact, config: dict, execution: ExecutionArgument = None) -> Artifact:
         out = self.output_dir(fresh=False)  # sources finished before a crash are kept
-        return self.artifact(out, mix_sources(documents_dir(documents), out, config, num_workers, self.markers))
+        stats = mix_sources(documents_dir(documents), out, config, execution.num_workers, self.markers)
+        return self.artifact(out, stats)

@@ -9,6 +9,7 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
+from steps.common.execution import ExecutionArgument
 from steps.common.step import ArtifactStep, ContentHash, check_keys
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.data.batches import check_batch_split, describe_batch
@@ -105,14 +106,14 @@ class TokenizeDocuments(ArtifactStep):
 
     VERSION = "004"
 
-    def run(self, documents: Artifact, tokenizer: Artifact, num_workers: int = 1) -> Artifact:
+    def run(self, documents: Artifact, tokenizer: Artifact, execution: ExecutionArgument = None) -> Artifact:
         out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped
         summary = tokenize_documents(
             documents.path / "documents",
             tokenizer_file(tokenizer),
             out,
             eos_token_id=tokenizer.summary["eos_token_id"],
-            num_workers=num_workers,
+            num_workers=execution.num_workers,
         )
         shutil.rmtree(out / DONE_DIR, ignore_errors=True)
         kept = ("path", "tokens", "documents", "empty_documents", "dtype")

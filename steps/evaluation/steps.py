@@ -19,6 +19,7 @@ from tango.common.det_hash import CustomDetHash
 from integrations.wandb_logger import WandbLogger, check_settings, step_run
 from steps.common.artifacts import Artifact
 from steps.common.models import load_artifact_model, resolve_device
+from steps.common.execution import ExecutionArgument
 from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, check_keys
 from steps.corpus.sources import file_identity
 from steps.data.steps import tokenizer_file
@@ -109,7 +110,6 @@ class EvaluationStep(ArtifactStep):
             and all(isinstance(k, str) and isinstance(v, (str, Step, Artifact)) for k, v in paloma.items())
         ):
             raise ValueError(f"paloma: expected {{set name: path, URL or text-set artifact}}, got {paloma!r}")
-        check_settings(kwargs.get("wandb"))
 
     def evaluate(
         self,
@@ -167,13 +167,12 @@ class EvaluateOlmo(EvaluationStep):
         heldout: Artifact,
         config: dict,
         paloma: dict[str, str | Artifact] | None = None,
-        device: str = "auto",
-        wandb: dict | None = None,
+        execution: ExecutionArgument = None,
     ) -> Artifact:
-        target = resolve_device(device)
+        target = resolve_device(execution.device)
         olmo = load_artifact_model(model, target)
         tok = load_tokenizer(tokenizer_file(tokenizer))
-        return self.evaluate(model.fingerprint, olmo, tok, heldout, config, paloma, target, wandb)
+        return self.evaluate(model.fingerprint, olmo, tok, heldout, config, paloma, target, execution.wandb)
 
 
 @Step.register("evaluate_hf")
@@ -217,9 +216,9 @@ class EvaluateHuggingFace(EvaluationStep):
         config: dict,
         tokenizer: Artifact | None = None,
         paloma: dict[str, str | Artifact] | None = None,
-        device: str = "auto",
-        wandb: dict | None = None,
+        execution: ExecutionArgument = None,
     ) -> Artifact:
         model, own_tokenizer = load_hf_model(str(model_dir))
         tok = load_tokenizer(tokenizer_file(tokenizer)) if tokenizer is not None else own_tokenizer
-        return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, resolve_device(device), wandb)
+        target = resolve_device(execution.device)
+        return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, target, execution.wandb)

@@ -23,7 +23,7 @@ from typing import Any, Mapping, get_args
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
 from steps.common.step import check_keys
@@ -33,6 +33,7 @@ from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
 from steps.evaluation.steps import CONFIG_KEYS, check_tokenization
 from steps.evaluation.tasks import Source, get_task_spec
+from steps.train.parallel import reshard
 
 IN_LOOP_EVAL_KEYS = CONFIG_KEYS | {"every"}
 SCORING_METHODS = ("hidden_states", "project")  # what the scorer calls instead of forward
@@ -112,9 +113,7 @@ class InLoopEvaluator:
             with torch.no_grad():
                 return self.evaluate(model)
         finally:
-            for module in model.modules():  # FSDP2 leaves the root's parameters gathered after a forward
-                if isinstance(module, FSDPModule):
-                    module.reshard()
+            reshard(model)  # FSDP2 leaves the root's parameters gathered after a forward
             model.train(was_training)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

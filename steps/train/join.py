@@ -1,4 +1,5 @@
-"""``olmo-tango train-node``: the workers of one more node of a multi-node ``pretrain`` or ``anneal`` step.
+"""``olmo-tango train-node``: the workers of one more node of a multi-node training step (pretrain, anneal,
+SFT or DPO).
 
 The first node runs ``tango run`` as usual; its training step starts its workers and waits at the
 rendezvous (``execution.nnodes``, ``execution.rdzv_endpoint``). Every other node runs ``train-node`` on the
@@ -17,7 +18,7 @@ from tango import Step, StepGraph
 from tango.common.util import import_module_and_submodules
 from tango.workspace import Workspace
 
-from steps.train.steps import EXECUTION_DEFAULTS, DistributedTrainingStep
+from steps.train.steps import TrainingStep
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,16 @@ def join_training(workflow: str | Path, step_name: str, workspace: Workspace, wa
     if step_name not in graph:
         raise JoinError(f"{workflow}: no step named {step_name!r}")
     step = graph[step_name]
-    if not isinstance(step, DistributedTrainingStep):
-        raise JoinError(f"step {step_name!r} is a {type(step).__name__}, not a pretrain or anneal step")
+    if not isinstance(step, TrainingStep):
+        raise JoinError(f"step {step_name!r} is a {type(step).__name__}, not a training step")
+    execution = step.kwargs["execution"]
+    if execution.nnodes < 2:
+        raise JoinError(f"step {step_name!r} runs on one node (execution.nnodes = {execution.nnodes})")
     arguments = {
-        **EXECUTION_DEFAULTS,
-        **{
-            name: _wait_for_result(workspace, value, wait_s) if isinstance(value, Step) else value
-            for name, value in step.kwargs.items()
-        },
+        name: _wait_for_result(workspace, value, wait_s) if isinstance(value, Step) else value
+        for name, value in step.kwargs.items()
     }
-    if arguments["nnodes"] < 2:
-        raise JoinError(f"step {step_name!r} runs on one node (execution.nnodes = {arguments['nnodes']})")
     step.work_dir_for_run = workspace.work_dir(step)
-    job, _ = step.make_job(arguments, fresh_output=False)
-    logger.info("joining %s (%s) at %s", step_name, step.unique_id, arguments["rdzv_endpoint"])
-    step.launch(job, arguments)
+    job, _ = step.job(False, **arguments)
+    logger.info("joining %s (%s) at %s", step_name, step.unique_id, execution.rdzv_endpoint)
+    step.launch(job)

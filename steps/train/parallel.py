@@ -10,13 +10,14 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from olmo_model import Olmo
+from steps.common.execution import SHARDING
 
-SHARDING = ("full", "hybrid", "none")  # shard over every rank, shard within a node (replicate across), replicate
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +86,10 @@ def shard_model(
             block.compile()
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered parameters FSDP2 keeps after a forward outside training (a no-op without FSDP2)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

@@ -2,10 +2,12 @@
 label mask, and the checks that a model fits the instances it will train on."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
@@ -13,7 +15,7 @@ from steps.data.batches import batch_hash
 from steps.data.steps import load_instances, order_for
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import load_tokenizer
-from steps.train.objectives import IGNORE_INDEX
+from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective
 
 
 def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
@@ -31,6 +33,24 @@ def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Call
         return batch
 
     return batch
+
+
+@dataclass(frozen=True)
+class PretrainingData:
+    """A pretrain's or anneal's training data: the instances in the data order, next-token loss."""
+
+    instances: Artifact
+    data_order: dict[str, Any]
+
+    @property
+    def seq_len(self) -> int:
+        return self.instances.summary["seq_len"]
+
+    def objective(self) -> Objective:
+        return NextTokenLoss()
+
+    def batches(self, model: nn.Module, precision: str) -> Callable[[int], dict]:
+        return pretraining_batches(self.instances, self.data_order)
 
 
 def check_vocabulary(instances: Artifact, config: OlmoConfig) -> None:

@@ -349,10 +349,14 @@ def load_latest_checkpoint(
 
 
 def full_training_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The unsharded weights and optimizer state dict on the CPU of rank 0 (empty on other ranks; collective)."""
-    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The unsharded weights and (with ``optimizer``) optimizer state dict on the CPU of rank 0 (empty on other
+    ranks; collective)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        return get_model_state_dict(model, options=options), None
+    return get_state_dict(model, optimizer, options=options)
 
 
 def save_optimizer_state(optimizer_state: dict[str, Any], directory: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining, annealing, SFT and DPO.
+"""The trainer of pretraining, the anneal, SFT and DPO: a loop over global batches, an objective, callbacks.
 
 A *batch* is a dict of tensors with a leading instance dimension (a bare tensor means
 ``{"input_ids": tensor}``); keys ending in ``input_ids`` hold tokens, an optional ``labels`` tensor
@@ -11,17 +11,18 @@ Each step: fetch the global batch for the current data step, keep this rank's ro
 ``loss_sum(micro-batch) / units(global batch)`` (tokens for language modelling, pairs for DPO),
 so accumulation and sharding are exact. Then set the LR from the schedule (recomputed from the
 config, so a resumed or annealed run needs no stored LR), clip the global gradient L2 norm, and
-take an AdamW step. The LR of optimizer step ``s`` (1-based) is ``schedule.lr_at(s)``.
+take an AdamW step unless a callback vetoes it (``NaNGuard``). The LR of optimizer step ``s`` (1-based) is
+``schedule.lr_at(s)``. Every step's metrics go into ``TrainState.history``; then each callback sees them
+(``steps.train.callbacks``: checkpoints and resume, console progress, metrics file, W&B, in-loop
+evaluation, speed and memory).
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -33,19 +34,11 @@ from steps.data.batches import batch_hash
 
 from .checkpoint import TrainState
 from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective
-from .sharded_checkpoint import checkpoint_path, load_latest_checkpoint, prune_checkpoints, save_training_checkpoint
 
 PRECISIONS = ("fp32", "bf16")
 NAN_POLICIES = ("stop", "skip")
 
 BatchSource = Callable[[int], "torch.Tensor | Batch"]
-
-logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm of a step was NaN or infinite (``nan_policy='stop'``)."""
-
 
 # ---------------------------------------------------------------- configuration
 
@@ -96,14 +89,13 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 6198
     precision: str = "fp32"
-    log_every: int = 1
     checkpoint_every: int | None = None
     nan_policy: str = "stop"
 
     def __post_init__(self) -> None:
         check_field_types(self)
         name = type(self).__name__
-        for key in ("global_batch_size", "micro_batch_size", "max_steps", "log_every", "checkpoint_every"):
+        for key in ("global_batch_size", "micro_batch_size", "max_steps", "checkpoint_every"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}.{key}: expected a positive integer, got {value}")
@@ -190,33 +182,158 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _log_metrics(metrics: dict[str, Any]) -> None:
-    logger.info(" ".join(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}"
-                         for key, value in metrics.items()))
+class Callback:
+    """What a callback of :class:`Trainer` may hook into; every hook does nothing by default.
 
-
-def _accumulate_gradients(
-    model: nn.Module, objective: Objective, batch: Batch, units: int, config: TrainConfig, world_size: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Backward every micro-batch of this rank's ``batch``; return summed loss and metrics (detached).
-
-    Each rank's loss is scaled by ``world_size`` because data-parallel wrappers (FSDP) average gradients.
-    Under FSDP2 gradients are reduced across ranks once, in the last micro-batch's backward.
+    Callbacks are called in the order they are given: one that adds metrics (``SpeedMonitor``,
+    ``InLoopEvaluation``) comes before those that report them, and ``Checkpointer`` last.
     """
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    metric_sums: dict[str, torch.Tensor] = {}
-    count = math.ceil(batch_rows(batch) / config.micro_batch_size)
-    for index, micro in enumerate(micro_batches(batch, config.micro_batch_size)):
-        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, after the last one
-            model.set_requires_gradient_sync(index == count - 1)
-        with autocast(device, config.precision):
-            loss, metrics = objective(model, micro)
-        (loss * (world_size / units)).backward()
-        loss_sum += loss.detach().double()
-        for key, value in metrics.items():
-            metric_sums[key] = metric_sums.get(key, 0.0) + value.detach().double()
-    return loss_sum, metric_sums
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Before the first step (``Checkpointer`` resumes here: ``trainer.state`` may change)."""
+
+    def before_update(self, trainer: Trainer, loss: float, grad_norm: float, where: str) -> bool:
+        """Whether to apply this step's update, given its loss and gradient norm (False: skip it)."""
+        return True
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        """After every optimizer step; ``metrics`` is the step's record in ``trainer.state.history`` (a
+        callback may add to it)."""
+
+    def on_end(self, trainer: Trainer, failed: bool) -> None:
+        """After the last step, or when training failed (``failed``)."""
+
+
+class Trainer:
+    """Trains ``model`` on ``batches`` (``batches(k)``: global batch ``k`` of the data order, with
+    ``config.global_batch_size`` rows) with ``objective`` until ``config.max_steps`` optimizer steps are done.
+
+    ``optimizer`` defaults to OLMo's AdamW for ``config``; ``start_state`` lets a run begin mid-order (an
+    anneal: ``TrainState(data_step=..., tokens_seen=...)``). Under ``torch.distributed`` every rank makes a
+    Trainer and calls ``fit``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: BatchSource,
+        config: TrainConfig,
+        objective: Objective | None = None,
+        callbacks: Sequence[Callback] = (),
+        optimizer: torch.optim.Optimizer | None = None,
+        start_state: TrainState | None = None,
+    ) -> None:
+        self.model = model
+        self.batches = batches
+        self.config = config
+        self.objective = NextTokenLoss() if objective is None else objective
+        self.callbacks = list(callbacks)
+        self.optimizer = build_optimizer(model, config) if optimizer is None else optimizer
+        self.state = TrainState.from_dict(start_state.to_dict()) if start_state is not None else TrainState()
+        self.world_size, self.rank = distributed_world()
+        if config.global_batch_size % self.world_size:
+            raise ValueError(
+                f"global_batch_size {config.global_batch_size} is not divisible by world size {self.world_size}"
+            )
+
+    def is_last(self, step: int) -> bool:
+        return step == self.config.max_steps
+
+    def fit(self) -> TrainState:
+        """Train until ``config.max_steps``; return the final state."""
+        torch.manual_seed(self.config.seed)  # a resumed run's callbacks restore the RNG state it had
+        failed = True
+        try:
+            for callback in self.callbacks:
+                callback.on_start(self)
+            self.model.train()
+            while self.state.step < self.config.max_steps:
+                metrics = self._step()
+                self.state.history.append(metrics)
+                for callback in self.callbacks:
+                    callback.on_step(self, metrics)
+            failed = False
+        finally:
+            for callback in self.callbacks:
+                callback.on_end(self, failed)
+        return self.state
+
+    def _step(self) -> dict[str, Any]:
+        """One optimizer step on the next global batch; the step's metrics."""
+        state = self.state
+        started = time.perf_counter()
+        step = state.step + 1
+        where = f"step {step} (data step {state.data_step})"
+        batch = self._fetch_batch(state.data_step, where)
+        lr = self.config.schedule.lr_at(step)
+        outcome = self._update(batch, lr, where)
+        seconds = time.perf_counter() - started
+        tokens = batch_tokens(batch)
+        data_step = state.data_step
+        state.step, state.data_step, state.tokens_seen = step, data_step + 1, state.tokens_seen + tokens
+        state.skipped_steps += int(outcome.get("skipped", False))
+        metrics = {
+            "step": step, "data_step": data_step, "lr": lr, "tokens": tokens, "tokens_seen": state.tokens_seen,
+            "step_seconds": seconds, "tokens_per_second": tokens / seconds, **outcome,
+        }
+        if "batch_hash" in batch:
+            metrics["batch_hash"] = batch["batch_hash"]
+        return metrics
+
+    def _fetch_batch(self, data_step: int, where: str) -> Batch:
+        batch = as_batch(self.batches(data_step), where)
+        if batch_rows(batch) != self.config.global_batch_size:
+            raise ValueError(f"{where}: expected {self.config.global_batch_size} instances, got {batch_rows(batch)}")
+        return batch
+
+    def _update(self, batch: Batch, lr: float, where: str) -> dict[str, Any]:
+        """Accumulate this rank's gradients of the global batch, clip, and step the optimizer (unless a
+        callback vetoes it); loss, grad_norm, the objective's metrics, and ``skipped`` when vetoed."""
+        units = self.objective.units(batch)
+        if units <= 0:
+            raise ValueError(f"{where}: the batch has nothing to train on (every label is {IGNORE_INDEX})")
+        world_size, rank = self.world_size, self.rank
+        device = next(self.model.parameters()).device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows = map_tensors(batch, lambda t: t[rank::world_size])
+        local = map_tensors(rows, lambda t: t.to(device))
+        loss_sum, metric_sums = self._accumulate_gradients(local, units)
+        if world_size > 1:
+            metric_sums = _all_reduce({"loss": loss_sum, **metric_sums})
+            loss_sum = metric_sums.pop("loss")
+        loss = float(loss_sum) / units
+        grad_norm = _grad_norm(self.model, self.config.max_grad_norm)
+        apply = [callback.before_update(self, loss, grad_norm, where) for callback in self.callbacks]
+        if all(apply):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = {"loss": loss, "grad_norm": grad_norm, **{k: float(v) / units for k, v in metric_sums.items()}}
+        if "batch_hash" in batch and "input_ids" in batch:
+            metrics["rank_batch_hashes"] = _rank_batch_hashes(rows["input_ids"], world_size)
+        return metrics if all(apply) else {**metrics, "skipped": True}
+
+    def _accumulate_gradients(self, batch: Batch, units: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Backward every micro-batch of this rank's ``batch``; return summed loss and metrics (detached).
+
+        Each rank's loss is scaled by the world size because data-parallel wrappers (FSDP) average gradients.
+        Under FSDP2 gradients are reduced across ranks once, in the last micro-batch's backward.
+        """
+        model, config = self.model, self.config
+        device = next(model.parameters()).device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        count = math.ceil(batch_rows(batch) / config.micro_batch_size)
+        for index, micro in enumerate(micro_batches(batch, config.micro_batch_size)):
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, after the last one
+                model.set_requires_gradient_sync(index == count - 1)
+            with autocast(device, config.precision):
+                loss, metrics = self.objective(model, micro)
+            (loss * (self.world_size / units)).backward()
+            loss_sum += loss.detach().double()
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + value.detach().double()
+        return loss_sum, metric_sums
 
 
 def _all_reduce(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -236,54 +353,6 @@ def _grad_norm(model: nn.Module, max_norm: float | None) -> float:
     return float(norm)
 
 
-def _fetch_batch(batches: BatchSource, data_step: int, config: TrainConfig, where: str) -> Batch:
-    batch = as_batch(batches(data_step), where)
-    if batch_rows(batch) != config.global_batch_size:
-        raise ValueError(f"{where}: expected {config.global_batch_size} instances, got {batch_rows(batch)}")
-    return batch
-
-
-def _train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    objective: Objective,
-    batch: Batch,
-    lr: float,
-    config: TrainConfig,
-    where: str,
-) -> dict[str, Any]:
-    """One optimizer step on a global batch; returns loss, grad_norm, objective metrics and skipped."""
-    units = objective.units(batch)
-    if units <= 0:
-        raise ValueError(f"{where}: the batch has nothing to train on (every label is {IGNORE_INDEX})")
-    world_size, rank = distributed_world()
-    device = next(model.parameters()).device
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    rows = map_tensors(batch, lambda t: t[rank::world_size])
-    local = map_tensors(rows, lambda t: t.to(device))
-    loss_sum, metric_sums = _accumulate_gradients(model, objective, local, units, config, world_size)
-    if world_size > 1:
-        metric_sums = _all_reduce({"loss": loss_sum, **metric_sums})
-        loss_sum = metric_sums.pop("loss")
-    loss = float(loss_sum) / units
-    grad_norm = _grad_norm(model, config.max_grad_norm)
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if not finite and config.nan_policy == "stop":
-        raise NonFiniteLossError(
-            f"{where}: non-finite loss ({loss}) or gradient norm ({grad_norm}); stopping (nan_policy='stop')"
-        )
-    if finite:
-        optimizer.step()
-    else:
-        logger.warning("%s: non-finite loss (%s) or gradient norm (%s); update skipped", where, loss, grad_norm)
-    optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": loss, "grad_norm": grad_norm, **{k: float(v) / units for k, v in metric_sums.items()}}
-    if "batch_hash" in batch and "input_ids" in batch:
-        metrics["rank_batch_hashes"] = _rank_batch_hashes(rows["input_ids"], world_size)
-    return metrics if finite else {**metrics, "skipped": True}
-
-
 def _rank_batch_hashes(rank_tokens: torch.Tensor, world_size: int) -> list[str]:
     """``batch_hash`` of the rows each rank trained on, gathered from every rank (in rank order)."""
     local = batch_hash(rank_tokens.cpu().numpy())
@@ -292,84 +361,3 @@ def _rank_batch_hashes(rank_tokens: torch.Tensor, world_size: int) -> list[str]:
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, local)
     return gathered
-
-
-def train(
-    model: nn.Module,
-    batches: BatchSource,
-    config: TrainConfig,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    start_state: TrainState | None = None,
-    loss_function: Objective | None = None,
-    log: Callable[[dict[str, Any]], None] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    keep_checkpoints: int = 2,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    eval_every: int | None = None,
-    measure: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    on_start: Callable[[TrainState], None] | None = None,
-) -> TrainState:
-    """Train ``model`` until ``config.max_steps`` optimizer steps are done; return the final state.
-
-    ``batches(k)`` returns global batch ``k`` of the data order (``config.global_batch_size`` rows).
-    ``optimizer`` defaults to ``build_optimizer(model, config)``; ``start_state`` lets a run begin
-    mid-order (an anneal: ``TrainState(data_step=..., tokens_seen=...)``). With ``checkpoint_dir``, a
-    run resumes from the newest usable checkpoint there (model, optimizer, RNG, state; it wins over
-    ``start_state``) and writes one every ``config.checkpoint_every`` steps and at the end, keeping the
-    newest ``keep_checkpoints``. ``evaluate(model)`` (run on every rank) adds its metrics to those of
-    every ``eval_every``-th step and of the last; ``measure(metrics)`` adds measurements of each step
-    (MFU, memory). ``on_start(state)`` is called once before the first step with the state the run starts
-    from (the checkpoint actually loaded, not merely the newest on disk). ``log`` receives the metrics of every
-    ``config.log_every``-th step and of the last (on rank 0); they are also kept in ``TrainState.history``.
-    Under ``torch.distributed`` every rank calls ``train``; checkpoints are written collectively.
-    """
-    objective = NextTokenLoss() if loss_function is None else loss_function
-    optimizer = build_optimizer(model, config) if optimizer is None else optimizer
-    log = _log_metrics if log is None else log
-    world_size, rank = distributed_world()
-    if config.global_batch_size % world_size:
-        raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by world size {world_size}")
-    resumed = load_latest_checkpoint(checkpoint_dir, model, optimizer) if checkpoint_dir is not None else None
-    if resumed is not None:
-        where, state = resumed
-        logger.info("resuming from %s at step %d", where, state.step)
-    else:
-        state = TrainState.from_dict(start_state.to_dict()) if start_state is not None else TrainState()
-        torch.manual_seed(config.seed)
-    if on_start is not None:
-        on_start(state)
-    model.train()
-    while state.step < config.max_steps:
-        started = time.perf_counter()
-        step = state.step + 1
-        where = f"step {step} (data step {state.data_step})"
-        batch = _fetch_batch(batches, state.data_step, config, where)
-        lr = config.schedule.lr_at(step)
-        outcome = _train_step(model, optimizer, objective, batch, lr, config, where)
-        seconds = time.perf_counter() - started
-        tokens = batch_tokens(batch)
-        step_data = state.data_step
-        state.step, state.data_step, state.tokens_seen = step, step_data + 1, state.tokens_seen + tokens
-        state.skipped_steps += int(outcome.get("skipped", False))
-        metrics = {
-            "step": step, "data_step": step_data, "lr": lr, "tokens": tokens, "tokens_seen": state.tokens_seen,
-            "step_seconds": seconds, "tokens_per_second": tokens / seconds, **outcome,
-        }
-        if "batch_hash" in batch:
-            metrics["batch_hash"] = batch["batch_hash"]
-        if measure is not None:
-            metrics.update(measure(metrics))
-        last = step == config.max_steps
-        if evaluate is not None and eval_every is not None and (step % eval_every == 0 or last):
-            metrics.update(evaluate(model))
-        if step % config.log_every == 0 or last or any(key.startswith("eval/") for key in metrics):
-            state.history.append(metrics)
-            if rank == 0:
-                log(metrics)
-        due = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-        if checkpoint_dir is not None and (due or last):
-            save_training_checkpoint(checkpoint_path(checkpoint_dir, step), model, optimizer, state)
-            if rank == 0:
-                prune_checkpoints(checkpoint_dir, keep_checkpoints)
-    return state

@@ -8,15 +8,14 @@ import torch
 
 from steps.adapt.chat import build_preference_pairs
 from steps.adapt.dpo import (
-    DPOLoss,
-    dpo_batches,
+    PreferenceData,
     dpo_loss,
     encode_preference_pairs,
     sequence_logprobs,
     with_reference_logprobs,
 )
 from steps.train.objectives import IGNORE_INDEX
-from steps.train.trainer import TrainConfig, train
+from steps.train.trainer import TrainConfig, Trainer
 
 EOS, PAD = 0, 1  # the small test tokenizer's ids
 
@@ -74,20 +73,18 @@ def test_reference_logprobs_are_those_of_the_frozen_model(encoded_pairs, make_mo
             with torch.no_grad():
                 alone = sequence_logprobs(model, torch.tensor([input_ids]), torch.tensor([labels])).item()
             assert getattr(pair, f"reference_{side}_logp") == pytest.approx(alone, rel=1e-5)
-    with pytest.raises(ValueError, match="with_reference_logprobs"):
-        dpo_batches(encoded_pairs, pad_token_id=PAD, batch_size=2, seed=0)
 
 
 def test_dpo_training_starts_at_ln2_and_widens_the_margin(encoded_pairs, make_model):
     model = make_model()
-    pairs = with_reference_logprobs(model, encoded_pairs, PAD, batch_size=4)
-    batches = dpo_batches(pairs, pad_token_id=PAD, batch_size=4, seed=0)
+    data = PreferenceData(encoded_pairs, PAD, batch_size=4, seed=0, max_length=96, beta=0.1, reference_batch_size=4)
+    batches = data.batches(model, "fp32")  # the reference log-probs: the model before any update
     config = TrainConfig.from_dict({
         "global_batch_size": 4, "micro_batch_size": 2, "max_steps": 12,
         "schedule": {"kind": "constant", "peak_lr": 3e-3},
         "optimizer": {"weight_decay": 0.0},
     })
-    state = train(model, batches, config, loss_function=DPOLoss(beta=0.1), log=lambda _: None)
+    state = Trainer(model, batches, config, data.objective()).fit()
     first, last = state.history[0], state.history[-1]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert abs(first["rewards/margins"]) < 1e-3

@@ -1,14 +1,16 @@
 """SFT batches (padding, masking, epoch order) and SFT through the shared trainer."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from steps.adapt.batching import ExampleBatches
-from steps.adapt.sft import sft_batches
-from steps.train.objectives import IGNORE_INDEX, NextTokenLoss
-from steps.train.trainer import TrainConfig, train
+from steps.adapt.sft import ChatData, encode_sft_examples
+from steps.train.objectives import IGNORE_INDEX
+from steps.train.trainer import TrainConfig, Trainer
 
 EOS, PAD = 0, 1  # the small test tokenizer's ids
 
@@ -26,9 +28,14 @@ EXAMPLES = [
 ]
 
 
+def sft_batches(examples, tokenizer, max_length: int, batch_size: int) -> tuple[ExampleBatches, dict]:
+    encoded, counts = encode_sft_examples(examples, tokenizer, EOS, max_length)
+    data = ChatData(encoded, PAD, batch_size=batch_size, seed=0, max_length=max_length)
+    return data.batches(model=None, precision="fp32"), counts
+
+
 def test_batches_pad_inputs_with_pad_and_labels_with_ignore(small_tokenizer):
-    batches, counts = sft_batches(EXAMPLES, small_tokenizer, 64, eos_token_id=EOS, pad_token_id=PAD,
-                                  batch_size=4, seed=0)
+    batches, counts = sft_batches(EXAMPLES, small_tokenizer, 64, batch_size=4)
     assert counts == {"examples": 4, "encoded": 4}
     batch = batches(0)
     input_ids, labels = batch["input_ids"], batch["labels"]
@@ -44,15 +51,13 @@ def test_batches_pad_inputs_with_pad_and_labels_with_ignore(small_tokenizer):
 
 def test_examples_without_assistant_tokens_after_truncation_are_counted(small_tokenizer):
     long_prompt = chat("word " * 100, "Short reply.", "long")
-    batches, counts = sft_batches([long_prompt, *EXAMPLES], small_tokenizer, 32, eos_token_id=EOS, pad_token_id=PAD,
-                                  batch_size=2, seed=0)
+    batches, counts = sft_batches([long_prompt, *EXAMPLES], small_tokenizer, 32, batch_size=2)
     assert counts == {"examples": 5, "encoded": 4, "dropped_no_assistant_tokens_within_max_length": 1}
     assert len(batches.items) == 4
 
 
 def test_every_epoch_sees_every_example_once():
     batches = ExampleBatches(list(range(5)), batch_size=2, seed=7, collate=lambda items: {"items": items})
-    assert batches.steps_for_epochs(3) == 8
     stream = np.concatenate([batches.indices(step) for step in range(5)])
     assert sorted(stream[:5]) == sorted(stream[5:10]) == [0, 1, 2, 3, 4]
     assert list(stream[:5]) != list(stream[5:10])  # epochs are reshuffled
@@ -62,8 +67,11 @@ def test_every_epoch_sees_every_example_once():
 
 
 def test_sft_loss_is_on_assistant_tokens_and_falls(small_tokenizer, make_model):
-    batches, _ = sft_batches(EXAMPLES, small_tokenizer, 64, eos_token_id=EOS, pad_token_id=PAD, batch_size=4, seed=0)
+    examples, _ = encode_sft_examples(EXAMPLES, small_tokenizer, EOS, 64)
+    data = ChatData(examples, PAD, batch_size=4, seed=0, max_length=64)
+    assert data.steps_for_epochs(3) == math.ceil(3 * len(examples) / 4)
     model = make_model()
+    batches = data.batches(model, "fp32")
     first = batches(0)
     with torch.no_grad():
         logits = model(first["input_ids"])[:, :-1]
@@ -76,7 +84,7 @@ def test_sft_loss_is_on_assistant_tokens_and_falls(small_tokenizer, make_model):
         "schedule": {"kind": "constant", "peak_lr": 1e-2, "warmup_steps": 2},
         "optimizer": {"weight_decay": 0.0},
     })
-    state = train(model, batches, config, loss_function=NextTokenLoss(), log=lambda _: None)
+    state = Trainer(model, batches, config, data.objective()).fit()
     losses = [m["loss"] for m in state.history]
     assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert losses[-1] < 0.5 * losses[0]

@@ -98,7 +98,8 @@ def test_evaluate_hf_reports_what_evaluate_reports_on_the_same_weights(olmo, hf_
     trained = Artifact(tmp_path / "trained", {"fingerprint": "trained-0"})
     tokenizer = Artifact(hf_dir, {"fingerprint": "tokenizer-0"})  # a tokenizer artifact: it has tokenizer.json
     workspace = OlmoWorkspace(str(tmp_path / "workspace"))
-    common = {"heldout": heldout, "config": CONFIG, "paloma": {"french": str(paloma)}, "device": "cpu"}
+    common = {"heldout": heldout, "config": CONFIG, "paloma": {"french": str(paloma)},
+              "execution": {"device": "cpu"}}
     ours = EvaluateOlmo(model=trained, tokenizer=tokenizer, **common).result(workspace)
     theirs = EvaluateHuggingFace(model_dir=str(hf_dir), **common).result(workspace)
 

@@ -43,7 +43,7 @@ def test_the_evaluate_step_records_each_tasks_prompts_and_the_report_marks_olmes
     evaluation = EvaluateOlmo(
         model=Artifact(tmp_path / "trained", {"fingerprint": "trained-0"}),
         tokenizer=Artifact(tmp_path / "tokenizer", {"fingerprint": "tokenizer-0"}),
-        heldout=Artifact(tmp_path / "mix", {"fingerprint": "mix-0"}), config=config, device="cpu",
+        heldout=Artifact(tmp_path / "mix", {"fingerprint": "mix-0"}), config=config, execution={"device": "cpu"},
     ).result(OlmoWorkspace(str(tmp_path / "workspace")))
 
     expected = {"piqa": "oe_eval" if source == "auto" else "hf", "arc_easy": "oe_eval" if source == "auto" else "hf"}

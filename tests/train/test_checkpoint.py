@@ -16,7 +16,7 @@ from steps.train.sharded_checkpoint import (
     prune_checkpoints,
     save_training_checkpoint,
 )
-from steps.train.trainer import TrainConfig, build_optimizer, train
+from steps.train.trainer import TrainConfig, Trainer, build_optimizer
 
 TOKENS = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 
@@ -78,7 +78,7 @@ def test_training_checkpoint_restores_optimizer_and_state(make_model, tmp_path):
     })
     model = make_model()
     optimizer = build_optimizer(model, config)
-    state = train(model, lambda step: TOKENS, config, optimizer=optimizer, log=lambda _: None)
+    state = Trainer(model, lambda step: TOKENS, config, optimizer=optimizer).fit()
     directory = save_training_checkpoint(checkpoint_path(tmp_path, state.step), model, optimizer, state)
 
     other = make_model(seed=3)

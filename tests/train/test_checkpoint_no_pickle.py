@@ -16,7 +16,6 @@ import torch
 from steps.train.checkpoint import (
     CHECKSUM_FILE,
     CheckpointError,
-    TrainState,
     file_hashes,
     listed_checksums,
     save_model_state,
@@ -31,7 +30,7 @@ from steps.train.sharded_checkpoint import (
     save_optimizer_state,
     save_training_checkpoint,
 )
-from steps.train.trainer import TrainConfig, build_optimizer, train
+from steps.train.trainer import TrainConfig, Trainer, build_optimizer
 
 TOKENS = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 CONFIG = TrainConfig.from_dict({
@@ -54,7 +53,7 @@ class Payload:
 def trained(make_model, seed: int = 0):
     model = make_model(seed=seed)
     optimizer = build_optimizer(model, CONFIG)
-    state = train(model, lambda step: TOKENS, CONFIG, optimizer=optimizer, log=lambda _: None)
+    state = Trainer(model, lambda step: TOKENS, CONFIG, optimizer=optimizer).fit()
     return model, optimizer, state
 
 

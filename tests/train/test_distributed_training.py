@@ -26,7 +26,9 @@ from integrations.workspace import OlmoWorkspace
 
 from steps.common.models import MODEL_DIR
 from olmo_model import LRSchedule, Olmo, OlmoConfig
-from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE
+from steps.common.execution import Execution
+from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE, TrainState
+from steps.train.pretraining_data import PretrainingData
 from steps.train.sharded_checkpoint import list_checkpoints, load_consolidated
 from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
@@ -43,22 +45,24 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def micro_job(micro_workspace, tmp_path_factory):
-    """``micro_job(name, **train_overrides)``: a job training the micro workflow's model on its instances."""
+    """``micro_job(name, execution={...}, **train_overrides)``: a job training the micro workflow's model on its
+    instances, on the CPU."""
     import_module_and_submodules("steps")
     pretrain = StepGraph.from_file(MICRO)["pretrain"]
     instances = OlmoWorkspace(str(micro_workspace)).step_cache[StepGraph.from_file(MICRO)["instances"]]
     root = tmp_path_factory.mktemp("jobs")
 
-    def make(name: str, **overrides) -> TrainingJob:
+    def make(name: str, execution: dict | None = None, **overrides) -> TrainingJob:
         settings = TrainingStep.train_config(
             pretrain.kwargs["train"], global_batch_size=pretrain.kwargs["data_order"]["global_batch_size"],
             **{"max_steps": STEPS, **overrides},
         )
         (root / name / "artifact").mkdir(parents=True, exist_ok=True)
         return TrainingJob(
-            model=model_config(pretrain.kwargs["model"]).to_dict(), train=settings.to_dict(), instances=instances,
-            data_order=pretrain.kwargs["data_order"], init=Initialization(seed=settings.seed),
-            checkpoint_dir=str(root / name / "checkpoints"), output_dir=str(root / name / "artifact"), device="cpu",
+            model=model_config(pretrain.kwargs["model"]), init=Initialization(seed=settings.seed),
+            data=PretrainingData(instances, pretrain.kwargs["data_order"]), config=settings,
+            execution=Execution(device="cpu", **(execution or {})), checkpoint_dir=str(root / name / "checkpoints"),
+            output_dir=str(root / name / "artifact"), hand_off_optimizer=True,
         )
 
     return make
@@ -167,7 +171,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path):
-    job = micro_job("killed", checkpoint_every=2)
+    job = micro_job("killed", execution={"checkpoint_every": 2})
     (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))  # the launcher is killed, so not through launch()
     launcher = subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "2"], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -188,7 +192,7 @@ def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path)
 
 
 def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one_bit_identical(micro_job, two_workers):
-    job = micro_job("corrupted", checkpoint_every=2)
+    job = micro_job("corrupted", execution={"checkpoint_every": 2})
     run(job, 2)
     checkpoints = list_checkpoints(job.checkpoint_dir)
     assert [p.name for p in checkpoints] == [f"step-{STEPS - 2:08d}", f"step-{STEPS:08d}"]
@@ -211,9 +215,9 @@ def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one_bit_identic
 
 
 def test_checkpoint_of_two_workers_resumes_on_one(micro_job, one_worker):
-    first = micro_job("resharded", checkpoint_every=4, max_steps=4)
+    first = micro_job("resharded", execution={"checkpoint_every": 4}, max_steps=4)
     run(first, 2)
-    second = replace(first, train={**first.train, "max_steps": STEPS})
+    second = replace(first, config=replace(first.config, max_steps=STEPS))
     history, weights = run(second, 1)
     reference_history, reference_weights = one_worker
     assert_same_training(history, reference_history, tolerance=1e-5)
@@ -246,7 +250,7 @@ def test_two_nodes_on_one_machine_train_as_one_job(micro_job, two_workers, tmp_p
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(micro_job):
-    job = micro_job("diverging", checkpoint_every=1, schedule={"kind": "constant", "peak_lr": 1e30})
+    job = micro_job("diverging", execution={"checkpoint_every": 1}, schedule={"kind": "constant", "peak_lr": 1e30})
     result = launch(job, 2)
     assert result.returncode != 0
     failure = re.search(r"WorkerFailure: worker rank \d failed: NonFiniteLossError: step (\d+) .*nan_policy='stop'",
@@ -259,8 +263,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
 def test_one_ranks_exception_stops_the_job_promptly_naming_it(micro_job):
     """Rank 0 alone fails (a bad W&B setting: only rank 0 logs) while rank 1 trains on; the job must stop with
     rank 0's exception, not wait in a barrier that meets rank 1 inside another collective."""
-    job = replace(micro_job("one-rank-fails"), wandb={"project": "p", "run_id": "r", "directory": "/tmp", "config": {},
-                                                      "no_such_setting": 1})
+    job = replace(micro_job("one-rank-fails"), wandb_run={"project": "p", "run_id": "r", "directory": "/tmp",
+                                                          "config": {}, "no_such_setting": 1})
     job_file = Path(job.output_dir).parent / "job.pkl"
     job_file.write_bytes(pickle.dumps(job))
     started = time.monotonic()
@@ -278,7 +282,7 @@ def test_one_ranks_exception_stops_the_job_promptly_naming_it(micro_job):
 ], ids=["replicated-recomputed", "hybrid-compiled"])
 def test_sharding_recomputation_and_compilation_train_the_same_model(micro_job, two_workers, options, tmp_path):
     wandb = {"project": "olmo-tango-tests", "run_id": "options", "directory": str(tmp_path), "config": {}}
-    job = replace(micro_job("options-" + "-".join(sorted(options))), **options, wandb=wandb)
+    job = replace(micro_job("options-" + "-".join(sorted(options)), execution=options), wandb_run=wandb)
     history, weights = run(job, 2)
     reference_history, reference_weights = two_workers
     assert_same_training(history, reference_history, tolerance=1e-5)
@@ -304,7 +308,7 @@ def test_anneal_continues_the_data_order_with_fresh_or_carried_optimizer_state(m
     job = replace(
         micro_job(f"anneal-{carried}", max_steps=anneal_steps, schedule=LRSchedule.anneal(1e-3, anneal_steps).to_dict()),
         init=Initialization(pretrained=str(pretrained), carry_optimizer=carried),
-        start_state={"data_step": STEPS, "tokens_seen": 0, "step": 0, "skipped_steps": 0, "history": []},
+        start_state=TrainState(data_step=STEPS),
     )
     history, _ = run(job, 2)
     assert [m["data_step"] for m in history] == [STEPS, STEPS + 1]

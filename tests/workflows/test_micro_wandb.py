@@ -36,7 +36,7 @@ def test_a_training_or_evaluation_step_has_a_named_grouped_configured_wandb_run(
     config = run["config"]
     assert config["tango"] == {"step": name, "fingerprint": step.unique_id, "class": type(step).__name__,
                                "version": step.VERSION, "workflow": "olmo-micro"}
-    assert config["wandb"] == {"workflow": "olmo-micro", "project": "olmo-tango", "mode": "offline"}
+    assert config["execution"]["wandb"] == {"workflow": "olmo-micro", "project": "olmo-tango", "mode": "offline"}
     for argument, value in step.kwargs.items():  # every argument; an input by its fingerprint
         assert argument in config
         if hasattr(value, "unique_id"):

@@ -82,7 +82,7 @@ def test_pretrain_model_sequences_and_sharding():
     model = model_config(pretrain["model"])
     assert model.num_parameters() == 6_888_095_744 and not model.weight_tying
     assert model.max_sequence_length == SEQ_LEN == graph()["instances"].kwargs["seq_len"]
-    assert pretrain["sharding"] == "full"  # FSDP full shard; the trainer shards per block
+    assert pretrain["execution"].sharding == "full"  # FSDP full shard; the trainer shards per block
     assert graph()["training_batch"].kwargs["micro_batch_size"] == MICRO_BATCH
 
 
@@ -105,7 +105,7 @@ def test_anneal_keeps_the_pretraining_settings_and_continues_its_data_order():
     assert anneal.kwargs["pretrained"] is pretrain
     assert anneal.kwargs["instances"] is pretrain.kwargs["instances"] is graph()["instances"]
     assert anneal.kwargs["data_order"] == pretrain.kwargs["data_order"]  # the same order, continued
-    assert anneal.kwargs["sharding"] == "full"
+    assert anneal.kwargs["execution"].sharding == "full"
 
 
 def test_in_loop_evaluation_every_100_anneal_steps_and_1000_pretraining_steps():

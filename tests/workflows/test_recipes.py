@@ -41,7 +41,7 @@ def test_7b_steps_receive_the_paper_hyperparameters():
     assert train["max_grad_norm"] == 1.0 and train["precision"] == "bf16"
     assert pretrain["data_order"]["global_batch_size"] == 2048 and graph["instances"].kwargs["seq_len"] == 2048
     assert train["max_steps"] * 2048 * 2048 >= 2e12  # 2T tokens
-    assert pretrain["model"] == {"preset": "olmo-7b"} and pretrain["sharding"] == "full"
+    assert pretrain["model"] == {"preset": "olmo-7b"} and pretrain["execution"].sharding == "full"
     assert anneal["train"]["start_lr"] == 2.3e-5 and anneal["train"]["max_steps"] == 1000
     assert anneal["pretrained"] is graph["pretrain"]
 
@@ -80,14 +80,11 @@ def test_unique_ids_are_stable_across_processes_devices_and_workers():
     workflow = WORKFLOWS / "olmo-micro.jsonnet"
     first = _unique_ids(workflow)
     assert first == _unique_ids(workflow)
-    varied = {"device": "cuda", "num_workers": 7, "log_every": 3, "checkpoint_every": 5}
+    varied = {"device": "cuda", "num_workers": 7, "log_every": 3, "checkpoint_every": 5, "world_size": 2}
     overrides = {
-        f"steps.{name}.{key}": value
-        for name, step in StepGraph.from_file(workflow).items()
-        for key, value in varied.items()
-        if key in step.config
+        f"steps.{name}.execution": varied for name, step in StepGraph.from_file(workflow).items() if "execution" in step.config
     }
-    assert {key.rsplit(".", 1)[1] for key in overrides} == set(varied)
+    assert {"tag", "tokenize", "pretrain", "sft", "dpo", "evaluate_base"} <= {key.split(".")[1] for key in overrides}
     assert _unique_ids(workflow, json.dumps(overrides)) == first
 
 
@@ -166,15 +163,19 @@ def _graph_of(tmp_path: Path, source: str) -> StepGraph:
     return StepGraph.from_file(workflow)
 
 
-@pytest.mark.parametrize("override, where, key", [
-    ("params+:: { execution+: { checkpoint_evry: 5 } }", "recipe 'olmo-tiny' params.execution", "checkpoint_evry"),
-    ("params+:: { pretrian+: { max_steps: 5 } }", "recipe 'olmo-tiny' params", "pretrian"),
-])
-def test_a_typo_in_a_recipes_params_fails_naming_the_key_and_where(tmp_path, override, where, key):
+def test_a_typo_in_a_recipes_params_fails_naming_the_key_and_where(tmp_path):
     with pytest.raises(RuntimeError) as failure:  # a Jsonnet error, raised when the workflow is loaded
-        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + {{ {override} }}")
-    assert f"{where}: unknown key(s) ['{key}']; expected some of [" in str(failure.value)
-    assert ("'checkpoint_every'" if "execution" in where else "'pretrain'") in str(failure.value)
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + {{ params+:: {{ pretrian+: {{ max_steps: 5 }} }} }}")
+    assert "recipe 'olmo-tiny' params: unknown key(s) ['pretrian']; expected some of [" in str(failure.value)
+    assert "'pretrain'" in str(failure.value)
+
+
+def test_a_typo_in_the_execution_block_fails_naming_the_key_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigurationError) as failure:  # the first step that takes the block reports it
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-tiny.jsonnet'}') + "
+                            "{ params+:: { execution+: { checkpoint_evry: 5 } } }")
+    assert "execution: unknown key(s) ['checkpoint_evry']; known keys are [" in str(failure.value)
+    assert "'checkpoint_every'" in str(failure.value)
 
 
 def test_a_typo_in_a_recipe_file_itself_fails_too(tmp_path):
@@ -195,8 +196,9 @@ def test_overriding_a_recipes_params_reaches_its_steps(tmp_path):
         assert name == "instances" or _depends_on(graph[name], graph["instances"])
     micro = _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + "
                                 "{ params+:: { pretrain+: { max_steps: 3 }, execution+: { world_size: 2 } } }")
-    assert micro["pretrain"].kwargs["train"]["max_steps"] == 3 and micro["pretrain"].kwargs["world_size"] == 2
-    assert micro["anneal"].kwargs["world_size"] == 2
+    assert micro["pretrain"].kwargs["train"]["max_steps"] == 3
+    assert {name: step.kwargs["execution"].world_size for name, step in micro.items() if "execution" in step.kwargs} \
+        == {name: 2 for name, step in micro.items() if "execution" in step.kwargs}  # every step that runs work
 
 
 @pytest.mark.parametrize("ablation, steps_override", [
@@ -217,11 +219,11 @@ def test_ablations_written_as_params_overrides_keep_the_fingerprints_of_step_ove
 
 
 @pytest.mark.parametrize("override, message", [
-    ("world_size: 3", "data_order.global_batch_size 4 is not divisible by world_size 3 (execution)"),
-    ("world_size: 2, train+: { micro_batch_size: 4 }",
+    ("execution+: { world_size: 3 }", "data_order.global_batch_size 4 is not divisible by world_size 3 (execution)"),
+    ("execution+: { world_size: 2 }, train+: { micro_batch_size: 4 }",
      "train.micro_batch_size 4 does not divide a rank's share of the global batch, data_order.global_batch_size 4 "
      "/ world_size 2 = 2 instances"),
-    ("world_size: 4, nnodes: 3", "world_size 4 must be a positive multiple of nnodes 3"),
+    ("execution+: { world_size: 4, nnodes: 3 }", "execution.world_size 4 must be a multiple of nnodes 3"),
 ])
 def test_a_global_batch_that_does_not_split_over_the_ranks_fails_before_anything_runs(tmp_path, override, message):
     with pytest.raises(ConfigurationError) as failure:
@@ -232,6 +234,6 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_fails_before_anything
 def test_anneal_checks_the_split_too(tmp_path):
     with pytest.raises(ConfigurationError, match=r"step 'anneal': AnnealOlmo: data_order.global_batch_size 4 is not "
                                                  r"divisible by world_size 3"):
-        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ steps+: {{ anneal+: {{ world_size: 3 }} }} }}")
+        _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ steps+: {{ anneal+: {{ execution+: {{ world_size: 3 }} }} }} }}")
     with pytest.raises(ConfigurationError, match=r"step 'pretrain': .* world_size 3"):  # the recipe's execution
         _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ params+:: {{ execution+: {{ world_size: 3 }} }} }}")

@@ -5,7 +5,7 @@
 //   (import 'olmo-tiny.jsonnet') + { params+:: { seq_len: 32, pretrain+: { max_steps: 50 } } }
 //
 // Ablations import a recipe and override its params (or one step by name: `steps+: { dedup+: ... }`).
-// Every key of the params and of `execution` is checked against `paramKeys` and `execution`: a typo
+// Every key of the params is checked against `paramKeys` (and of `execution` by the steps, in Python): a typo
 // fails when the workflow is loaded, naming the key, before anything runs.
 //
 //   sources -> tag -> filter -> dedup -> mix -> tokenize -> instances -> pretrain -> anneal -> evaluate_anneal
@@ -40,17 +40,14 @@ local checkKeys(object, known, where) =
     steps: lib.workflow(self.params).steps,
   },
 
-  // Settings that change where and how fast things run, never what they compute
-  // (they are SKIP_ID_ARGUMENTS of every step, so they do not enter any fingerprint).
-  // Distributed training: `world_size` workers over `nnodes` nodes meeting at `rdzv_endpoint` ('host:port');
-  // `wandb: { project: ... }` (and `entity`, `mode`) logs pretrain, anneal, SFT, DPO and every evaluate to Weights &
-  // Biases (offline unless `mode` or WANDB_MODE says 'online'): one run per step, named `<name>/<step>` after the
-  // recipe's `name`, grouped by it, with the step's fingerprint as its id and the step's arguments as its config.
-  execution:: {
-    device: 'auto', num_workers: 2, world_size: 1, nnodes: 1, rdzv_endpoint: null, max_restarts: 0, sharding: 'full',
-    activation_checkpointing: false, compile: false, log_every: 10, checkpoint_every: null, keep_checkpoints: 2,
-    wandb: null,
-  },
+  // The recipe's `execution` block (settings that change where and how fast things run, never what they
+  // compute) as every step that runs work receives it, whole: steps/common/execution.py declares its keys and
+  // defaults and checks them when the workflow is loaded. `wandb: { project: ... }` (and `entity`, `mode`) logs
+  // every training and evaluate step to Weights & Biases: one run per step, named `<name>/<step>` after the
+  // recipe's `name` (added here as `wandb.workflow`), grouped by it, with the step's fingerprint as its id.
+  execution(params)::
+    local x = if std.objectHas(params, 'execution') then params.execution else {};
+    x + (if std.objectHas(x, 'wandb') && x.wandb != null then { wandb: { workflow: params.name } + x.wandb } else {}),
 
   // A BPE tokenizer trained on the mixed corpus (it stands in for the `tokenizer` step), and the token
   // ids the model then needs: steps/data/bpe.py rounds the vocabulary up to a multiple of 128 and puts
@@ -70,34 +67,22 @@ local checkKeys(object, known, where) =
   workflow(params):: {
     local name = if std.objectHas(params, 'name') then "recipe '" + params.name + "'" else 'recipe',
     local p = checkKeys(params, $.paramKeys, name + ' params'),
-    local x = $.execution + (
-      if std.objectHas(p, 'execution')
-      then checkKeys(p.execution, std.objectFields($.execution), name + ' params.execution')
-      else {}
-    ),
+    local x = $.execution(p),
     local textSets = if std.objectHas(p, 'text_sets') then p.text_sets else {},
     // Paloma-format sets every evaluate scores: the text sets made here, and any given by path or URL.
     local paloma = { [name]: ref('text_set_' + name) for name in std.objectFields(textSets) }
                    + (if std.objectHas(p, 'paloma') then p.paloma else {}),
     local sources = [sourceStep(s) for s in p.sources],
-    // How the pretrain/anneal workers run, and the in-loop evaluation of `p.in_loop_eval[stage]` (if any).
-    // The W&B setting of every step that logs (integrations/wandb_logger.py): the workflow's name comes with it.
-    local wandb = if x.wandb == null then null else { workflow: p.name } + x.wandb,
-    local distributed(stage) = {
-      [key]: x[key]
-      for key in ['device', 'world_size', 'nnodes', 'rdzv_endpoint', 'max_restarts', 'sharding',
-                  'activation_checkpointing', 'compile', 'log_every', 'checkpoint_every', 'keep_checkpoints']
-    } + { wandb: wandb } + (
-      if std.objectHas(p, 'in_loop_eval') then { in_loop_eval: p.in_loop_eval[stage], heldout: ref('mix') } else {}
-    ),
+    // The in-loop evaluation of `p.in_loop_eval[stage]` (if any), on the held-out documents of the mix.
+    local inLoopEval(stage) =
+      if std.objectHas(p, 'in_loop_eval') then { in_loop_eval: p.in_loop_eval[stage], heldout: ref('mix') } else {},
     local evaluate(model) = {
       type: 'evaluate',
       model: ref(model),
       tokenizer: ref('tokenizer'),
       heldout: ref('mix'),
       config: p.evaluation,
-      device: x.device,
-      wandb: wandb,
+      execution: x,
     } + (if std.length(paloma) > 0 then { paloma: paloma } else {}),
 
     steps: {
@@ -105,7 +90,7 @@ local checkKeys(object, known, where) =
         type: 'corpus_source',
         source: s,
         max_shard_bytes: p.source_shard_bytes,
-        num_workers: x.num_workers,
+        execution: x,
       }
       for s in p.sources
     } + {
@@ -115,23 +100,23 @@ local checkKeys(object, known, where) =
         type: 'tag_documents',
         sources: [ref(s) for s in sources],
         config: p.tag,
-        num_workers: x.num_workers,
+        execution: x,
       },
       filter: {
         type: 'filter_documents',
         sources: [ref(s) for s in sources],
         attributes: ref('tag'),
         config: p.filter,
-        num_workers: x.num_workers,
+        execution: x,
       },
-      dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup, num_workers: x.num_workers },
-      mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix, num_workers: x.num_workers },
+      dedup: { type: 'deduplicate_documents', documents: ref('filter'), config: p.dedup, execution: x },
+      mix: { type: 'mix_sources', documents: ref('dedup'), config: p.mix, execution: x },
       tokenizer: { type: 'tokenizer', tokenizer: p.tokenizer },
       tokenize: {
         type: 'tokenize_documents',
         documents: ref('mix'),
         tokenizer: ref('tokenizer'),
-        num_workers: x.num_workers,
+        execution: x,
       },
       instances: { type: 'build_instances', tokens: ref('tokenize'), seq_len: p.seq_len },
       training_batch: {
@@ -147,14 +132,16 @@ local checkKeys(object, known, where) =
         model: p.model,
         data_order: p.data_order,
         train: p.pretrain,
-      } + distributed('pretrain'),
+        execution: x,
+      } + inLoopEval('pretrain'),
       anneal: {
         type: 'anneal',
         pretrained: ref('pretrain'),
         instances: ref('instances'),
         data_order: p.data_order,
         train: p.anneal,
-      } + distributed('anneal'),
+        execution: x,
+      } + inLoopEval('anneal'),
       evaluate_base: evaluate('pretrain'),
       evaluate_anneal: evaluate('anneal'),
       sft_data: { type: 'sft_data', documents: ref('mix'), config: p.sft_data },
@@ -164,9 +151,7 @@ local checkKeys(object, known, where) =
         data: ref('sft_data'),
         tokenizer: ref('tokenizer'),
         train: p.sft,
-        device: x.device,
-        log_every: x.log_every,
-        wandb: wandb,
+        execution: x,
       },
       evaluate_sft: evaluate('sft'),
       preference_data: { type: 'preference_data', documents: ref('mix'), config: p.preference_data },
@@ -176,9 +161,7 @@ local checkKeys(object, known, where) =
         data: ref('preference_data'),
         tokenizer: ref('tokenizer'),
         train: p.dpo,
-        device: x.device,
-        log_every: x.log_every,
-        wandb: wandb,
+        execution: x,
       },
       evaluate_dpo: evaluate('dpo'),
       export: { type: 'export_hf', model: ref('dpo'), tokenizer: ref('tokenizer') },

@@ -1,0 +1,88 @@
+"""How and where a step runs its work: the recipe's ``execution`` block, declared and validated here only.
+
+Every step that runs work (the corpus stages, tokenization, training, evaluation) takes the block whole as its
+``execution`` argument. It never changes what a step computes, so it is in no fingerprint
+(``steps.common.step.EXECUTION_ARGUMENTS``): a run on 8 GPUs finds the results of a run on a laptop.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from integrations.wandb_logger import check_settings
+from olmo_model.config import check_field_types, dataclass_from_dict
+
+SHARDING = ("full", "hybrid", "none")  # FSDP2: shard over every rank, within a node (replicate across), replicate
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The ``execution`` block of a recipe; every key optional.
+
+    ``device``: "auto" (the GPUs when there are any, else the CPU), "cpu" or "cuda". ``num_workers``: processes
+    of the corpus and tokenization stages. Training: ``world_size`` workers in all (one per device) over
+    ``nnodes`` nodes meeting at ``rdzv_endpoint`` ("host:port", needed when ``nnodes`` > 1); the launcher
+    restarts failed workers ``max_restarts`` times (they resume from the last checkpoint); ``sharding`` is
+    FSDP2's (see ``SHARDING``); ``activation_checkpointing`` recomputes each block's activations in the backward
+    pass; ``compile`` compiles each block with ``torch.compile``. A progress line every ``log_every`` steps; a
+    checkpoint every ``checkpoint_every`` steps (null: only at the end), the newest ``keep_checkpoints`` kept.
+    ``wandb``: ``{project, entity, mode, workflow}`` logs every training and evaluation step to Weights & Biases
+    (offline unless ``mode`` or WANDB_MODE says "online").
+    """
+
+    device: str = "auto"
+    num_workers: int = 2
+    world_size: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    max_restarts: int = 0
+    sharding: str = "full"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    wandb: dict | None = None
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for key in ("num_workers", "world_size", "nnodes", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"execution.{key}: expected a positive integer, got {value}")
+        if self.max_restarts < 0:
+            raise ValueError(f"execution.max_restarts: expected an integer >= 0, got {self.max_restarts}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"execution.device: expected 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.sharding not in SHARDING:
+            raise ValueError(f"execution.sharding: expected one of {list(SHARDING)}, got {self.sharding!r}")
+        if self.world_size % self.nnodes:
+            raise ValueError(f"execution.world_size {self.world_size} must be a multiple of nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"execution.nnodes {self.nnodes}: a multi-node job needs rdzv_endpoint 'host:port'")
+        check_settings(self.wandb, "execution.wandb")
+
+    @classmethod
+    def from_config(cls, value: Execution | Mapping[str, Any] | None) -> Execution:
+        """The execution of a step argument: the block as written (keys checked by name), or the defaults."""
+        if value is None or isinstance(value, Execution):
+            return value or cls()
+        try:
+            return dataclass_from_dict(cls, value)
+        except ValueError as exc:
+            raise ValueError(f"execution: {exc}".replace("execution: Execution: ", "execution: ")) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def workers_per_node(self) -> int:
+        return self.world_size // self.nnodes
+
+
+# A step's ``execution`` argument as Tango hands it over: the Execution Tango built from the block, or the block
+# itself when Tango could not build one (then ``from_config`` names the bad key). ``ArtifactStep`` makes it an
+# Execution before the step is validated, so ``run`` always receives one.
+ExecutionArgument = Union[Execution, dict, None]
