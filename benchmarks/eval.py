@@ -38,7 +38,7 @@ from olmo_model import Olmo, OlmoConfig  # noqa: E402
 from steps.data.tokenizer import load_tokenizer, olmo_tokenizers_dir  # noqa: E402
 from steps.evaluation.downstream import METRICS, UNCONDITIONAL_CONTEXT, predictions  # noqa: E402
 from steps.evaluation.scorer import LogLikelihoodScorer  # noqa: E402
-from steps.evaluation.tasks import CORE_TASKS, MultipleChoiceQuestion, load_task  # noqa: E402
+from steps.common.tasks import CORE_TASKS, MultipleChoiceQuestion, load_task  # noqa: E402
 
 SHAPE = {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 1024, "max_sequence_length": 512,
          "weight_tying": True}

@@ -64,6 +64,13 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**data)
 
 
+def check_keys(config: Mapping[str, Any], known: set[str], where: str) -> None:
+    """Reject configuration keys that are not ``known``, naming them and the known ones."""
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+
+
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
     """``vocab_size`` rounded up to a multiple of ``multiple`` (OLMo pads its embedding this way: 50280 -> 50304)."""
     return -(-vocab_size // multiple) * multiple

@@ -13,7 +13,7 @@ the workspace's results (list, verify, copy between workspaces, collect garbage)
   olmo-tango workspace gc [-w WORKSPACE] [--keep-workflow WORKFLOW ...] (--dry-run | --yes)
   olmo-tango run WORKFLOW [tango run options]      (from any directory: see integrations.tango_cli)
 
-The logic is in :mod:`steps.data.regenerate`, :mod:`steps.train.join` and
+The logic is in :mod:`steps.commands.regenerate`, :mod:`steps.commands.train_node` and
 :mod:`integrations.workspace.commands`; this module parses arguments and prints answers.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from integrations.workspace.commands import (
 )
 from integrations.workspace.results import IntegrityError
 
-from steps.data.regenerate import (
+from steps.commands.regenerate import (
     DataPlan,
     RegenerationError,
     export_global_indices,
@@ -55,7 +55,7 @@ from steps.data.regenerate import (
     regenerate_batch,
     steps_seeing,
 )
-from steps.train.join import JoinError, join_training
+from steps.commands.train_node import JoinError, join_training
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from tango import Step
 
+from olmo_model.config import check_keys
 from steps.adapt.chat import build_preference_pairs, build_sft_examples, read_preference_pairs, read_sft_examples
 from steps.adapt.dpo import PreferenceData, encode_preference_pairs
 from steps.adapt.sft import ChatData, encode_sft_examples
@@ -13,8 +14,8 @@ from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
 from steps.common.execution import Execution, ExecutionArgument
 from steps.common.models import artifact_model_config
-from steps.common.step import ArtifactStep, check_keys
-from steps.data.steps import tokenizer_file
+from steps.common.step import ArtifactStep
+from steps.data.tokenize import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.train.steps import TrainingStep, check_batch_division
 from steps.train.trainer import TrainConfig

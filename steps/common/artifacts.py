@@ -1,14 +1,13 @@
 """Directory artifacts: how every step stores its output in the workspace.
 
 A step writes its files into a directory under its work dir and returns an :class:`Artifact`
-handle (path + manifest). :class:`ArtifactFormat` stores that directory inside the step's
-result in the workspace, so sharing a workspace shares the files; reading the result back
-gives a handle whose path points into the workspace. Nothing is pickled.
+handle (path + manifest). The Tango format ``steps.common.step.ArtifactFormat`` stores that directory
+inside the step's result in the workspace (``DATA_DIR`` and ``MANIFEST_FILE``), so sharing a workspace
+shares the files; reading the result back gives a handle whose path points into the workspace.
+Nothing is pickled.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import shutil
@@ -17,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tango.format import Format
+from steps.common.files import file_sha256
 
 MANIFEST_FILE = "manifest.json"
 DATA_DIR = "data"
@@ -42,14 +41,6 @@ class Artifact:
     @property
     def summary(self) -> dict[str, Any]:
         return self.manifest.get("summary", {})
-
-
-def file_sha256(path: Path, chunk_size: int = 2**22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hashes(directory: Path) -> dict[str, str]:
@@ -94,18 +85,3 @@ def link_or_copy_tree(source: Path, target: Path) -> None:
 
     shutil.copytree(source, target, copy_function=link_or_copy)
 
-
-class ArtifactFormat(Format[Artifact]):
-    """Stores an :class:`Artifact`'s directory and manifest in a step's result directory."""
-
-    VERSION = "001"
-
-    def write(self, artifact: Artifact, dir: str | os.PathLike) -> None:
-        dir = Path(dir)
-        link_or_copy_tree(Path(artifact.path), dir / DATA_DIR)
-        (dir / MANIFEST_FILE).write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
-
-    def read(self, dir: str | os.PathLike) -> Artifact:
-        dir = Path(dir)
-        manifest = json.loads((dir / MANIFEST_FILE).read_text())
-        return Artifact(path=dir / DATA_DIR, manifest=manifest)

@@ -1,24 +1,43 @@
-"""The base of every olmo-tango step: a Tango ``Step`` whose result is a directory artifact."""
+"""The base of every olmo-tango step: a Tango ``Step`` whose result is a directory artifact, stored in the
+workspace by :class:`ArtifactFormat`."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import integrations.tango_compat  # noqa: F401  (Tango fixes, before any step runs)
 import integrations.workspace  # noqa: F401  (registers the workspace type `olmo` and its URL schemes)
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError
+from tango.format import Format
 
-from steps.common.artifacts import Artifact, ArtifactFormat, build_manifest
+from steps.common.artifacts import DATA_DIR, MANIFEST_FILE, Artifact, build_manifest, link_or_copy_tree
 from steps.common.execution import Execution
 
 # Arguments that say where, how fast and how observably a step runs, never what it computes, so they stay out
 # of every fingerprint: the recipe's ``execution`` block (steps.common.execution), and a training step's in-loop
 # evaluation (which only observes the model) with the held-out documents it scores.
 EXECUTION_ARGUMENTS = {"execution", "in_loop_eval", "heldout"}
+
+C = TypeVar("C", bound=type)
+
+
+def fingerprinted_as(module: str) -> Callable[[C], C]:
+    """Class decorator for a Step or Format class moved out of ``module``: the class keeps ``module`` as its
+    ``__module__``, because Tango hashes it. A step's fingerprint covers its format as (module, class name,
+    VERSION) and each step it takes as an input as (module, class name, unique id), so without this, moving a
+    class to another file would change its fingerprint or those of every step downstream of it."""
+
+    def keep(cls: C) -> C:
+        cls.__module__ = module
+        return cls
+
+    return keep
 
 
 @dataclass(frozen=True)
@@ -55,11 +74,22 @@ class ContentHashed(dict, CustomDetHash):
         return (settings, self.content_hash)
 
 
-def check_keys(config: dict[str, Any], known: set[str], where: str) -> None:
-    """Reject configuration keys a step does not know, naming them and the ones it does."""
-    unknown = set(config) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+@fingerprinted_as("steps.common.artifacts")
+class ArtifactFormat(Format[Artifact]):
+    """Stores an :class:`Artifact`'s directory and manifest in a step's result directory (the workspace
+    recognises it by its class name, ``integrations.workspace.results.SAFE_FORMATS``)."""
+
+    VERSION = "001"
+
+    def write(self, artifact: Artifact, dir: str | os.PathLike) -> None:
+        dir = Path(dir)
+        link_or_copy_tree(Path(artifact.path), dir / DATA_DIR)
+        (dir / MANIFEST_FILE).write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
+
+    def read(self, dir: str | os.PathLike) -> Artifact:
+        dir = Path(dir)
+        manifest = json.loads((dir / MANIFEST_FILE).read_text())
+        return Artifact(path=dir / DATA_DIR, manifest=manifest)
 
 
 class ArtifactStep(Step[Artifact]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from steps.evaluation.tasks import load_task
+from steps.common.tasks import load_task
 
 DEFAULT_MIN_WORDS = 13
 

@@ -49,11 +49,11 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import numpy as np
 
 from steps.common.documents import read_documents, write_jsonl_gz
+from steps.common.tasks import get_task_spec
 from steps.corpus.config import ConfigError, Selector, build, check_selector, not_code, require, selects
 from steps.corpus.decontamination import DEFAULT_MIN_WORDS, is_long, task_paragraphs
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.stats import merge_stats, total_stats
-from steps.evaluation.tasks import get_task_spec
 
 logger = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ from steps.common.documents import (
     DEFAULT_MAX_DOCUMENT_BYTES, PREVIEW_BYTES, BadRecord, DocumentLocation, Quarantine, ShardWriter, TruncatedShard,
     list_shards, read_documents, read_records,
 )
+from steps.common.files import file_identity, shard_name
 from steps.corpus.config import ConfigError, build, require
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
@@ -143,38 +144,6 @@ def _expand_paths(spec: FilesSource) -> list[tuple[fsspec.AbstractFileSystem, st
             if (fs, match) not in shards:
                 shards.append((fs, match))
     return shards
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def shard_name(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """How an input file is named everywhere: a local file by its absolute path, any other by its URL."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
-
-
-# fs.info keys that identify a remote file's content, most specific first.
-CONTENT_INFO_KEYS = ("sha256", "ETag", "etag", "e_tag", "md5Hash", "md5", "blob_id", "checksum")
-TIME_INFO_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
-
-
-def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """sha256 of a local file's bytes; for a remote one, its URL plus ETag-like keys, size and mtime."""
-    if _is_local(fs):
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as handle:
-            while chunk := handle.read(2**22):
-                digest.update(chunk)
-        return digest.hexdigest()
-    info = fs.info(path)
-    lfs = info.get("lfs") or {}  # hf:// files carry their content hash here
-    identity = {key: info[key] for key in (*CONTENT_INFO_KEYS, *TIME_INFO_KEYS, "size") if info.get(key) is not None}
-    if lfs.get("sha256"):
-        identity["sha256"] = lfs["sha256"]
-    if not set(identity) & {*CONTENT_INFO_KEYS, *TIME_INFO_KEYS}:
-        logger.warning("%s: no ETag or modification time; its fingerprint covers only its size", shard_name(fs, path))
-    return json.dumps({"url": fs.unstrip_protocol(path), **identity}, sort_keys=True, default=str)
 
 
 def _as_source(doc: dict[str, Any], name: str, location: DocumentLocation) -> dict[str, Any] | BadRecord:

@@ -9,6 +9,7 @@ from tango import Step
 from steps.common.artifacts import Artifact
 from steps.common.execution import ExecutionArgument
 from steps.common.step import ArtifactStep, ContentHash
+from steps.common.tasks import tasks_content_hash
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import filter_documents
 from steps.corpus.layout import DOCUMENTS_DIR
@@ -16,7 +17,6 @@ from steps.corpus.mix import MixConfig, mix_sources
 from steps.corpus.sources import source_fingerprint, validate_source, write_source
 from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
 from steps.corpus.taggers import FilterConfig, TagConfig
-from steps.evaluation.tasks import tasks_content_hash
 
 
 def documents_dir(artifact: Artifact) -> Path:

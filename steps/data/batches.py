@@ -10,6 +10,8 @@ import numpy as np
 from steps.data.instances import InstanceIndex
 from steps.data.order import DataOrder, rank_slice
 
+BATCH_FILE = "batch.json"  # a training_batch artifact's answer: describe_batch
+
 
 def batch_hash(tokens: np.ndarray) -> str:
     """sha256 (hex) of a ``[B, T]`` token batch written as little-endian uint32, row-major.

@@ -24,8 +24,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from steps.common.artifacts import Artifact
 from steps.data.provenance import InstanceDocument, ProvenanceFile
 from steps.data.tokenize import SUMMARY_FILE, TOKEN_DTYPES
+
+INDEX_FILE = "index.json"  # an instances artifact's InstanceIndex
 
 
 @dataclass(frozen=True)
@@ -247,3 +250,9 @@ def build_instances(
             raise ValueError(f"{f['path']}: dtype {f['dtype']!r}, expected one of {sorted(TOKEN_DTYPES)}")
     files = [{**f, "num_tokens": f["tokens"]} for f in tokens["files"]]
     return _cut(seq_len, files, ignore_token_ids)
+
+
+def load_instances(artifact: Artifact) -> tuple[InstanceIndex, Path]:
+    """The instance index of an instances artifact and the directory its token files are under."""
+    index = InstanceIndex.from_dict(json.loads((artifact.path / INDEX_FILE).read_text()))
+    return index, artifact.path

@@ -18,8 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from olmo_model.config import check_keys
+from steps.common.artifacts import Artifact
 
 ROUNDS = 8  # blake2b's 64-byte digest gives eight 64-bit round keys
 _PERSON = b"olmo-tango-order"
@@ -144,3 +148,16 @@ def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     if len(batch) % world_size:
         raise ValueError(f"global batch of {len(batch)} instances does not split evenly over {world_size} ranks")
     return batch[rank::world_size]
+
+
+def order_for(instances: Artifact, config: dict[str, Any]) -> DataOrder:
+    """The training order of an instances artifact: a pure function of its fingerprint, the seed and the epoch."""
+    return DataOrder(instances.summary["num_instances"], instances.fingerprint, config["seed"])
+
+
+def validate_data_order(config: dict[str, Any]) -> None:
+    """Check a ``data_order`` config block: ``seed`` (>= 0) and ``global_batch_size`` (>= 1)."""
+    check_keys(config, {"seed", "global_batch_size"}, "data_order")
+    for key in ("seed", "global_batch_size"):
+        if not isinstance(config.get(key), int) or config[key] < (0 if key == "seed" else 1):
+            raise ValueError(f"data_order.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} integer")

@@ -3,46 +3,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
 from steps.common.execution import ExecutionArgument
-from steps.common.step import ArtifactStep, ContentHash, check_keys
+from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.layout import DOCUMENTS_DIR
-from steps.data.batches import check_batch_split, describe_batch
+from steps.data.batches import BATCH_FILE, check_batch_split, describe_batch
 from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
-from steps.data.instances import InstanceIndex, build_instances, check_ignore_token_ids
-from steps.data.order import DataOrder
-from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents
+from steps.data.instances import INDEX_FILE, build_instances, check_ignore_token_ids, load_instances
+from steps.data.order import order_for, validate_data_order
+from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents, tokenizer_file
 from steps.data.tokenizer import TokenizerSpec, resolve_tokenizer_file, tokenizer_fingerprint, tokenizer_summary
-
-INDEX_FILE = "index.json"
-BATCH_FILE = "batch.json"
-
-
-def tokenizer_file(artifact: Artifact) -> Path:
-    return artifact.path / TOKENIZER_FILE
-
-
-def load_instances(artifact: Artifact) -> tuple[InstanceIndex, Path]:
-    """The instance index of an instances artifact and the directory its token files are under."""
-    index = InstanceIndex.from_dict(json.loads((artifact.path / INDEX_FILE).read_text()))
-    return index, artifact.path
-
-
-def order_for(instances: Artifact, config: dict[str, Any]) -> DataOrder:
-    """The training order: a pure function of the instances' fingerprint, the seed and the epoch."""
-    return DataOrder(instances.summary["num_instances"], instances.fingerprint, config["seed"])
-
-
-def validate_data_order(config: dict[str, Any]) -> None:
-    check_keys(config, {"seed", "global_batch_size"}, "data_order")
-    for key in ("seed", "global_batch_size"):
-        if not isinstance(config.get(key), int) or config[key] < (0 if key == "seed" else 1):
-            raise ValueError(f"data_order.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} integer")
 
 
 @Step.register("tokenizer")

@@ -34,6 +34,7 @@ import fsspec
 import numpy as np
 from tokenizers import Tokenizer
 
+from steps.common.artifacts import Artifact
 from steps.common.documents import list_shards, read_documents
 from steps.data.provenance import ProvenanceWriter, sidecar_paths
 from steps.data.tokenizer import parse_tokenizer
@@ -46,6 +47,11 @@ SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl")
 TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
 T = TypeVar("T")
+
+
+def tokenizer_file(artifact: Artifact) -> Path:
+    """The tokenizer file of a tokenizer, tokens or instances artifact."""
+    return artifact.path / TOKENIZER_FILE
 
 
 def token_dtype(max_token_id: int) -> str:

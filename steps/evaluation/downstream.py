@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from steps.common.tasks import MultipleChoiceQuestion, Source, TaskSpec, get_task_spec, load_task
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.tasks import MultipleChoiceQuestion, Source, TaskSpec, get_task_spec, load_task
 
 UNCONDITIONAL_CONTEXT = "Answer:"
 METRICS = ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond")

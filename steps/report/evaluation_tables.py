@@ -23,7 +23,7 @@ PAPER_RESULTS = {
 
 
 # Tasks whose OLMES prompts (the oe_eval requests ``source: 'auto'`` reads) differ from the paper's (Catwalk's):
-# their scores are not like the paper's unless evaluated with ``source: 'hf'`` (steps/evaluation/tasks.py).
+# their scores are not like the paper's unless evaluated with ``source: 'hf'`` (steps/common/tasks.py).
 OLMES_PROMPT_TASKS = ("boolq", "hellaswag", "openbookqa", "piqa", "sciq")
 OLMES_MARK = "†"
 

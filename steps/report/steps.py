@@ -6,8 +6,9 @@ from typing import Any
 
 from tango import Step
 
+from olmo_model.config import check_keys
 from steps.common.artifacts import Artifact
-from steps.common.step import ArtifactStep, check_keys
+from steps.common.step import ArtifactStep
 from steps.evaluation.steps import METRICS_FILE as EVALUATION_METRICS
 from steps.report.curves import CURVE_STAGES, read_history
 from steps.report.evaluation_tables import evaluation_table

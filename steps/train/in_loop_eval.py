@@ -26,13 +26,13 @@ from torch import nn
 from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
-from steps.common.step import check_keys
+from olmo_model.config import check_keys
+from steps.common.tasks import Source, get_task_spec
 from steps.data.tokenizer import load_tokenizer
+from steps.evaluation.config import CONFIG_KEYS, check_tokenization
 from steps.evaluation.downstream import evaluate_questions, load_tasks
 from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.steps import CONFIG_KEYS, check_tokenization
-from steps.evaluation.tasks import Source, get_task_spec
 from steps.train.parallel import reshard
 
 IN_LOOP_EVAL_KEYS = CONFIG_KEYS | {"every"}

@@ -12,7 +12,8 @@ from torch import nn
 from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.data.batches import batch_hash
-from steps.data.steps import load_instances, order_for
+from steps.data.instances import load_instances
+from steps.data.order import order_for
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import load_tokenizer
 from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective

@@ -28,7 +28,7 @@ a process group they work in one process.
 
 The *hand-off* in a pretrain artifact is consolidated and written by rank 0 alone (nodes need not share a
 filesystem): the full weights are the artifact's model directory (``model/model.safetensors``, written by
-``steps.train.checkpoint.save_model_state``), and ``checkpoint/`` holds ``optimizer.safetensors`` (the full
+``steps.common.models.save_model_state``), and ``checkpoint/`` holds ``optimizer.safetensors`` (the full
 AdamW state, tensors ``state.<param>.{step,exp_avg,exp_avg_sq}``) and ``checksums.sha256``.
 ``load_consolidated`` loads both into a model sharded on any world size through the same reader, each rank
 reading only its slices.
@@ -60,11 +60,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from .checkpoint import (
-    CONFIG_FILE,
-    STATE_FILE,
+from steps.common.checksums import (
     CheckpointError,
-    TrainState,
     atomic_directory,
     file_hashes,
     read_json,
@@ -72,6 +69,9 @@ from .checkpoint import (
     write_checksums,
     write_json,
 )
+from steps.common.models import CONFIG_FILE, STATE_FILE
+
+from .checkpoint import TrainState
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 STATE_DIR = "state"

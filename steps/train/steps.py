@@ -22,7 +22,7 @@ from steps.common.execution import Execution, ExecutionArgument
 from steps.common.models import artifact_model_config
 from steps.common.step import ArtifactStep
 from steps.corpus.mix import HELDOUT_DIR
-from steps.data.steps import validate_data_order
+from steps.data.order import validate_data_order
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.train.checkpoint import TrainState
 from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval

@@ -22,12 +22,12 @@ import torch.distributed as dist
 
 from olmo_model import Olmo, OlmoConfig
 from steps.common.execution import Execution
-from steps.common.models import MODEL_DIR
+from steps.common.models import MODEL_DIR, save_model_state
 
 from .callbacks import (
     Checkpointer, ConsoleProgress, InLoopEvaluation, MetricsFile, NaNGuard, SpeedMonitor, WandbMetrics,
 )
-from .checkpoint import TrainState, save_model_state
+from .checkpoint import TrainState
 from .objectives import Objective
 from .parallel import data_parallel_mesh, effective_precision, join_process_group, shard_model, worker_device
 from .sharded_checkpoint import full_training_state, load_consolidated, save_optimizer_state

@@ -11,7 +11,7 @@ from steps.corpus import dedup
 from steps.corpus.config import ConfigError
 from steps.corpus.decontamination import long_paragraphs
 from steps.corpus.dedup import BloomFilter, DedupConfig, bloom_size, deduplicate, item_digests
-from steps.evaluation.tasks import load_task
+from steps.common.tasks import load_task
 
 
 def add(bloom, digests):

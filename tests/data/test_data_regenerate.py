@@ -17,8 +17,7 @@ from tango.common.util import import_module_and_submodules
 from integrations.workspace import OlmoWorkspace
 
 from steps.cli import main
-from steps.data.batches import batch_hash
-from steps.data.regenerate import (
+from steps.commands.regenerate import (
     RegenerationError,
     logged_batches,
     logged_data_steps,
@@ -29,6 +28,7 @@ from steps.data.regenerate import (
     regenerate_batch,
     steps_seeing,
 )
+from steps.data.batches import batch_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"

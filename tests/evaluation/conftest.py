@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from olmo_model import Olmo, OlmoConfig
-from steps.evaluation.tasks import olmo_data_dir
+from steps.common.tasks import olmo_data_dir
 
 CHARS = "\0 abcdefghijklmnopqrstuvwxyz:.?\né"  # id 0 is EOS
 

@@ -9,7 +9,7 @@ from steps.evaluation.downstream import (
     wilson_interval,
 )
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.tasks import MultipleChoiceQuestion, TaskSpec, build_copa, get_task_spec
+from steps.common.tasks import MultipleChoiceQuestion, TaskSpec, build_copa, get_task_spec
 
 
 class TableScorer:

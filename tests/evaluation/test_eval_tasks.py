@@ -4,7 +4,7 @@ import json
 import datasets
 import pytest
 
-from steps.evaluation.tasks import (
+from steps.common.tasks import (
     CORE_TASKS,
     TASKS,
     TaskDataMissing,

