@@ -22,6 +22,7 @@ from tango.settings import TangoGlobalSettings
 from tango.step_info import StepInfo, StepState
 from tango.workspace import StepInfoSort, Workspace
 
+from steps.common.execution import Execution
 from steps.data.batches import BATCH_FILE, check_batch_split, steps_seeing_document
 from steps.data.instances import load_instances
 from steps.data.order import order_for
@@ -92,7 +93,7 @@ def plan_from_workflow(
         workspace,
         instances,
         dict(pretrain.kwargs["data_order"]),
-        pretrain.kwargs.get("world_size", 1) if world_size is None else world_size,
+        Execution.from_config(pretrain.kwargs.get("execution")).world_size if world_size is None else world_size,
         pretrain.kwargs["train"].get("micro_batch_size", 1) if micro_batch_size is None else micro_batch_size,
         planned,
     )

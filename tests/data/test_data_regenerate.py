@@ -58,12 +58,12 @@ def small_workflow(corpus: Path) -> dict:
                 "model": {"preset": "olmo-micro", "max_sequence_length": SEQ_LEN},
                 "train": {**training, "max_steps": PRETRAIN_STEPS,
                           "schedule": {"kind": "linear", "peak_lr": 1e-3, "warmup_steps": 1, "total_steps": 3}},
-                **execution,
+                "execution": execution,
             },
             "anneal": {
                 "type": "anneal", "pretrained": {"type": "ref", "ref": "pretrain"},
                 "instances": {"type": "ref", "ref": "instances"}, "data_order": data_order,
-                "train": {**training, "max_steps": ANNEAL_STEPS}, **execution,
+                "train": {**training, "max_steps": ANNEAL_STEPS}, "execution": execution,
             },
         }
     }
@@ -135,6 +135,16 @@ def test_two_ranks_split_the_same_global_batch(plan, trained):
     assert [rank["batch_hash"] for rank in two["ranks"]] == [batch_hash(tokens[0::2]), batch_hash(tokens[1::2])]
     assert not any("logged_batch_hash" in rank for rank in two["ranks"])  # the run trained on one rank
 
+
+
+def test_a_workflow_plan_splits_batches_over_the_world_size_of_its_pretrain_execution(trained, tmp_path):
+    workflow, workspace = trained
+    config = json.loads(workflow.read_text())
+    config["steps"]["pretrain"]["execution"] = {**config["steps"]["pretrain"]["execution"], "world_size": 2}
+    two_ranks = tmp_path / "two-ranks.json"
+    two_ranks.write_text(json.dumps(config))
+    assert plan_from_workflow(two_ranks, workspace).world_size == 2  # the same instances (execution is no input)
+    assert plan_from_workflow(workflow, workspace).world_size == 1
 
 def test_seen_lists_the_steps_holding_a_document_and_which_were_trained(plan):
     batch = regenerate_batch(plan, 1)
