@@ -25,9 +25,13 @@ from typing import Any, Collection
 from tqdm import tqdm
 
 from .leases import latest_lease, leased_ids
-from .results import LISTING, RESULTS, IntegrityError, directory_problems, listed_files, parse_listing, sha256_file
+from .results import (
+    LISTING, RESULTS, VERIFIED, IntegrityError, VerifiedMarks, directory_problems, listed_files, parse_listing, sha256_file,
+)
 from .store import Store, local_files
-from .workspace import DATE_FORMAT, LAYOUT, MARKER, RUNS, STEPS, local_cache_root, refuse_tango_local_workspace
+from .workspace import (
+    DATE_FORMAT, LAYOUT, MARKER, RUNS, STEPS, local_cache_root, refuse_tango_local_workspace, verified_marks,
+)
 
 # What Tango's LocalWorkspace writes: pickled step infos (never opened here), one directory per result with
 # the format's files and a JSON ``cache-metadata.json`` naming the format, and run directories whose entries
@@ -296,11 +300,15 @@ def _in_destination(
     ])
 
 
-def _plan_result(src: Store, dst: Store, unique_id: str, dst_files: set[str], leased: set[str]) -> _Outcome:
+def _plan_result(
+    src: Store, dst: Store, unique_id: str, dst_files: set[str], leased: set[str], marks: VerifiedMarks
+) -> _Outcome:
     """What to do with one result: ``copy`` when the destination lacks it (a local source's files are
-    verified against the listing here; a remote one's once downloaded), else the outcome."""
+    verified against the listing here, unless this machine's ``marks`` say it verified them as they are; a
+    remote one's once downloaded), else the outcome."""
     try:
-        listing = _read_listing(src, unique_id)
+        raw = src.read_bytes(_listing_key(unique_id))
+        listing = parse_listing(raw, f"{src.url}/{_listing_key(unique_id)}", unique_id)
     except (IntegrityError, FileNotFoundError) as exc:
         return _Outcome("refused", messages=[str(exc)])
     present = _in_destination(dst, unique_id, dst_files, listing, leased)
@@ -308,7 +316,7 @@ def _plan_result(src: Store, dst: Store, unique_id: str, dst_files: set[str], le
         return present
     if src.is_local:
         prefix = f"{RESULTS}/{unique_id}"
-        problems = directory_problems(src.local_path(prefix), listing, f"{src.url}/{prefix}")
+        problems = marks.problems(unique_id, src.local_path(prefix), raw, f"{src.url}/{prefix}")
         if problems:
             return _Outcome("refused", messages=problems)
     return _Outcome("copy", listing=listing)
@@ -399,10 +407,12 @@ def sync(src_url: str, dst_url: str, only: Collection[str] | None = None, progre
     report = SyncReport()
     start = time.monotonic()
     contents = read_contents(src)
-    there, leased = result_files(dst), leased_ids(dst)
+    there, leased, marks = result_files(dst), leased_ids(dst), verified_marks()
     todo = [uid for uid in contents.complete() if only is None or uid in only]
     with ThreadPoolExecutor(Store.workers) as pool:
-        plans = dict(zip(todo, pool.map(lambda uid: _plan_result(src, dst, uid, there.get(uid, set()), leased), todo)))
+        plans = dict(zip(todo, pool.map(
+            lambda uid: _plan_result(src, dst, uid, there.get(uid, set()), leased, marks), todo
+        )))
     plans.update(_copy_results(src, dst, plans, progress))
     for unique_id, outcome in plans.items():
         if outcome.kind == "copied":
@@ -633,5 +643,5 @@ def collect_garbage(store: Store, keep: Collection[str] = (), delete: bool = Fal
             store.delete(f"{RESULTS}/{unique_id}", recursive=True)
             store.delete(_info_key(unique_id))
             shutil.rmtree(local / RESULTS / unique_id, ignore_errors=True)
-            (local / "verified" / f"{unique_id}.json").unlink(missing_ok=True)
+            (local / VERIFIED / f"{unique_id}.json").unlink(missing_ok=True)
     return garbage

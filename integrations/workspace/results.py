@@ -84,11 +84,8 @@ def directory_problems(directory: Path, listing: dict[str, Any], where: str) -> 
     return problems
 
 
-def verify_directory(directory: Path, listing: dict[str, Any], where: str) -> None:
-    """Fail, naming the file, unless ``directory`` holds exactly the listed files with the listed hashes."""
-    problems = directory_problems(directory, listing, where)
-    if problems:
-        raise IntegrityError(problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)")
+
+VERIFIED = "verified"  # the directory of the marks under a machine's cache root
 
 
 class VerifiedMarks:
@@ -111,6 +108,17 @@ class VerifiedMarks:
             return False
         expected = {"directory": str(directory), "listing": listing_sha256, "files": self._state(directory)}
         return mark == expected
+
+    def problems(self, unique_id: str, directory: Path, raw_listing: bytes, where: str) -> list[str]:
+        """Every difference between ``directory`` and its listing (``directory_problems``), unless this machine
+        verified the directory as it is now; a directory without any is marked verified."""
+        digest = hashlib.sha256(raw_listing).hexdigest()
+        if self.holds(unique_id, directory, digest):
+            return []
+        problems = directory_problems(directory, parse_listing(raw_listing, f"{where}/{LISTING}", unique_id), where)
+        if not problems:
+            self.mark(unique_id, directory, digest)
+        return problems
 
     def mark(self, unique_id: str, directory: Path, listing_sha256: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -156,7 +164,7 @@ class ResultCache(StepCache):
     def __init__(self, store: Store, local_root: Path):
         self.store = store
         self.local_root = local_root
-        self.marks = VerifiedMarks(local_root / "verified")
+        self.marks = VerifiedMarks(local_root / VERIFIED)
         self._read: dict[str, Any] = {}  # results read by this process
 
     def _listing_key(self, unique_id: str) -> str:
@@ -201,9 +209,9 @@ class ResultCache(StepCache):
             directory = self.local_root / RESULTS / unique_id
             if not self.marks.holds(unique_id, directory, digest):
                 self._download(unique_id, directory)
-        if not self.marks.holds(unique_id, directory, digest):
-            verify_directory(directory, listing, where)
-            self.marks.mark(unique_id, directory, digest)
+        problems = self.marks.problems(unique_id, directory, raw, where)
+        if problems:
+            raise IntegrityError(problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)")
         return directory
 
     def _download(self, unique_id: str, directory: Path) -> None:

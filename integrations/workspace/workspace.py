@@ -36,7 +36,7 @@ from tango.step_info import StepInfo, StepState
 from tango.workspace import Run, StepInfoSort, Workspace
 
 from .leases import Lease, Leases
-from .results import IntegrityError, ResultCache, check_safe_format
+from .results import VERIFIED, IntegrityError, ResultCache, VerifiedMarks, check_safe_format
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class WorkspaceError(RuntimeError):
 def local_cache_root() -> Path:
     """This machine's cache of verified results and work directories of remote workspaces."""
     return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "olmo-tango").absolute()
+
+
+def verified_marks() -> VerifiedMarks:
+    """This machine's marks of the result directories it has verified (``local_cache_root()/verified``)."""
+    return VerifiedMarks(local_cache_root() / VERIFIED)
 
 
 def _now() -> datetime:
