@@ -3,6 +3,8 @@ knows none of the project's step types), its configuration errors on the first l
 from __future__ import annotations
 
 import subprocess
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -37,12 +39,19 @@ def test_olmo_tango_run_runs_a_workflow_from_a_directory_without_tango_yml(tmp_p
     assert not (elsewhere / "workspace").exists()
 
 
-def test_olmo_tango_run_prints_a_workflows_error_first(tmp_path):
+@pytest.mark.parametrize("override, error", [
+    ("pretrian+: { max_steps: 5 }",
+     "Jsonnet error: recipe 'olmo-micro' params: unknown key(s) ['pretrian']; expected some of ["),
+    ("execution+: { checkpoint_evry: 5 }",
+     "ConfigurationError: step 'source_package_metadata': CorpusSource: execution: unknown key(s) "
+     "['checkpoint_evry']; known keys are ["),
+], ids=["params", "execution"])
+def test_olmo_tango_run_prints_a_workflows_error_first(tmp_path, override, error):
     workflow = tmp_path / "typo.jsonnet"
-    workflow.write_text(f"(import '{MICRO}') + {{ params+:: {{ execution+: {{ checkpoint_evry: 5 }} }} }}\n")
+    workflow.write_text(f"(import '{MICRO}') + {{ params+:: {{ {override} }} }}\n")
     result = subprocess.run([str(BIN / "olmo-tango"), "run", str(workflow), "-w", str(tmp_path / "workspace")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert result.returncode == 1
     first = result.stdout.splitlines()[0]
-    assert first.startswith("Jsonnet error: recipe 'olmo-micro' params.execution: unknown key(s) ['checkpoint_evry']; "
-                            "expected some of [") and "'checkpoint_every'" in first
+    assert first.startswith(error), first
+    assert not (tmp_path / "workspace" / "results").exists()  # before anything ran
