@@ -6,39 +6,35 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import safetensors.torch
-import torch
 from tango import StepGraph
 from tango.common.util import import_module_and_submodules
-from integrations.workspace import OlmoWorkspace
 
-from steps.common.models import MODEL_DIR
+from integrations.workspace import OlmoWorkspace
 from olmo_model import LRSchedule, Olmo, OlmoConfig
 from steps.common.execution import Execution
-from steps.common.models import CONFIG_FILE, MODEL_FILE
+from steps.common.models import CONFIG_FILE, MODEL_DIR
 from steps.train.checkpoint import TrainState
 from steps.train.pretraining_data import PretrainingData
 from steps.train.sharded_checkpoint import list_checkpoints, load_consolidated
 from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
-from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob
+from steps.train.worker import FINAL_CHECKPOINT_DIR, Initialization, TrainingJob
+from tests.train.launching import (
+    BIN, ROOT, alive, assert_identical_weights, assert_weights_close, descendants, launch, launcher_command,
+    outputs, run, wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
-BIN = Path(sys.executable).parent
-LAUNCH_JOB = Path(__file__).with_name("launch_job.py")
 STEPS = 10
 
 pytestmark = pytest.mark.slow
@@ -69,27 +65,6 @@ def micro_job(micro_workspace, tmp_path_factory):
     return make
 
 
-def launch(job: TrainingJob, workers: int) -> subprocess.CompletedProcess:
-    """Launch ``job`` on ``workers`` processes from a fresh launcher process, as the pretrain step does."""
-    job_file = Path(job.output_dir).parent / "job.pkl"
-    job_file.write_bytes(pickle.dumps(job))
-    return subprocess.run([str(BIN / "python"), str(LAUNCH_JOB), str(job_file), str(workers)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
-
-
-def run(job: TrainingJob, workers: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Train ``job`` on ``workers`` processes; its logged metrics and consolidated weights."""
-    result = launch(job, workers)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return outputs(job)
-
-
-def outputs(job: TrainingJob) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    out = Path(job.output_dir)
-    history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-    return history, safetensors.torch.load_file(out / MODEL_DIR / MODEL_FILE)
-
-
 @pytest.fixture(scope="module")
 def one_worker(micro_job):
     return run(micro_job("one-worker"), 1)
@@ -106,15 +81,6 @@ def assert_same_training(history, reference, tolerance):
     for ours, theirs in zip(history, reference):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=tolerance), ours["step"]
         assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3), ours["step"]
-
-
-def assert_weights_close(weights, reference):
-    """Equal up to the reduction order of the gradients: AdamW's normalised steps turn gradient differences
-    of ~1e-7 into weight differences of up to ~lr * 1e-2, far below the weights' own scale (~0.1)."""
-    assert weights.keys() == reference.keys()
-    for name, tensor in weights.items():
-        difference = float((tensor - reference[name]).abs().max())
-        assert difference < 1e-4, (name, difference)
 
 
 def test_two_fsdp_workers_match_one_within_1e_5_over_10_steps(one_worker, two_workers):
@@ -138,44 +104,9 @@ def test_batches_of_both_ranks_regenerate_to_their_logged_hashes(two_workers, mi
         assert [rank["batch_hash"] for rank in batch["ranks"]] == logged["rank_batch_hashes"]
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, frontier = set(), [pid]
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            found.add(child)
-            frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path):
     job = micro_job("killed", execution={"checkpoint_every": 2})
-    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))  # the launcher is killed, so not through launch()
-    launcher = subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "2"], cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    launcher = subprocess.Popen(launcher_command(job, 2), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= 2, 300, "the step-4 checkpoint")
     workers = descendants(launcher.pid)
     os.kill(launcher.pid, signal.SIGKILL)
@@ -187,9 +118,7 @@ def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path)
     history, weights = run(job, 2)  # `tango run` again: the step starts the same job
     reference_history, reference_weights = two_workers
     assert [m["loss"] for m in history] == [m["loss"] for m in reference_history]  # restored history included
-    assert weights.keys() == reference_weights.keys()
-    for name, tensor in weights.items():
-        assert torch.equal(tensor, reference_weights[name]), name
+    assert_identical_weights(weights, reference_weights)
 
 
 def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one_bit_identical(micro_job, two_workers):
@@ -210,9 +139,7 @@ def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one_bit_identic
     history, weights = outputs(job)
     reference_history, reference_weights = two_workers
     assert [m["loss"] for m in history] == [m["loss"] for m in reference_history]
-    assert weights.keys() == reference_weights.keys()
-    for name, tensor in weights.items():
-        assert torch.equal(tensor, reference_weights[name]), name
+    assert_identical_weights(weights, reference_weights)
 
 
 def test_checkpoint_of_two_workers_resumes_on_one(micro_job, one_worker):
@@ -233,12 +160,10 @@ def free_port() -> int:
 
 def test_two_nodes_on_one_machine_train_as_one_job(micro_job, two_workers, tmp_path):
     job = micro_job("two-nodes")
-    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
-    endpoint = f"localhost:{free_port()}"
+    command = launcher_command(job, 1, "2", f"localhost:{free_port()}", "two-nodes")
     nodes = [
-        subprocess.Popen([str(BIN / "python"), str(LAUNCH_JOB), str(tmp_path / "job.pkl"), "1", "2", endpoint,
-                          "two-nodes"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
     for node in nodes:
@@ -266,11 +191,8 @@ def test_one_ranks_exception_stops_the_job_promptly_naming_it(micro_job):
     rank 0's exception, not wait in a barrier that meets rank 1 inside another collective."""
     job = replace(micro_job("one-rank-fails"), wandb_run={"project": "p", "run_id": "r", "directory": "/tmp",
                                                           "config": {}, "no_such_setting": 1})
-    job_file = Path(job.output_dir).parent / "job.pkl"
-    job_file.write_bytes(pickle.dumps(job))
     started = time.monotonic()
-    result = subprocess.run([str(BIN / "python"), str(LAUNCH_JOB), str(job_file), "2"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    result = launch(job, 2)
     assert result.returncode != 0
     assert re.search(r"WorkerFailure: worker rank 0 failed: TypeError: .*no_such_setting", result.stderr), \
         result.stderr[-4000:]
