@@ -226,8 +226,7 @@ def run_peak(options: dict[str, Any]) -> dict[str, Any]:
 
 def train_ours(model: torch.nn.Module, batches: Callable[[int], torch.Tensor], settings: dict[str, Any]):
     """Our trainer with a constant LR and no weight decay; (final state, step times). The clock ticks after every
-    step: its time, trainer overhead included. ``steps.train.trainer.Trainer(...).fit()`` with a callback where
-    the module has it (the composed trainer of issue 15), else ``steps.train.trainer.train`` with ``log``."""
+    step (a callback): its time, trainer overhead included."""
     from steps.train import trainer as ours
 
     config = ours.TrainConfig.from_dict({
@@ -235,13 +234,12 @@ def train_ours(model: torch.nn.Module, batches: Callable[[int], torch.Tensor], s
         "optimizer": {"betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.0}, "max_grad_norm": 1.0, **settings,
     })
     clock = StepClock()
-    if hasattr(ours, "Trainer"):
-        class Tick(ours.Callback):
-            def on_step(self, trainer: Any, metrics: dict[str, Any]) -> None:
-                clock.tick()
 
-        return ours.Trainer(model, batches, config, callbacks=[Tick()]).fit(), clock.times()
-    return ours.train(model, batches, config, log=lambda _: clock.tick()), clock.times()
+    class Tick(ours.Callback):
+        def on_step(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            clock.tick()
+
+    return ours.Trainer(model, batches, config, callbacks=[Tick()]).fit(), clock.times()
 
 
 def run_ours(options: dict[str, Any]) -> dict[str, Any]:
