@@ -125,7 +125,7 @@ def _tango_run(workflow_text: str, tmp_path: Path) -> tuple[int, list[str]]:
 
 
 def test_a_config_error_is_the_first_line_of_tango_runs_output_naming_the_step_and_key(tmp_path):
-    status, lines = _tango_run("{ steps+: { pretrain+: { world_size: 3 } } }", tmp_path)
+    status, lines = _tango_run("{ steps+: { pretrain+: { execution+: { world_size: 3 } } } }", tmp_path)
     assert status != 0
     assert lines[0] == (
         "ConfigurationError: step 'pretrain': PretrainOlmo: data_order.global_batch_size 4 is not divisible by "

@@ -36,7 +36,7 @@ def test_tango_run_and_train_node_train_one_model_on_two_nodes(micro_workspace, 
     workflow = tmp_path / "two-nodes.jsonnet"
     workflow.write_text(
         f"(import '{MICRO}') + {{ steps+: {{ pretrain+: {{ train+: {{ max_steps: {STEPS} }},"
-        f" world_size: 2, nnodes: 2, rdzv_endpoint: 'localhost:{free_port()}' }} }} }}\n"
+        f" execution+: {{ world_size: 2, nnodes: 2, rdzv_endpoint: 'localhost:{free_port()}' }} }} }} }}\n"
     )
     bucket = s3_server.bucket() + "/workspace"
     sync = [str(BIN / "olmo-tango"), "workspace", "sync", str(micro_workspace), bucket, "--workflow", str(MICRO)]
