@@ -43,15 +43,17 @@ def _type_name(annotation: Any) -> str:
     return "None" if annotation is type(None) else annotation.__name__
 
 
-def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown and missing keys by name."""
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown and missing keys by name; errors start with
+    ``where`` (default: the class name)."""
+    where = cls.__name__ if where is None else where
     if not isinstance(data, Mapping):
-        raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     known = [field.name for field in fields]
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known keys are {known}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {known}")
     missing = [
         field.name
         for field in fields
@@ -60,7 +62,7 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
         and field.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ValueError(f"{cls.__name__}: missing required key(s) {missing}")
+        raise ValueError(f"{where}: missing required key(s) {missing}")
     return cls(**data)
 
 

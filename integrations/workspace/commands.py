@@ -316,7 +316,7 @@ def _plan_result(
         return present
     if src.is_local:
         prefix = f"{RESULTS}/{unique_id}"
-        problems = marks.problems(unique_id, src.local_path(prefix), raw, f"{src.url}/{prefix}")
+        problems = marks.problems(unique_id, src.local_path(prefix), raw, listing, f"{src.url}/{prefix}")
         if problems:
             return _Outcome("refused", messages=problems)
     return _Outcome("copy", listing=listing)

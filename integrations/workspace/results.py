@@ -109,13 +109,15 @@ class VerifiedMarks:
         expected = {"directory": str(directory), "listing": listing_sha256, "files": self._state(directory)}
         return mark == expected
 
-    def problems(self, unique_id: str, directory: Path, raw_listing: bytes, where: str) -> list[str]:
-        """Every difference between ``directory`` and its listing (``directory_problems``), unless this machine
-        verified the directory as it is now; a directory without any is marked verified."""
+    def problems(
+        self, unique_id: str, directory: Path, raw_listing: bytes, listing: dict[str, Any], where: str
+    ) -> list[str]:
+        """Every difference between ``directory`` and its ``listing`` (``directory_problems``; ``raw_listing``: its
+        bytes), unless this machine verified the directory as it is now; a directory without any is marked."""
         digest = hashlib.sha256(raw_listing).hexdigest()
         if self.holds(unique_id, directory, digest):
             return []
-        problems = directory_problems(directory, parse_listing(raw_listing, f"{where}/{LISTING}", unique_id), where)
+        problems = directory_problems(directory, listing, where)
         if not problems:
             self.mark(unique_id, directory, digest)
         return problems
@@ -209,7 +211,7 @@ class ResultCache(StepCache):
             directory = self.local_root / RESULTS / unique_id
             if not self.marks.holds(unique_id, directory, digest):
                 self._download(unique_id, directory)
-        problems = self.marks.problems(unique_id, directory, raw, where)
+        problems = self.marks.problems(unique_id, directory, raw, listing, where)
         if problems:
             raise IntegrityError(problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)")
         return directory

@@ -92,6 +92,13 @@ class AdaptationStep(TrainingStep):
         options = {k: v for k, v in train.items() if k not in {"epochs", "lr", "warmup_ratio", "max_length", "beta"}}
         return cls.train_config(options, max_steps=num_steps, schedule=schedule)
 
+    def run(
+        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
+        execution: ExecutionArgument = None,
+    ) -> Artifact:
+        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
+                                    execution=execution))
+
     def adaptation_job(
         self, fresh_output: bool, pretrained: Artifact, train: dict, execution: Execution,
         data: ChatData | PreferenceData,
@@ -108,13 +115,6 @@ class SupervisedFinetune(AdaptationStep):
     """SFT: next-token loss on the assistant turns only (user turns and headers masked)."""
 
     VERSION = "003"
-
-    def run(
-        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
-        execution: ExecutionArgument = None,
-    ) -> Artifact:
-        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
-                                    execution=execution))
 
     def job(
         self, fresh_output: bool, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
@@ -135,13 +135,6 @@ class DirectPreferenceOptimization(AdaptationStep):
     """DPO: the sigmoid loss on summed response log-probs against the frozen input model."""
 
     VERSION = "003"
-
-    def run(
-        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: dict,
-        execution: ExecutionArgument = None,
-    ) -> Artifact:
-        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
-                                    execution=execution))
 
     def history_summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {key: value for key, value in history[-1].items() if key.startswith("rewards/")}

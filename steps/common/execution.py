@@ -69,10 +69,7 @@ class Execution:
         """The execution of a step argument: the block as written (keys checked by name), or the defaults."""
         if value is None or isinstance(value, Execution):
             return value or cls()
-        try:
-            return dataclass_from_dict(cls, value)
-        except ValueError as exc:
-            raise ValueError(f"execution: {exc}".replace("execution: Execution: ", "execution: ")) from None
+        return dataclass_from_dict(cls, value, "execution")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,10 +3,7 @@ the micro workflow's artifacts: 2 workers match 1 over 10 steps; a run killed wi
 weights; every training step prints the same progress line."""
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -14,11 +11,9 @@ from tango import Step, StepGraph
 from tango.common.util import import_module_and_submodules
 
 from integrations.workspace import OlmoWorkspace
-from steps.train.sharded_checkpoint import list_checkpoints
 from steps.train.worker import TrainingJob
 from tests.train.launching import (
-    ROOT, alive, assert_identical_weights, assert_weights_close, descendants, launch, launcher_command, outputs, run,
-    wait_for,
+    ROOT, assert_identical_weights, assert_weights_close, kill_after_checkpoints, launch, outputs, run,
 )
 
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
@@ -76,13 +71,7 @@ def test_two_workers_match_one_within_1e_5_over_10_steps(trained, stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_then_resume_ends_bit_identical(step_job, trained, stage):
     job = step_job(stage, f"{stage}-killed", checkpoint_every=2)
-    launcher = subprocess.Popen(launcher_command(job, 2), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= 2, 300, "the step-4 checkpoint")
-    workers = descendants(launcher.pid)
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the orphaned workers to die")
-    survivors = [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)]
+    survivors = kill_after_checkpoints(job, 2, checkpoints=2)  # the step-4 checkpoint exists
     assert 4 <= survivors[-1] < STEPS
 
     result = launch(job, 2)  # `tango run` again: the step builds the same job

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import safetensors.torch
 import torch
 
 from steps.common.models import MODEL_DIR, MODEL_FILE
+from steps.train.sharded_checkpoint import list_checkpoints
 from steps.train.worker import METRICS_FILE, TrainingJob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +81,18 @@ def wait_for(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def kill_after_checkpoints(job: TrainingJob, workers: int, checkpoints: int) -> list[int]:
+    """Launch ``job`` on ``workers`` processes, ``kill -9`` the launcher once ``checkpoints`` checkpoints exist,
+    wait for its workers to die with it, and return the steps of the checkpoints left."""
+    launcher = subprocess.Popen(launcher_command(job, workers), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= checkpoints, 300, f"{checkpoints} checkpoints")
+    children = descendants(launcher.pid)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    wait_for(lambda: not any(alive(pid) for pid in children), 30, "the orphaned workers to die")
+    return [int(path.name.split("-")[1]) for path in list_checkpoints(job.checkpoint_dir)]
 
 
 def assert_weights_close(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -30,8 +29,8 @@ from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
 from steps.train.worker import FINAL_CHECKPOINT_DIR, Initialization, TrainingJob
 from tests.train.launching import (
-    BIN, ROOT, alive, assert_identical_weights, assert_weights_close, descendants, launch, launcher_command,
-    outputs, run, wait_for,
+    BIN, ROOT, assert_identical_weights, assert_weights_close, kill_after_checkpoints, launch, launcher_command,
+    outputs, run,
 )
 
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
@@ -106,13 +105,7 @@ def test_batches_of_both_ranks_regenerate_to_their_logged_hashes(two_workers, mi
 
 def test_kill_9_then_resume_ends_bit_identical(micro_job, two_workers, tmp_path):
     job = micro_job("killed", execution={"checkpoint_every": 2})
-    launcher = subprocess.Popen(launcher_command(job, 2), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_for(lambda: len(list_checkpoints(job.checkpoint_dir)) >= 2, 300, "the step-4 checkpoint")
-    workers = descendants(launcher.pid)
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the orphaned workers to die")
-    survivors = [int(p.name.split("-")[1]) for p in list_checkpoints(job.checkpoint_dir)]
+    survivors = kill_after_checkpoints(job, 2, checkpoints=2)  # the step-4 checkpoint exists
     assert 4 <= survivors[-1] < STEPS
 
     history, weights = run(job, 2)  # `tango run` again: the step starts the same job
