@@ -1,8 +1,9 @@
 """Chat data for adaptation, in open-instruct's format.
 
 A conversation is a list of ``{"role", "content"}`` messages (roles ``system``, ``user``,
-``assistant``) rendered as ``<|system|>\\n{content}\\n``, ``<|user|>\\n{content}\\n`` and
-``<|assistant|>\\n{content}{eos}\\n``. Only assistant content and its EOS are trained on.
+``assistant``) rendered by default as ``<|system|>\\n{content}\\n``, ``<|user|>\\n{content}\\n`` and
+``<|assistant|>\\n{content}{eos}\\n`` (the ``tulu`` template; others in ``templates``). Only assistant content and
+its EOS are trained on.
 
 Rows on disk are jsonl.gz: SFT examples ``{"id", "messages"}`` and preference pairs
 ``{"id", "prompt", "chosen", "rejected"}`` where ``prompt`` is the conversation so far and
@@ -23,79 +24,38 @@ import fsspec
 from tokenizers import Tokenizer
 
 from steps.common.documents import list_shards, read_documents
-from steps.train.objectives import IGNORE_INDEX
 
-ROLES = ("system", "user", "assistant")
+from .templates import (
+    TULU,
+    ChatFormatError,
+    ChatTemplate,
+    Message,
+    Rendered,
+    check_messages,
+)
+
 CONTINUE_PROMPT = "Continue the text:\n"
 
-Message = dict[str, str]
-Rendered = tuple[list[int], list[int]]  # (input_ids, labels)
 
+def render_chat(
+    messages: Sequence[Message], tokenizer: Tokenizer, eos_token_id: int, max_length: int,
+    *, template: ChatTemplate | None = None,
+) -> Rendered:
+    """``(input_ids, labels)`` of a conversation in ``template`` (tulu by default), cut to ``max_length`` tokens.
 
-class ChatFormatError(ValueError):
-    """A conversation or data row that does not have the expected shape."""
-
-
-def role_header(role: str) -> str:
-    return f"<|{role}|>\n"
-
-
-def check_messages(messages: Any, where: str, *, needs_assistant: bool = True) -> None:
-    """Fail, naming ``where``, unless ``messages`` is a non-empty list of {role, content} messages."""
-    if not isinstance(messages, list) or not messages:
-        raise ChatFormatError(f"{where}: expected a non-empty list of messages, got {messages!r:.80}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ChatFormatError(f"{where}: message {index} must have exactly the keys 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise ChatFormatError(f"{where}: message {index} has role {message['role']!r}; expected one of {ROLES}")
-        if not isinstance(message["content"], str):
-            raise ChatFormatError(f"{where}: message {index} content must be a string")
-    if needs_assistant and not any(m["role"] == "assistant" for m in messages):
-        raise ChatFormatError(f"{where}: expected at least one assistant message")
-
-
-def _render(messages: Sequence[Message], tokenizer: Tokenizer, eos_token_id: int, generation_header: bool) -> Rendered:
-    """Tokenise the template piecewise: masked text between assistant replies is encoded in one go."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-
-    def append(ids: list[int], trained: bool) -> None:
-        input_ids.extend(ids)
-        labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False).ids
-
-    masked_text = ""
-    for message in messages:
-        masked_text += role_header(message["role"])
-        if message["role"] == "assistant":
-            append(encode(masked_text), trained=False)
-            append(encode(message["content"]) + [eos_token_id], trained=True)
-            masked_text = "\n"
-        else:
-            masked_text += message["content"] + "\n"
-    if generation_header:
-        masked_text += role_header("assistant")
-    append(encode(masked_text), trained=False)
-    return input_ids, labels
-
-
-def render_chat(messages: Sequence[Message], tokenizer: Tokenizer, eos_token_id: int, max_length: int) -> Rendered:
-    """``(input_ids, labels)`` of a conversation, cut to ``max_length`` tokens.
-
-    Labels equal the input ids on assistant content and its EOS, ``IGNORE_INDEX`` elsewhere.
+    Labels equal the input ids on assistant content and its end (EOS in tulu), ``IGNORE_INDEX`` elsewhere.
     """
     check_messages(messages, "messages")
-    input_ids, labels = _render(messages, tokenizer, eos_token_id, generation_header=False)
-    return input_ids[:max_length], labels[:max_length]
+    return (template or TULU).render(messages, tokenizer, eos_token_id, max_length)
 
 
-def render_prompt(messages: Sequence[Message], tokenizer: Tokenizer, eos_token_id: int) -> list[int]:
-    """Token ids of a conversation followed by ``<|assistant|>\\n``, for the model to continue."""
+def render_prompt(
+    messages: Sequence[Message], tokenizer: Tokenizer, eos_token_id: int, *, template: ChatTemplate | None = None
+) -> list[int]:
+    """Token ids of a conversation followed by the template's generation prompt (``<|assistant|>\\n`` in tulu),
+    for the model to continue."""
     check_messages(messages, "messages", needs_assistant=False)
-    return _render(messages, tokenizer, eos_token_id, generation_header=True)[0]
+    return (template or TULU).prompt(messages, tokenizer, eos_token_id)
 
 
 # ---------------------------------------------------------------- rows on disk
