@@ -22,6 +22,10 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.json"
 MODEL_DIR = "model"
+# Where a model artifact keeps the Hugging Face tokenizer files that came with its weights (tokenizer.json,
+# tokenizer_config.json with any chat_template, chat_template.jinja, ...): an ``import_hf`` artifact has them
+# when its checkpoint had them; a model trained here has none (its tokenizer is the workflow's tokenizer step).
+TOKENIZER_DIR = "tokenizer"
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -73,6 +77,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Olm
 def model_dir(artifact: Artifact) -> Path:
     """The safetensors + config.json directory of a pretrain/anneal/sft/dpo artifact."""
     return artifact.path / MODEL_DIR
+
+
+def model_tokenizer_dir(artifact: Artifact) -> Path | None:
+    """The Hugging Face tokenizer files a model artifact carries (``TOKENIZER_DIR``), or ``None``."""
+    directory = artifact.path / TOKENIZER_DIR
+    return directory if directory.is_dir() else None
 
 
 def artifact_model_config(artifact: Artifact) -> OlmoConfig:
