@@ -14,7 +14,8 @@ from torch import nn
 from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective
 
 from .batching import ExampleBatches, ExampleData, pad_right
-from .chat import Rendered, check_messages, render_chat
+from .instruct_data import RowReport
+from .templates import TULU, ChatTemplate, Rendered, TemplateRowError, check_messages
 
 
 def has_labels(rendered: Rendered) -> bool:
@@ -22,18 +23,33 @@ def has_labels(rendered: Rendered) -> bool:
 
 
 def encode_sft_examples(
-    examples: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int
+    examples: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int,
+    *, template: ChatTemplate | None = None, report: RowReport | None = None,
 ) -> tuple[list[Rendered], dict[str, int]]:
-    """Render every example; drop (and count) those left with no assistant token after truncation."""
+    """Render every example in ``template`` (tulu by default); drop and count those left with no assistant token
+    after truncation, and those whose assistant spans the template cannot derive (``TemplateRowError``).
+
+    With ``report`` (from ``instruct_data.read_sft_rows``), each drop is also reported there with the row's
+    ``where`` (file:line), moving it from kept to dropped.
+    """
+    template = template or TULU
     encoded: list[Rendered] = []
     counts: Counter = Counter(examples=len(examples))
     for example in examples:
-        check_messages(example.get("messages"), f"example {example.get('id')!r}")
-        rendered = render_chat(example["messages"], tokenizer, eos_token_id, max_length)
-        if not has_labels(rendered):
-            counts["dropped_no_assistant_tokens_within_max_length"] += 1
-            continue
-        encoded.append(rendered)
+        where = example.get("where") or f"example {example.get('id')!r}"
+        check_messages(example.get("messages"), where)
+        try:
+            rendered = template.render(example["messages"], tokenizer, eos_token_id, max_length)
+        except TemplateRowError as error:
+            reason, detail = error.reason, str(error)
+        else:
+            if has_labels(rendered):
+                encoded.append(rendered)
+                continue
+            reason, detail = "no_assistant_tokens_within_max_length", f"no assistant token within {max_length} tokens"
+        counts[f"dropped_{reason}"] += 1
+        if report is not None:
+            report.drop(reason, where, detail, was_kept=True)
     counts["encoded"] = len(encoded)
     return encoded, dict(counts)
 
