@@ -329,3 +329,26 @@ def test_fingerprint_of_a_hub_source_is_its_name_split_and_revision():
         "org/data", {"hub": "org/data", "split": "train"}, {"hub": "org/data", "split": "test"},
         {"hub": "org/data", "revision": "abc"})}
     assert len(fingerprints) == 3  # the first two are the same source
+
+
+def test_a_hub_source_reads_through_load_dataset(monkeypatch):
+    """Offline: ``datasets.load_dataset`` stubbed; the rows are named name[split]:row, its failures name the source."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, split, revision):
+        calls.append((name, split, revision))
+        if name == "org/missing":
+            raise FileNotFoundError("Couldn't reach the hub")
+        return [SFT_ROWS[0], {"messages": [user("hi")]}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    rows, report = read_sft_rows({"hub": "org/sft", "split": "test", "revision": "v1"})
+    assert calls == [("org/sft", "test", "v1")]
+    assert [(row["id"], row["where"]) for row in rows] == [("a", "org/sft[test]:1")]
+    assert report.as_dict()["drop_examples"] == {
+        "no_assistant_turn": ["org/sft[test]:2: messages: no assistant message"]}
+    with pytest.raises(InstructDataError, match=r"org/missing\[train\]: not a local file or directory, and the "
+                                                r"datasets hub could not load it \(FileNotFoundError"):
+        read_sft_rows("org/missing")
