@@ -3,13 +3,13 @@
 The same tiny model on both sides: a random olmo-micro (``olmo_model.Olmo``) and its export through
 ``integrations.huggingface`` loaded into ``transformers``' ``OlmoForCausalLM`` (the same weights; their logits
 agree exactly). The same preference pairs: ours encoded by ``encode_preference_pairs``; TRL's batch holds the
-same token ids in the format of TRL's own collator. A second random model (another seed) is the reference, so rewards are not
-zero. Ours runs through ``PreferenceData`` (reference log-probs computed before training) and ``DPOLoss`` on our
-model; TRL's through the trainer's ``compute_loss`` on the HF model, where TRL computes the per-token log-probs
-itself (``DPOTrainer``: its fused LM head; ``CPOTrainer``: its ``get_batch_logps`` over the logits) and the
-reference log-probs from a reference model it runs. Compared, in fp32: the loss (ours is a sum over pairs, which
-the trainer divides by the pairs; TRL's a mean), the logged rewards, and the gradients of every weight (ours
-mapped to HF names by ``to_hf_state_dict``) and their total norm.
+same token ids in the format of TRL's own collator. A second random model (another seed) is the reference, so
+rewards are not zero. Ours runs through ``PreferenceData`` (reference log-probs computed before training) and
+``DPOLoss`` on our model; TRL's through the trainer's ``compute_loss`` on the HF model, where TRL computes the
+per-token log-probs itself (``DPOTrainer``: its fused LM head; ``CPOTrainer``: its ``get_batch_logps`` over the
+logits) and the reference log-probs from a reference model it runs. Compared, in fp32: the loss (ours is a sum
+over pairs, which the trainer divides by the pairs; TRL's a mean), the logged rewards, and the gradients of every
+weight (ours mapped to HF names by ``to_hf_state_dict``) and their total norm.
 
 What corresponds (TRL 1.16):
 
@@ -113,7 +113,9 @@ def trl_cpo_batch(ordered) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids, _ in rows)
         batch[f"{side}_input_ids"] = torch.tensor([ids + [PAD] * (longest - len(ids)) for ids, _ in rows])
         batch[f"{side}_attention_mask"] = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids, _ in rows])
-        batch[f"{side}_labels"] = torch.tensor([labels + [IGNORE_INDEX] * (longest - len(labels)) for _, labels in rows])
+        batch[f"{side}_labels"] = torch.tensor(
+            [labels + [IGNORE_INDEX] * (longest - len(labels)) for _, labels in rows]
+        )
     return batch
 
 
