@@ -25,35 +25,36 @@ from typing import Any, Callable, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steps.common.documents import read_documents  # noqa: E402
-from steps.corpus.dedup import deduplicate  # noqa: E402
+from steps.corpus.dedup import DedupConfig, deduplicate  # noqa: E402
 from steps.corpus.filter import filter_documents  # noqa: E402
 from steps.corpus.layout import shard_stem, source_shards  # noqa: E402
-from steps.corpus.mix import mix_sources  # noqa: E402
+from steps.corpus.mix import MixConfig, mix_sources  # noqa: E402
 from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
 from steps.corpus.spans import document_value  # noqa: E402
 from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
-from steps.corpus.taggers import TAGGERS, FilterConfig  # noqa: E402
+from steps.corpus.taggers import TAGGERS, FilterConfig, TagConfig  # noqa: E402
 
 TAGGED = ("gopher", "c4", "pii")  # what dolma runs: gopher_v1, c4_v1, pii_regex_v1
 
 
 def run_filter(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Everything our pipeline does for Gopher + C4 + PII: tag, apply the rules, write the kept documents."""
-    tag_config = {name: {"enabled": name in TAGGED} for name in TAGGERS}
+    tag_config = TagConfig.from_dict({name: {"enabled": name in TAGGED} for name in TAGGERS})
     start = time.perf_counter()
     tag_documents(documents_dir, output_dir, tag_config, num_workers=options["workers"])
     tagged = time.perf_counter()
-    stats = filter_documents(documents_dir, output_dir / ATTRIBUTES_DIR, output_dir / "filtered", {},
+    stats = filter_documents(documents_dir, output_dir / ATTRIBUTES_DIR, output_dir / "filtered", FilterConfig(),
                              num_workers=options["workers"])["total"]
     return {**stats, "tag_s": tagged - start, "filter_s": time.perf_counter() - tagged}
 
 
 def run_dedup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return deduplicate(documents_dir, output_dir, options["config"], num_workers=options["workers"])["total"]
+    config = DedupConfig.from_dict(options["config"])
+    return deduplicate(documents_dir, output_dir, config, num_workers=options["workers"])["total"]
 
 
 def run_mix(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return mix_sources(documents_dir, output_dir, options)["total"]
+    return mix_sources(documents_dir, output_dir, MixConfig.from_dict(options))["total"]
 
 
 def startup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:

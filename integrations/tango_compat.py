@@ -24,6 +24,12 @@ Imported first through ``include_package`` in ``tango.yml`` (and by ``steps``), 
   ``ConfigurationError``, or a Jsonnet error in the workflow) as its message on the first line of output, on
   one line, instead of at the end of a 40-150-line traceback (the traceback follows at ``--log-level debug``).
 
+- ``typed_configs``: a step argument annotated with one of this project's typed configs (``olmo_model.config.Config``,
+  or a union of them) reaches the step as written: Tango would build the class itself from its ``__init__``, with
+  none of ``build_config``'s key checks, lists left as lists; the step builds it once, in ``massage_kwargs``. And an
+  object marked with ``hash_as(obj, stand_in)`` enters Tango's fingerprint as ``stand_in``: a typed config is
+  fingerprinted as the recipe block it was built from, so typing a step's configs changed no fingerprint.
+
 Not a fix: Tango 1.3.2's metadata caps click < 8.1.4 (a 2023 cap for a type checker); setup.sh installs Tango
 without that cap (README "Dependencies and pins"), and on today's click (8.5) its command line works unchanged
 (``tango --help``, ``run``, ``info``, ``settings``, the multicore executor's ``tango --called-by-executor run``);
@@ -42,6 +48,7 @@ the functions' code objects in place instead (the originals are kept in ``ORIGIN
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -49,7 +56,10 @@ import logging
 import sys
 import time
 import types
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 ORIGINAL_CODE: dict[str, types.CodeType] = {}
 
@@ -286,6 +296,52 @@ def fix_concise_config_errors() -> None:
     tango_logging.log_exc_info = _log_config_errors_concisely  # the excepthook looks it up at call time
 
 
+STAND_IN = "_fingerprint_stand_in"
+
+
+def hash_as(obj: T, stand_in: Any) -> T:
+    """``obj``, which Tango's fingerprints (``det_hash``) now hash as ``stand_in``."""
+    object.__setattr__(obj, STAND_IN, stand_in)
+    return obj
+
+
+def _stand_in(obj: Any) -> Any:
+    try:
+        return vars(obj).get(STAND_IN, obj)
+    except TypeError:  # no __dict__: never marked
+        return obj
+
+
+def _annotates_config(annotation: Any) -> bool:
+    from olmo_model.config import Config
+
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return (isinstance(annotation, type) and issubclass(annotation, Config)) or any(map(_annotates_config, options))
+
+
+def fix_typed_configs() -> None:
+    from tango.common import from_params
+    from tango.common.params import Params
+
+    det_hash = importlib.import_module("tango.common.det_hash")  # (the package's attribute is the function)
+
+    if "construct_arg" in ORIGINAL_FUNCTIONS:
+        return
+    original_construct = ORIGINAL_FUNCTIONS["construct_arg"] = from_params.construct_arg
+    original_save = ORIGINAL_FUNCTIONS["det_hash_save"] = det_hash._DetHashPickler.save
+
+    def construct_arg(class_name, argument_name, popped_params, annotation, default, *args: Any, **kwargs: Any):
+        if _annotates_config(annotation):
+            return popped_params.as_dict(quiet=True) if isinstance(popped_params, Params) else popped_params
+        return original_construct(class_name, argument_name, popped_params, annotation, default, *args, **kwargs)
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        original_save(self, _stand_in(obj), save_persistent_id)
+
+    from_params.construct_arg = construct_arg  # looked up as a module global by every caller in tango
+    det_hash._DetHashPickler.save = save
+
+
 FIXES: dict[str, Callable[[], None]] = {
     "pip_packages": fix_pip_packages,
     "git_without_origin": fix_git_without_origin,
@@ -294,6 +350,7 @@ FIXES: dict[str, Callable[[], None]] = {
     "broken_integrations": fix_broken_integrations,
     "step_name_in_config_errors": fix_step_name_in_config_errors,
     "concise_config_errors": fix_concise_config_errors,
+    "typed_configs": fix_typed_configs,
 }
 
 

@@ -1,4 +1,5 @@
-"""OLMo v1 model configuration, presets, and strict dict (de)serialisation."""
+"""Configuration: the typed dataclasses every stage declares (``Config``, built once from a recipe by
+``build_config``, errors naming the key), and OLMo's model configuration and presets."""
 
 from __future__ import annotations
 
@@ -6,71 +7,161 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
 INIT_SCHEMES = ("mitchell",)
 
 
-def check_field_types(obj: Any) -> None:
-    """Check every field of dataclass ``obj`` against its annotation.
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong kind."""
 
-    Supports ``int``, ``float``, ``bool``, ``str`` and ``X | None``. ``bool`` is never accepted as
-    a number; an ``int`` given for a ``float`` field is stored as ``float`` (so ``10000`` and
-    ``10000.0`` describe the same config).
+
+def require(condition: bool, where: str, expected: str, value: Any) -> None:
+    """Raise a :class:`ConfigError` saying what ``where`` should be unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+class Config:
+    """Base of every configuration dataclass: built once from a recipe's mapping by :meth:`from_dict`
+    (:func:`build_config`), typed and checked, and passed as it is from then on.
+
+    ``__post_init__`` checks each field against its annotation (so a config built in Python is checked
+    too), then calls :meth:`check`, where a config checks its values.
     """
-    hints = typing.get_type_hints(type(obj))
-    for field in dataclasses.fields(obj):
-        value = getattr(obj, field.name)
-        expected = hints[field.name]
-        is_union = typing.get_origin(expected) in (typing.Union, types.UnionType)
-        allowed = typing.get_args(expected) if is_union else (expected,)
-        if type(value) is int and float in allowed and int not in allowed:
-            value = float(value)
-            object.__setattr__(obj, field.name, value)
-        if type(value) not in allowed:
-            raise ValueError(
-                f"{type(obj).__name__}.{field.name}: expected {_type_name(expected)}, "
-                f"got {value!r} ({type(value).__name__})"
-            )
+
+    # How errors name a config built without a ``where`` (default: the class name), e.g. its recipe block.
+    WHERE: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        check_types(self, self.WHERE or type(self).__name__)
+        self.check()
+
+    def check(self) -> None:
+        """Check the values of the fields; raise :class:`ConfigError` (or ``ValueError``) naming the key."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, where: str | None = None) -> T:
+        return build_config(cls, data, where or cls.WHERE or cls.__name__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
-def _type_name(annotation: Any) -> str:
-    args = typing.get_args(annotation)
-    if args:
-        return " | ".join(_type_name(arg) for arg in args)
-    return "None" if annotation is type(None) else annotation.__name__
+def build_config(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key against the field annotations.
 
-
-def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown and missing keys by name; errors start with
-    ``where`` (default: the class name)."""
-    where = cls.__name__ if where is None else where
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    known = [field.name for field in fields]
-    unknown = sorted(set(data) - set(known))
+    Lists become tuples where a field says ``tuple``. Unknown keys, missing required keys and values of the
+    wrong type raise :class:`ConfigError` naming ``where.key`` and what was expected.
+    """
+    if isinstance(data, cls):
+        return data
+    require(isinstance(data, Mapping), where, "a mapping", data)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {known}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(fields))}"
+        )
     missing = [
-        field.name
-        for field in fields
-        if field.name not in data
+        name
+        for name, field in fields.items()
+        if name not in data
         and field.default is dataclasses.MISSING
         and field.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ValueError(f"{where}: missing required key(s) {missing}")
-    return cls(**data)
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
+    hints = typing.get_type_hints(cls)
+    values = {key: coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a check of the config's values, which may not know where it sits in the recipe
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def check_keys(config: Mapping[str, Any], known: set[str], where: str) -> None:
-    """Reject configuration keys that are not ``known``, naming them and the known ones."""
-    unknown = set(config) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+def check_types(config: Any, where: str) -> None:
+    """Check every field of dataclass ``config`` against its annotation, storing the coerced value (an
+    integer given for a float is stored as a float, so ``10000`` and ``10000.0`` describe the same config)."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        coerced = coerce(value, hints[field.name], f"{where}.{field.name}")
+        if coerced is not value:
+            object.__setattr__(config, field.name, coerced)
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a type annotation; return it with lists turned into tuples and integers into
+    floats where the annotation says so, and mappings built into the dataclasses it names."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return build_config(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {describe(annotation)}, got {value!r}")
+    if origin is typing.Literal:
+        require(value in args, where, f"one of {', '.join(map(repr, args))}", value)
+        return value
+    if origin is tuple:
+        require(isinstance(value, (list, tuple)), where, describe(annotation), value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = args[:1] * len(value)
+        else:
+            require(len(value) == len(args), where, describe(annotation), value)
+            items = args
+        coerced = tuple(coerce(item, kind, f"{where}[{i}]") for i, (item, kind) in enumerate(zip(value, items)))
+        return value if coerced == value and isinstance(value, tuple) else coerced
+    if origin is dict:
+        require(isinstance(value, Mapping), where, "a mapping", value)
+        return {coerce(k, args[0], where): coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if annotation is type(None):
+        require(value is None, where, "null", value)
+        return None
+    if annotation is float:
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), where, "a number", value)
+        return value if type(value) is float else float(value)
+    if annotation is int:
+        require(isinstance(value, int) and not isinstance(value, bool), where, "an integer", value)
+        return value
+    if annotation in (bool, str):
+        require(isinstance(value, annotation), where, describe(annotation), value)
+        return value
+    if annotation in (dict, list):
+        require(isinstance(value, annotation), where, "a mapping" if annotation is dict else "a list", value)
+        return value
+    raise TypeError(f"{where}: unsupported annotation {annotation!r}")
+
+
+def describe(annotation: Any) -> str:
+    """What an annotation expects, in words ("an integer or null")."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(option) for option in args)
+    if origin is typing.Literal:
+        return " or ".join(map(repr, args))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list ({describe(args[0])} each)"
+        return f"a list of {len(args)} ({', '.join(describe(arg) for arg in args)})"
+    if origin is dict or annotation is dict:
+        return "a mapping"
+    if annotation is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "a bool", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
@@ -79,7 +170,7 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class OlmoConfig:
+class OlmoConfig(Config):
     """Shape and token ids of an OLMo v1 decoder.
 
     ``mlp_hidden_size`` is the SwiGLU hidden size; the fused ``ff_proj`` outputs twice that.
@@ -101,8 +192,7 @@ class OlmoConfig:
     pad_token_id: int = 1
     init: str = "mitchell"
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
+    def check(self) -> None:
         name = type(self).__name__
         for key in ("d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size",
                     "pad_to_multiple", "max_sequence_length"):
@@ -141,19 +231,21 @@ class OlmoConfig:
         embeddings = self.embedding_size * d * (1 if self.weight_tying else 2)
         return embeddings + self.n_layers * per_block
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None) -> OlmoConfig:
+        """A config from its mapping; in a recipe, ``{"preset": name, **overrides}`` starts from a preset."""
+        where = where or cls.WHERE or cls.__name__
+        if isinstance(data, Mapping) and "preset" in data:
+            overrides = {key: value for key, value in data.items() if key != "preset"}
+            return cls.preset(data["preset"], where=where, **overrides)
+        return build_config(cls, data, where)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OlmoConfig:
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> OlmoConfig:
+    def preset(cls, name: str, where: str = "model", **overrides: Any) -> OlmoConfig:
         """A named configuration (see ``PRESETS``), with any field overridden."""
         if name not in PRESETS:
-            raise ValueError(f"unknown OLMo preset {name!r}; known presets are {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+            raise ConfigError(f"{where}.preset: unknown OLMo preset {name!r}; known presets are {sorted(PRESETS)}")
+        return build_config(cls, {**PRESETS[name].to_dict(), **overrides}, where)
 
 
 PRESETS: dict[str, OlmoConfig] = {

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from typing import Any
 
-from .config import check_field_types, dataclass_from_dict
+from .config import Config
 
 KINDS = ("linear", "cosine", "inverse_sqrt", "constant")
 DECAYS_TO_FLOOR_AT_TOTAL = ("linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
-class LRSchedule:
+class LRSchedule(Config):
     """LR as a function of the optimizer step.
 
     Warmup (step < W = ``warmup_steps``): ``peak·(f + (1−f)·step/W)``, f = ``warmup_start_fraction``.
@@ -34,8 +32,7 @@ class LRSchedule:
     warmup_start_fraction: float = 0.1
     final_lr_fraction: float = 0.1
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
+    def check(self) -> None:
         name = type(self).__name__
         if self.kind not in KINDS:
             raise ValueError(f"{name}.kind: expected one of {list(KINDS)}, got {self.kind!r}")
@@ -55,13 +52,6 @@ class LRSchedule:
             )
         if self.kind == "inverse_sqrt" and self.warmup_steps == 0:
             raise ValueError(f"{name}.warmup_steps: kind 'inverse_sqrt' needs warmup_steps > 0")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LRSchedule:
-        return dataclass_from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def anneal(cls, start_lr: float, steps: int, final_lr_fraction: float = 0.0) -> LRSchedule:

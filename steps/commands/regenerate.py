@@ -22,10 +22,9 @@ from tango.settings import TangoGlobalSettings
 from tango.step_info import StepInfo, StepState
 from tango.workspace import StepInfoSort, Workspace
 
-from steps.common.execution import Execution
 from steps.data.batches import BATCH_FILE, check_batch_split, steps_seeing_document
 from steps.data.instances import load_instances
-from steps.data.order import order_for
+from steps.data.order import DataOrder, DataOrderConfig, order_for
 from steps.data.steps import BuildInstances, TrainingBatch
 from steps.train.steps import AnnealOlmo, PretrainOlmo
 from steps.train.worker import METRICS_FILE
@@ -55,6 +54,10 @@ class DataPlan:
     @property
     def batch_size(self) -> int:
         return self.data_order["global_batch_size"]
+
+    def order(self) -> DataOrder:
+        """The training order of the plan's instances."""
+        return order_for(self.workspace.step_cache[self.instances], DataOrderConfig.from_dict(self.data_order))
 
 
 def open_workspace(location: str | None) -> Workspace:
@@ -88,13 +91,13 @@ def plan_from_workflow(
             f"{workspace.url}: run `tango run {workflow}` (with the same workspace) first"
         )
     anneals = [s for s in graph.values() if isinstance(s, AnnealOlmo) and s.kwargs["pretrained"] == pretrain]
-    planned = sum(s.kwargs["train"]["max_steps"] for s in [pretrain, *anneals])
+    planned = sum(s.kwargs["train"].max_steps for s in [pretrain, *anneals])
     return _checked_plan(
         workspace,
         instances,
-        dict(pretrain.kwargs["data_order"]),
-        Execution.from_config(pretrain.kwargs.get("execution")).world_size if world_size is None else world_size,
-        pretrain.kwargs["train"].get("micro_batch_size", 1) if micro_batch_size is None else micro_batch_size,
+        pretrain.kwargs["data_order"].to_dict(),
+        pretrain.kwargs["execution"].world_size if world_size is None else world_size,
+        pretrain.kwargs["train"].micro_batch_size if micro_batch_size is None else micro_batch_size,
         planned,
     )
 
@@ -273,7 +276,7 @@ def steps_seeing(plan: DataPlan, document: str, epochs: int | None = None) -> di
     ``epochs`` epochs (default: those the workflow's training and the logged runs touch), each with
     ``trained_by``: what the first run in the workspace that trained on it logged (null if none did)."""
     artifact = plan.workspace.step_cache[plan.instances]
-    order = order_for(artifact, plan.data_order)
+    order = plan.order()
     index, root = load_instances(artifact)
     logged = logged_batches(plan)
     if epochs is None:
@@ -300,8 +303,7 @@ def steps_seeing(plan: DataPlan, document: str, epochs: int | None = None) -> di
 
 def export_global_indices(plan: DataPlan, epoch: int, path: Path) -> dict[str, Any]:
     """Write epoch ``epoch`` of the plan's data order as OLMo's ``global_indices.npy`` (raw uint32)."""
-    artifact = plan.workspace.step_cache[plan.instances]
-    order = order_for(artifact, plan.data_order)
+    order = plan.order()
     order.export_global_indices(path, epoch)
     return {
         "path": str(path),

@@ -6,19 +6,16 @@ Every step that runs work (the corpus stages, tokenization, training, evaluation
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
 
 from integrations.wandb_logger import check_settings
-from olmo_model.config import check_field_types, dataclass_from_dict
+from olmo_model.config import Config
 
 SHARDING = ("full", "hybrid", "none")  # FSDP2: shard over every rank, within a node (replicate across), replicate
 
 
 @dataclass(frozen=True)
-class Execution:
+class Execution(Config):
     """The ``execution`` block of a recipe; every key optional.
 
     ``device``: "auto" (the GPUs when there are any, else the CPU), "cpu" or "cuda". ``num_workers``: processes
@@ -46,8 +43,9 @@ class Execution:
     keep_checkpoints: int = 2
     wandb: dict | None = None
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
+    WHERE = "execution"
+
+    def check(self) -> None:
         for key in ("num_workers", "world_size", "nnodes", "log_every", "checkpoint_every", "keep_checkpoints"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -64,22 +62,7 @@ class Execution:
             raise ValueError(f"execution.nnodes {self.nnodes}: a multi-node job needs rdzv_endpoint 'host:port'")
         check_settings(self.wandb, "execution.wandb")
 
-    @classmethod
-    def from_config(cls, value: Execution | Mapping[str, Any] | None) -> Execution:
-        """The execution of a step argument: the block as written (keys checked by name), or the defaults."""
-        if value is None or isinstance(value, Execution):
-            return value or cls()
-        return dataclass_from_dict(cls, value, "execution")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @property
     def workers_per_node(self) -> int:
         return self.world_size // self.nnodes
 
-
-# A step's ``execution`` argument as Tango hands it over: the Execution Tango built from the block, or the block
-# itself when Tango could not build one (then ``from_config`` names the bad key). ``ArtifactStep`` makes it an
-# Execution before the step is validated, so ``run`` always receives one.
-ExecutionArgument = Union[Execution, dict, None]

@@ -7,15 +7,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
-import integrations.tango_compat  # noqa: F401  (Tango fixes, before any step runs)
 import integrations.workspace  # noqa: F401  (registers the workspace type `olmo` and its URL schemes)
+from integrations.tango_compat import STAND_IN, hash_as  # (and Tango's fixes, before any step runs)
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError
 from tango.format import Format
 
+from olmo_model.config import Config
 from steps.common.artifacts import DATA_DIR, MANIFEST_FILE, Artifact, build_manifest, link_or_copy_tree
 from steps.common.execution import Execution
 
@@ -99,27 +100,46 @@ class ArtifactStep(Step[Artifact]):
     SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS
     # Config arguments that name files, and how to hash those files' content into the fingerprint.
     CONTENT_HASHED: dict[str, ContentHash] = {}
+    # The typed config of each config argument: how to build it from the block as written, ``(block, key)`` ->
+    # config (a ``Config`` class's ``from_dict``). ``run`` receives the typed config, annotated as such.
+    CONFIGS: dict[str, Callable[[Any, str], Any]] = {}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        """Check the configuration before anything runs; raise ``ValueError`` naming the bad key."""
+        """Check what spans several (typed) arguments before anything runs; raise ``ValueError`` naming the key."""
+
+    @classmethod
+    def build_configs(cls, kwargs: dict[str, Any]) -> None:
+        """Build each ``CONFIGS`` argument, once: it keeps the block it was built from (content-hashed where
+        ``CONTENT_HASHED`` says) as its fingerprint (``hash_as``), so typing a config changes no fingerprint."""
+        for name, spec in cls.CONTENT_HASHED.items():  # (a block that is no mapping is left for its check to name)
+            if isinstance(kwargs.get(name), Mapping) and not isinstance(kwargs[name], ContentHashed):
+                kwargs[name] = ContentHashed(kwargs[name], spec)
+        for name, build in cls.CONFIGS.items():
+            cls.type_config(kwargs, name, build)
+
+    @staticmethod
+    def type_config(kwargs: dict[str, Any], name: str, build: Callable[[Any, str], Any]) -> None:
+        """Build argument ``name`` with ``build(block, name)``, fingerprinted as the block (a null block stays)."""
+        written = kwargs.get(name)
+        if written is not None and not isinstance(written, Config):
+            kwargs[name] = hash_as(build(written, name), written)
 
     @classmethod
     def massage_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
-            if "execution" in kwargs:  # the block as written, or an Execution Tango built from it
-                kwargs["execution"] = Execution.from_config(kwargs["execution"])
+            if "execution" in kwargs:
+                kwargs["execution"] = Execution.from_dict(kwargs["execution"] or {}, "execution")
+            cls.build_configs(kwargs)
             cls.validate(kwargs)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(f"{cls.__name__}: {exc}") from None
-        for name, spec in cls.CONTENT_HASHED.items():
-            if kwargs.get(name) is not None and not isinstance(kwargs[name], ContentHashed):
-                kwargs[name] = ContentHashed(kwargs[name], spec)
         return kwargs
 
     def content_hash(self, argument: str) -> str:
         """The content hash that went into this step's fingerprint for a ``CONTENT_HASHED`` argument."""
-        return self.kwargs[argument].content_hash
+        value = self.kwargs[argument]
+        return (value if isinstance(value, ContentHashed) else vars(value)[STAND_IN]).content_hash
 
     def output_dir(self, fresh: bool = True) -> Path:
         """The directory in this step's work dir for the artifact's files; emptied first when ``fresh``

@@ -44,13 +44,14 @@ from contextlib import nullcontext
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
 from steps.common.documents import read_documents, write_jsonl_gz
 from steps.common.tasks import get_task_spec
-from steps.corpus.config import ConfigError, Selector, build, check_selector, not_code, require, selects
+from olmo_model.config import Config, ConfigError, require
+from steps.corpus.config import Selector, check_selector, not_code, selects
 from steps.corpus.decontamination import DEFAULT_MIN_WORDS, is_long, task_paragraphs
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.stats import merge_stats, total_stats
@@ -167,7 +168,9 @@ class BloomFilter:
 
 
 @dataclass(frozen=True)
-class DedupConfig:
+class DedupConfig(Config):
+    WHERE = "dedup"
+
     url: bool = True
     exact: bool = True
     paragraph: bool = True
@@ -177,7 +180,7 @@ class DedupConfig:
     decontaminate: tuple[str, ...] = ()  # tasks whose long paragraphs remove a document (none: off)
     decontamination_min_words: int = DEFAULT_MIN_WORDS
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_selector(self.paragraph_sources, "dedup.paragraph_sources")
         for name in self.decontaminate:
             try:
@@ -189,10 +192,6 @@ class DedupConfig:
         require(self.expected_items >= 1, "dedup.expected_items", "a positive integer", self.expected_items)
         require(0 < self.false_positive_rate < 1, "dedup.false_positive_rate", "a number in (0, 1)",
                 self.false_positive_rate)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DedupConfig":
-        return build(cls, data, "dedup")
 
     def dedups_paragraphs(self, source: str) -> bool:
         return self.paragraph and selects(self.paragraph_sources, source, not_code)
@@ -465,7 +464,7 @@ def _dedup_shards(
 def deduplicate(
     input_dir: str | Path,
     output_dir: str | Path,
-    config: DedupConfig | Mapping[str, Any],
+    config: DedupConfig,
     work_dir: str | Path | None = None,
     num_workers: int = 1,
 ) -> dict[str, Any]:
@@ -483,7 +482,6 @@ def deduplicate(
     skips the shards already finished; without it they live in a scratch folder, removed at the end.
     ``num_workers`` processes read, hash and write shards; the result does not depend on it.
     """
-    config = DedupConfig.from_dict(config) if isinstance(config, Mapping) else config
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
-from steps.corpus.config import require
+from olmo_model.config import Config, require
 
 ADDED = "olmo-tango"  # the Dolma ``added`` field of documents made here (fixed, so outputs are reproducible)
 EmbeddedKind = Literal["python-docs", "python-code", "package-metadata", "system-docs"]
 
 
 @dataclass(frozen=True)
-class EmbeddedSource:
+class EmbeddedSource(Config):
     """Documents made from the Python standard library, installed packages or /usr/share/doc.
 
     The candidates of a kind are listed in a sorted, machine-independent order; the source reads
@@ -46,7 +46,7 @@ class EmbeddedSource:
     max_documents: int | None = None
     max_chars_per_document: int | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for key in ("max_documents", "max_chars_per_document"):
             value = getattr(self, key)
             require(value is None or value > 0, f"source {self.name!r}.{key}", "a positive integer or null", value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from steps.common.documents import read_documents, write_jsonl_gz
 from steps.corpus.layout import DOCUMENTS_DIR
@@ -138,7 +138,7 @@ def filter_documents(
     documents_dir: str | Path,
     attributes_dir: str | Path,
     output_dir: str | Path,
-    config: FilterConfig | Mapping[str, Any],
+    config: FilterConfig,
     num_workers: int = 1,
     markers: Path | None = None,
 ) -> dict[str, Any]:
@@ -149,7 +149,6 @@ def filter_documents(
     toxic_sentences_removed, pii_spans_masked, documents_with_pii (among kept documents),
     documents_kept and bytes_kept (UTF-8 bytes of text).
     """
-    config = FilterConfig.from_dict(config) if isinstance(config, Mapping) else config
 
     def job(source: str, shard: Path, stem: str) -> FilterJob:
         return FilterJob(source, str(shard), stem, str(attributes_dir), str(output_dir), config)

@@ -16,10 +16,10 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from steps.common.documents import ShardWriter, read_documents
-from steps.corpus.config import ConfigError, build, require
+from olmo_model.config import Config, ConfigError, require
 from steps.corpus.layout import DOCUMENTS_DIR, source_shards
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import total_stats
@@ -34,7 +34,9 @@ def unit_hash(seed: int, purpose: str, source: str, doc_id: str) -> float:
 
 
 @dataclass(frozen=True)
-class MixConfig:
+class MixConfig(Config):
+    WHERE = "mix"
+
     sampling: dict[str, float] = field(default_factory=dict)  # source name -> factor (default 1.0)
     proportions: dict[str, float] = field(default_factory=dict)  # source name -> share of training bytes
     total_bytes: int | None = None  # size of the training mix with ``proportions`` (default: no repeats)
@@ -42,7 +44,7 @@ class MixConfig:
     max_shard_bytes: int = 256 * 2**20
     heldout_fraction: float = 0.0
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for source, factor in self.sampling.items():
             require(factor >= 0, f"mix.sampling.{source}", "a non-negative factor", factor)
         for source, share in self.proportions.items():
@@ -55,10 +57,6 @@ class MixConfig:
                 "a positive integer, with proportions", self.total_bytes)
         require(self.max_shard_bytes > 0, "mix.max_shard_bytes", "a positive integer", self.max_shard_bytes)
         require(0 <= self.heldout_fraction < 1, "mix.heldout_fraction", "a number in [0, 1)", self.heldout_fraction)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MixConfig":
-        return build(cls, data, "mix")
 
     def is_heldout(self, source: str, doc_id: str) -> bool:
         return unit_hash(self.seed, "heldout", source, doc_id) < self.heldout_fraction
@@ -140,7 +138,7 @@ def mix_source(job: MixJob) -> dict[str, Any]:
 def mix_sources(
     input_dir: str | Path,
     output_dir: str | Path,
-    config: MixConfig | Mapping[str, Any],
+    config: MixConfig,
     num_workers: int = 1,
     markers: Path | None = None,
 ) -> dict[str, Any]:
@@ -151,7 +149,6 @@ def mix_sources(
     stats}`` with documents_in, documents_out, bytes_out, heldout_documents and heldout_bytes (and
     each source's ``factor``). With ``markers``, sources finished by an interrupted run are kept.
     """
-    config = MixConfig.from_dict(config) if isinstance(config, Mapping) else config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     sources = source_shards(input_dir)
     for key in ("sampling", "proportions"):

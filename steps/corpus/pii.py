@@ -61,7 +61,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
-from steps.corpus.config import RuleSection, TaggerSection, require
+from olmo_model.config import require
+from steps.corpus.config import RuleSection, TaggerSection
 from steps.corpus.spans import Attributes, Edits, document_value, whole_document
 
 PII_RULES = ("pii_too_many_spans",)

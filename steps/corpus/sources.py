@@ -43,7 +43,7 @@ from steps.common.documents import (
     list_shards, read_documents, read_records,
 )
 from steps.common.files import file_identity, shard_name
-from steps.corpus.config import ConfigError, build, require
+from olmo_model.config import Config, ConfigError, build_config, require
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
 from steps.corpus.layout import DOCUMENTS_DIR, QUARANTINE_DIR, SHARD_SUFFIXES
@@ -56,7 +56,7 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class FilesSource:
+class FilesSource(Config):
     """Dolma shards at fsspec URLs: files, folders (every shard below) or globs, read in the given order."""
 
     name: str
@@ -65,14 +65,14 @@ class FilesSource:
     strict: bool = False
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(len(self.paths) > 0, f"source {self.name!r}.paths", "at least one path", self.paths)
         require(self.max_document_bytes > 0, f"source {self.name!r}.max_document_bytes", "a positive integer",
                 self.max_document_bytes)
 
 
 @dataclass(frozen=True)
-class HuggingFaceSource:
+class HuggingFaceSource(Config):
     """A Hugging Face dataset split; ``dataset`` may be a local folder written by ``save_to_disk``."""
 
     name: str
@@ -88,7 +88,7 @@ class HuggingFaceSource:
     max_documents: int | None = None
     strict: bool = False
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(self.max_documents is None or self.max_documents > 0, f"source {self.name!r}.max_documents",
                 "a positive integer or null", self.max_documents)
 
@@ -101,18 +101,18 @@ SourceSpec = Union[EmbeddedSource, FilesSource, HuggingFaceSource]
 SOURCE_TYPES: dict[str, type] = {"embedded": EmbeddedSource, "files": FilesSource, "huggingface": HuggingFaceSource}
 
 
-def validate_source(spec: Mapping[str, Any] | SourceSpec) -> SourceSpec:
-    """Check a source config dict and return its typed form; errors name the source and the key."""
+def validate_source(spec: Mapping[str, Any] | SourceSpec, where: str = "source") -> SourceSpec:
+    """The typed source of a source config block; errors name the source and the key."""
     if isinstance(spec, tuple(SOURCE_TYPES.values())):
         return spec
-    require(isinstance(spec, Mapping), "source", "a mapping with 'name' and 'type'", spec)
+    require(isinstance(spec, Mapping), where, "a mapping with 'name' and 'type'", spec)
     name = spec.get("name")
-    require(isinstance(name, str) and bool(SOURCE_NAME.match(name)), "source.name",
+    require(isinstance(name, str) and bool(SOURCE_NAME.match(name)), f"{where}.name",
             "a folder-safe name (letters, digits, '.', '_', '-')", name)
     source_type = spec.get("type")
     if source_type not in SOURCE_TYPES:
-        raise ConfigError(f"source {name!r}.type: expected one of {', '.join(SOURCE_TYPES)}, got {source_type!r}")
-    return build(SOURCE_TYPES[source_type], spec, f"source {name!r}")
+        raise ConfigError(f"{where} {name!r}.type: expected one of {', '.join(SOURCE_TYPES)}, got {source_type!r}")
+    return build_config(SOURCE_TYPES[source_type], spec, f"{where} {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ def quarantine_summary(name: str, stats: Mapping[str, Any], out_dir: str | Path)
 
 
 def write_source(
-    spec: Mapping[str, Any] | SourceSpec,
+    spec: SourceSpec,
     out_dir: str | Path,
     max_shard_bytes: int = 256 * 2**20,
     num_workers: int = 1,
@@ -400,7 +400,6 @@ def write_source(
     document of the source has. The jobs' id digests go to ``ids_dir`` (keep it with ``markers`` to resume;
     a temporary folder when not given).
     """
-    spec = validate_source(spec)
     with tempfile.TemporaryDirectory(prefix="source-ids-") as scratch:
         ids = str(ids_dir if ids_dir is not None else scratch)
         jobs = [SourceJob(spec, index, url, str(out_dir), max_shard_bytes, ids)
@@ -416,9 +415,8 @@ def write_source(
     return {"inputs": len(jobs), **totals}
 
 
-def iter_source_documents(spec: Mapping[str, Any] | SourceSpec) -> Iterator[dict[str, Any]]:
+def iter_source_documents(spec: SourceSpec) -> Iterator[dict[str, Any]]:
     """The source's good documents in order (bad records left out; :func:`write_source` counts them)."""
-    spec = validate_source(spec)
     for url in source_inputs(spec):
         for _, record in _records(spec, url, Counter()):
             if not isinstance(record, BadRecord):

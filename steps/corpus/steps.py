@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from tango import Step
 
 from steps.common.artifacts import Artifact
-from steps.common.execution import ExecutionArgument
+from steps.common.execution import Execution
 from steps.common.step import ArtifactStep, ContentHash
 from steps.common.tasks import tasks_content_hash
 from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import filter_documents
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.corpus.mix import MixConfig, mix_sources
-from steps.corpus.sources import source_fingerprint, validate_source, write_source
+from steps.corpus.sources import SourceSpec, source_fingerprint, validate_source, write_source
 from steps.corpus.tag import ATTRIBUTES_DIR, tag_documents
 from steps.corpus.taggers import FilterConfig, TagConfig
 
@@ -53,16 +52,13 @@ class CorpusSource(ShardedStage):
 
     VERSION = "003"
     CONTENT_HASHED = {"source": ContentHash(source_fingerprint, location_keys=("paths",))}
+    CONFIGS = {"source": validate_source}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        validate_source(kwargs["source"])
-
-    def run(self, source: dict, max_shard_bytes: int = 64 * 2**20, execution: ExecutionArgument = None) -> Artifact:
+    def run(self, source: SourceSpec, max_shard_bytes: int = 64 * 2**20, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
-        stats = write_source(dict(source), out, max_shard_bytes, execution.num_workers, self.markers,
+        stats = write_source(source, out, max_shard_bytes, execution.num_workers, self.markers,
                              ids_dir=self.work_dir / "ids")
-        return self.artifact(out, {"source": source["name"], "content_hash": self.content_hash("source"), **stats})
+        return self.artifact(out, {"source": source.name, "content_hash": self.content_hash("source"), **stats})
 
 
 @Step.register("tag_documents")
@@ -70,12 +66,9 @@ class TagDocuments(ShardedStage):
     """Language, code, Gopher, C4, toxicity and PII attributes of every document, as Dolma attribute files."""
 
     VERSION = "002"  # 002: PII rules 'dolma_v1_fixed' by default (tag.pii.rules)
+    CONFIGS = {"config": TagConfig.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        TagConfig.from_dict(kwargs["config"])
-
-    def run(self, sources: list[Artifact], config: dict, execution: ExecutionArgument = None) -> Artifact:
+    def run(self, sources: list[Artifact], config: TagConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = tag_documents(self.merged_sources(sources), out, config, execution.num_workers, self.markers)
         return self.artifact(out, stats)
@@ -86,13 +79,10 @@ class FilterDocuments(ShardedStage):
     """The taggers' rules applied to their attributes; every removed document counted under its rule."""
 
     VERSION = "002"
-
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        FilterConfig.from_dict(kwargs["config"])
+    CONFIGS = {"config": FilterConfig.from_dict}
 
     def run(
-        self, sources: list[Artifact], attributes: Artifact, config: dict, execution: ExecutionArgument = None
+        self, sources: list[Artifact], attributes: Artifact, config: FilterConfig, execution: Execution = Execution()
     ) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = filter_documents(self.merged_sources(sources), attributes.path / ATTRIBUTES_DIR, out, config,
@@ -108,12 +98,9 @@ class DeduplicateDocuments(ArtifactStep):
 
     VERSION = "003"
     CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash(config.get("decontaminate", ())))}
+    CONFIGS = {"config": DedupConfig.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        DedupConfig.from_dict(kwargs["config"])
-
-    def run(self, documents: Artifact, config: dict, execution: ExecutionArgument = None) -> Artifact:
+    def run(self, documents: Artifact, config: DedupConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = deduplicate(documents_dir(documents), out, config, work_dir=self.work_dir / "dedup",
                             num_workers=execution.num_workers)
@@ -125,12 +112,9 @@ class MixSources(ShardedStage):
     """Per-source sampling (factors or target proportions) by seed into output shards, and a held-out split."""
 
     VERSION = "002"
+    CONFIGS = {"config": MixConfig.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        MixConfig.from_dict(kwargs["config"])
-
-    def run(self, documents: Artifact, config: dict, execution: ExecutionArgument = None) -> Artifact:
+    def run(self, documents: Artifact, config: MixConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)  # sources finished before a crash are kept
         stats = mix_sources(documents_dir(documents), out, config, execution.num_workers, self.markers)
         return self.artifact(out, stats)

@@ -12,7 +12,7 @@ import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from steps.common.documents import read_documents, write_jsonl_gz
 from steps.corpus.shards import run_over_documents
@@ -70,7 +70,7 @@ def tag_shard(job: TagJob) -> dict[str, Any]:
 def tag_documents(
     documents_dir: str | Path,
     output_dir: str | Path,
-    config: TagConfig | Mapping[str, Any],
+    config: TagConfig,
     num_workers: int = 1,
     markers: Path | None = None,
 ) -> dict[str, Any]:
@@ -79,7 +79,6 @@ def tag_documents(
     Returns ``{"sources": {source: {documents, bytes, taggers: {tagger: documents tagged}}}, "total": ...}``.
     With ``markers`` (a folder), shards finished by an interrupted run are not tagged again.
     """
-    config = TagConfig.from_dict(config) if isinstance(config, Mapping) else config
 
     def job(source: str, shard: Path, stem: str) -> TagJob:
         return TagJob(source, str(shard), stem, str(output_dir), config)

@@ -9,11 +9,12 @@ run, and rules rank (a removed document is counted under the first rule that rem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from steps.corpus.c4 import C4_RULES, C4Rules, C4Tagging, c4_edits, c4_flags, tag_c4
 from steps.corpus.code import CODE_RULES, CodeRules, CodeTagging, code_flags, tag_code
-from steps.corpus.config import RuleSection, TaggerSection, build, require
+from olmo_model.config import Config, require
+from steps.corpus.config import RuleSection, TaggerSection
 from steps.corpus.pii import PII_RULES, PiiRules, PiiTagging, pii_edits, pii_flags, tag_pii
 from steps.corpus.quality import GOPHER_RULES, GopherRules, gopher_attributes, gopher_flags
 from steps.corpus.spans import Attributes, Edits, document_value, whole_document
@@ -119,8 +120,10 @@ RULE_ORDER = (*(rule for tagger in TAGGERS.values() for rule in tagger.rule_name
 
 
 @dataclass(frozen=True)
-class TagConfig:
+class TagConfig(Config):
     """The tag step's config: per tagger, whether it runs, on which sources, with which parameters."""
+
+    WHERE = "tag"
 
     language: LanguageTagging = field(default_factory=LanguageTagging)
     code: CodeTagging = field(default_factory=CodeTagging)
@@ -129,18 +132,16 @@ class TagConfig:
     toxicity: ToxicityTagging = field(default_factory=ToxicityTagging)
     pii: PiiTagging = field(default_factory=PiiTagging)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TagConfig":
-        return build(cls, data, "tag")
-
     def taggers_for(self, source: str) -> list[str]:
         """Names of the taggers that tag ``source``, in :data:`TAGGERS` order."""
         return [name for name in TAGGERS if getattr(self, name).applies(source)]
 
 
 @dataclass(frozen=True)
-class FilterConfig:
+class FilterConfig(Config):
     """The filter step's config: per tagger, whether its rules apply and their thresholds (Dolma's by default)."""
+
+    WHERE = "filter"
 
     language: LanguageRules = field(default_factory=LanguageRules)
     code: CodeRules = field(default_factory=CodeRules)
@@ -149,6 +150,3 @@ class FilterConfig:
     toxicity: ToxicityRules = field(default_factory=ToxicityRules)
     pii: PiiRules = field(default_factory=PiiRules)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FilterConfig":
-        return build(cls, data, "filter")

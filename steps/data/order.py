@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from olmo_model.config import check_keys
+from olmo_model.config import Config, require
 from steps.common.artifacts import Artifact
 
 ROUNDS = 8  # blake2b's 64-byte digest gives eight 64-bit round keys
@@ -150,14 +150,21 @@ def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return batch[rank::world_size]
 
 
-def order_for(instances: Artifact, config: dict[str, Any]) -> DataOrder:
+@dataclass(frozen=True)
+class DataOrderConfig(Config):
+    """A recipe's ``data_order`` block: the seed of the permutation and the instances of one global batch."""
+
+    global_batch_size: int  # the fields in Jsonnet's (sorted) order: to_dict() is the block as a recipe writes it
+    seed: int
+
+    WHERE = "data_order"
+
+    def check(self) -> None:
+        require(self.seed >= 0, "data_order.seed", "a non-negative integer", self.seed)
+        require(self.global_batch_size >= 1, "data_order.global_batch_size", "a positive integer",
+                self.global_batch_size)
+
+
+def order_for(instances: Artifact, config: DataOrderConfig) -> DataOrder:
     """The training order of an instances artifact: a pure function of its fingerprint, the seed and the epoch."""
-    return DataOrder(instances.summary["num_instances"], instances.fingerprint, config["seed"])
-
-
-def validate_data_order(config: dict[str, Any]) -> None:
-    """Check a ``data_order`` config block: ``seed`` (>= 0) and ``global_batch_size`` (>= 1)."""
-    check_keys(config, {"seed", "global_batch_size"}, "data_order")
-    for key in ("seed", "global_batch_size"):
-        if not isinstance(config.get(key), int) or config[key] < (0 if key == "seed" else 1):
-            raise ValueError(f"data_order.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} integer")
+    return DataOrder(instances.summary["num_instances"], instances.fingerprint, config.seed)

@@ -8,13 +8,13 @@ from typing import Any
 from tango import Step
 
 from steps.common.artifacts import Artifact, link_or_copy_tree
-from steps.common.execution import ExecutionArgument
+from steps.common.execution import Execution
 from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.data.batches import BATCH_FILE, check_batch_split, describe_batch
 from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
 from steps.data.instances import INDEX_FILE, build_instances, check_ignore_token_ids, load_instances
-from steps.data.order import order_for, validate_data_order
+from steps.data.order import DataOrderConfig, order_for
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents, tokenizer_file
 from steps.data.tokenizer import TokenizerSpec, resolve_tokenizer_file, tokenizer_fingerprint, tokenizer_summary
 
@@ -29,15 +29,11 @@ class LoadTokenizer(ArtifactStep):
             lambda spec: tokenizer_fingerprint(TokenizerSpec.from_dict(spec)), location_keys=("name", "path")
         )
     }
+    CONFIGS = {"tokenizer": TokenizerSpec.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        TokenizerSpec.from_dict(kwargs["tokenizer"])
-
-    def run(self, tokenizer: dict) -> Artifact:
-        spec = TokenizerSpec.from_dict(tokenizer)
-        content = resolve_tokenizer_file(spec)
-        summary = tokenizer_summary(content, spec)
+    def run(self, tokenizer: TokenizerSpec) -> Artifact:
+        content = resolve_tokenizer_file(tokenizer)
+        summary = tokenizer_summary(content, tokenizer)
         out = self.output_dir()
         (out / TOKENIZER_FILE).write_bytes(content)
         return self.artifact(out, summary)
@@ -80,7 +76,7 @@ class TokenizeDocuments(ArtifactStep):
 
     VERSION = "004"
 
-    def run(self, documents: Artifact, tokenizer: Artifact, execution: ExecutionArgument = None) -> Artifact:
+    def run(self, documents: Artifact, tokenizer: Artifact, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)  # finished shards survive a crash and are skipped
         summary = tokenize_documents(
             documents.path / "documents",
@@ -139,18 +135,17 @@ class TrainingBatch(ArtifactStep):
 
     VERSION = "002"
     SKIP_ID_ARGUMENTS = ArtifactStep.SKIP_ID_ARGUMENTS - {"world_size"}
+    CONFIGS = {"data_order": DataOrderConfig.from_dict}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        validate_data_order(kwargs["data_order"])
         if not isinstance(kwargs.get("step"), int) or kwargs["step"] < 0:
             raise ValueError("step: expected a non-negative integer")
-        check_batch_split(
-            kwargs["data_order"]["global_batch_size"], kwargs.get("world_size", 1), kwargs.get("micro_batch_size")
-        )
+        check_batch_split(kwargs["data_order"].global_batch_size, kwargs.get("world_size", 1),
+                          kwargs.get("micro_batch_size"))
 
     def run(
-        self, instances: Artifact, data_order: dict, step: int, micro_batch_size: int, world_size: int = 1
+        self, instances: Artifact, data_order: DataOrderConfig, step: int, micro_batch_size: int, world_size: int = 1
     ) -> Artifact:
         index, root = load_instances(instances)
         batch = describe_batch(
@@ -158,7 +153,7 @@ class TrainingBatch(ArtifactStep):
             index,
             order_for(instances, data_order),
             step,
-            data_order["global_batch_size"],
+            data_order.global_batch_size,
             world_size,
             micro_batch_size,
         )

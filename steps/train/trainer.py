@@ -21,22 +21,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from olmo_model import LRSchedule, build_adamw
-from olmo_model.config import check_field_types, dataclass_from_dict
+from olmo_model.config import Config, ConfigError, require
 from steps.data.batches import batch_hash
 
 from .checkpoint import TrainState
 from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective
 
-PRECISIONS = ("fp32", "bf16")
-NAN_POLICIES = ("stop", "skip")
+
+Precision = Literal["fp32", "bf16"]
+NanPolicy = Literal["stop", "skip"]
+NAN_POLICIES: tuple[str, ...] = typing.get_args(NanPolicy)
 
 BatchSource = Callable[[int], "torch.Tensor | Batch"]
 
@@ -44,88 +47,66 @@ BatchSource = Callable[[int], "torch.Tensor | Batch"]
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(Config):
     """AdamW hyperparameters; the peak LR lives in the schedule (``schedule.peak_lr``)."""
 
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-5
     weight_decay: float = 0.1
 
-    def __post_init__(self) -> None:
-        betas = self.betas
-        if (
-            not isinstance(betas, (list, tuple))
-            or len(betas) != 2
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-        ):
-            raise ValueError(f"OptimizerConfig.betas: expected two numbers in [0, 1), got {betas!r}")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+    WHERE = "train.optimizer"
+
+    def check(self) -> None:
+        require(all(0 <= beta < 1 for beta in self.betas), f"{self.WHERE}.betas", "two numbers in [0, 1)", self.betas)
         for key in ("eps", "weight_decay"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"OptimizerConfig.{key}: expected a number >= 0, got {value!r}")
-            object.__setattr__(self, key, float(value))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OptimizerConfig:
-        return dataclass_from_dict(cls, data)
+            require(getattr(self, key) >= 0, f"{self.WHERE}.{key}", "a number >= 0", getattr(self, key))
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: batch sizes in instances (sequences, or pairs for DPO), steps, optimizer, LR schedule.
+@dataclass(frozen=True, kw_only=True)
+class UpdateConfig(Config):
+    """What every training block of a recipe says about one update: instances per micro-batch (sequences, or
+    pairs for DPO), AdamW, gradient clipping (``max_grad_norm`` None: measured, not clipped), the seed,
+    ``precision`` ("bf16" autocasts the forward pass, weights and optimizer state stay fp32) and what a
+    non-finite loss or gradient norm does (``nan_policy`` "stop" raises, "skip" drops that update)."""
 
-    ``max_grad_norm`` None disables clipping (the norm is still measured). ``precision`` "bf16"
-    autocasts the forward pass to bf16 and keeps fp32 weights and optimizer state.
-    ``checkpoint_every`` None checkpoints only at the end (when the run has a checkpoint directory).
-    ``nan_policy`` "stop" raises on a non-finite loss or gradient norm; "skip" drops that update.
-    """
-
-    global_batch_size: int
     micro_batch_size: int
-    max_steps: int
-    schedule: LRSchedule
     optimizer: OptimizerConfig = OptimizerConfig()
     max_grad_norm: float | None = 1.0
     seed: int = 6198
-    precision: str = "fp32"
-    checkpoint_every: int | None = None
-    nan_policy: str = "stop"
+    precision: Precision = "fp32"
+    nan_policy: NanPolicy = "stop"
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        name = type(self).__name__
-        for key in ("global_batch_size", "micro_batch_size", "max_steps", "checkpoint_every"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name}.{key}: expected a positive integer, got {value}")
+    WHERE = "train"
+
+    def check(self) -> None:
+        require(self.micro_batch_size > 0, f"{self.WHERE}.micro_batch_size", "a positive integer",
+                self.micro_batch_size)
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, f"{self.WHERE}.max_grad_norm",
+                "a positive number or null", self.max_grad_norm)
+
+    def update_settings(self) -> dict[str, Any]:
+        """The fields of :class:`UpdateConfig`, to build a :class:`TrainConfig` with."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(UpdateConfig)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(UpdateConfig):
+    """How the trainer trains: :class:`UpdateConfig`, and ``max_steps`` global batches of
+    ``global_batch_size`` instances with the LR of ``schedule``."""
+
+    global_batch_size: int
+    max_steps: int
+    schedule: LRSchedule
+
+    def check(self) -> None:
+        super().check()
+        for key in ("global_batch_size", "max_steps"):
+            require(getattr(self, key) > 0, f"{self.WHERE}.{key}", "a positive integer", getattr(self, key))
         if self.global_batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"{name}: global_batch_size ({self.global_batch_size}) must be a multiple of "
+            raise ConfigError(
+                f"{self.WHERE}: global_batch_size ({self.global_batch_size}) must be a multiple of "
                 f"micro_batch_size ({self.micro_batch_size})"
             )
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"{name}.max_grad_norm: expected a positive number or null, got {self.max_grad_norm}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"{name}.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.nan_policy not in NAN_POLICIES:
-            raise ValueError(f"{name}.nan_policy: expected one of {list(NAN_POLICIES)}, got {self.nan_policy!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"TrainConfig: expected a mapping, got {type(data).__name__}")
-        data = dict(data)
-        for key, nested in (("schedule", LRSchedule), ("optimizer", OptimizerConfig)):
-            if isinstance(data.get(key), Mapping):
-                try:
-                    data[key] = nested.from_dict(data[key])
-                except ValueError as exc:
-                    raise ValueError(f"TrainConfig.{key}: {exc}") from None
-        return dataclass_from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:

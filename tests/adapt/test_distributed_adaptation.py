@@ -39,7 +39,7 @@ def step_job(micro_workspace, tmp_path_factory):
         arguments = {key: workspace.step_cache[value] if isinstance(value, Step) else value
                      for key, value in step.kwargs.items()}
         job, _ = step.job(True, **arguments)
-        config = (type(step).adapt_config(arguments["train"], num_steps=steps) if stage in STAGES
+        config = (arguments["train"].train_config(num_steps=steps) if stage in STAGES
                   else replace(job.config, max_steps=steps))
         return replace(job, config=config, wandb_run=None, execution=replace(job.execution, **execution))
 

@@ -6,10 +6,11 @@ import pytest
 
 from steps.common.documents import write_jsonl_gz
 from steps.corpus.accounts import AccountsError, corpus_accounts
-from steps.corpus.dedup import deduplicate
+from steps.corpus.dedup import DedupConfig, deduplicate
 from steps.corpus.filter import filter_documents
-from steps.corpus.sources import write_source
+from steps.corpus.sources import validate_source, write_source
 from steps.corpus.tag import tag_documents
+from steps.corpus.taggers import FilterConfig, TagConfig
 from steps.report.render import corpus_section
 
 PROSE = ("The committee met on a quiet morning to review the plans for the new library. Members of the board "
@@ -44,12 +45,13 @@ def pipeline(tmp_path_factory):
 
     summaries = {}
     for name in ("web", "wiki"):
-        spec = {"name": name, "type": "files", "paths": [str(root / name)]}
+        spec = validate_source({"name": name, "type": "files", "paths": [str(root / name)]})
         summaries[f"source_{name}"] = write_source(spec, root / "sources") | {"source": name}
-    tag_documents(root / "sources" / "documents", root / "tag", {"language": {"enabled": False},
-                                                                "toxicity": {"enabled": False}})
-    filtered = filter_documents(root / "sources" / "documents", root / "tag" / "attributes", root / "filter", {})
-    deduped = deduplicate(root / "filter" / "documents", root / "dedup", {"expected_items": 10_000})
+    tag_config = TagConfig.from_dict({"language": {"enabled": False}, "toxicity": {"enabled": False}})
+    tag_documents(root / "sources" / "documents", root / "tag", tag_config)
+    filtered = filter_documents(root / "sources" / "documents", root / "tag" / "attributes", root / "filter",
+                                FilterConfig())
+    deduped = deduplicate(root / "filter" / "documents", root / "dedup", DedupConfig.from_dict({"expected_items": 10_000}))
     return {**summaries, "filter": filtered, "dedup": deduped}
 
 

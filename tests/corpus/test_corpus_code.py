@@ -2,7 +2,7 @@
 import pytest
 
 from steps.corpus.code import CodeRules, CodeTagging, code_flags, tag_code
-from steps.corpus.config import ConfigError
+from olmo_model.config import ConfigError
 
 
 def code_attributes(text, tagging=CodeTagging()):

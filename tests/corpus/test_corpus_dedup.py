@@ -8,7 +8,7 @@ import pytest
 
 from steps.common.documents import list_shards, read_documents, write_jsonl_gz
 from steps.corpus import dedup
-from steps.corpus.config import ConfigError
+from olmo_model.config import ConfigError
 from steps.corpus.decontamination import long_paragraphs
 from steps.corpus.dedup import BloomFilter, DedupConfig, bloom_size, deduplicate, item_digests
 from steps.common.tasks import load_task
@@ -130,7 +130,7 @@ def output_bytes(out):
 
 
 def test_first_occurrence_across_sources_is_kept(corpus, tmp_path):
-    stats = deduplicate(corpus, tmp_path / "out", {})
+    stats = deduplicate(corpus, tmp_path / "out", DedupConfig())
     assert kept_docs(tmp_path / "out", "a-books") == {
         "a1": "Shared paragraph one.\nShared paragraph two.", "a2": "A text that a-books also has."}
     assert kept_docs(tmp_path / "out", "b-web") == {"b4": "Fresh start.\nFresh end.", "b5": "Only in b1."}
@@ -154,14 +154,14 @@ def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and
         doc("c2", f"{leaked} and more words after it.", "https://x/c2"),  # not the same paragraph: kept
         doc("c3", "Shared paragraph one.", "https://x/c3"),  # the URL of c1 is not seen: paragraph dedup as usual
     ])
-    config = {"decontaminate": ["copa"], "decontamination_min_words": 5}
+    config = DedupConfig.from_dict({"decontaminate": ["copa"], "decontamination_min_words": 5})
     stats = deduplicate(corpus, tmp_path / "out", config, work_dir=tmp_path / "work" / "dedup")
     c = stats["sources"]["c-forum"]
     assert kept_docs(tmp_path / "out", "c-forum") == {"c2": f"{leaked} and more words after it."}
     assert (c["removed_contaminated"], c["documents_emptied"], c["documents_kept"]) == (1, 1, 1)
     assert stats["total"]["removed_contaminated"] == 1
     assert stats["decontamination"]["tasks"] == ["copa"] and stats["decontamination"]["paragraphs"] > 100
-    plain = deduplicate(corpus, tmp_path / "plain", {})
+    plain = deduplicate(corpus, tmp_path / "plain", DedupConfig())
     assert plain["sources"]["c-forum"]["removed_contaminated"] == 0
     assert plain["sources"]["c-forum"]["documents_kept"] == 2
     with pytest.raises(ConfigError, match="dedup.decontaminate: unknown task 'nope'"):
@@ -169,7 +169,7 @@ def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and
 
 
 def test_each_dedup_kind_can_be_switched_off(corpus, tmp_path):
-    stats = deduplicate(corpus, tmp_path / "out", {"url": False, "paragraph": False})
+    stats = deduplicate(corpus, tmp_path / "out", DedupConfig.from_dict({"url": False, "paragraph": False}))
     b = stats["sources"]["b-web"]
     assert (b["removed_url"], b["removed_exact"], b["paragraphs_removed"], b["documents_kept"]) == (0, 1, 0, 4)
     assert kept_docs(tmp_path / "out", "b-web")["b1"] == "Shared paragraph one.\nOnly in b1."
@@ -178,10 +178,10 @@ def test_each_dedup_kind_can_be_switched_off(corpus, tmp_path):
 def test_paragraph_dedup_skips_code_sources_by_default(tmp_path):
     lines = "def f():\n    return None\n"
     write_jsonl_gz(tmp_path / "in" / "python-code" / "c.jsonl.gz", [doc("f", lines), doc("g", "# g\n" + lines)])
-    stats = deduplicate(tmp_path / "in", tmp_path / "out", {})
+    stats = deduplicate(tmp_path / "in", tmp_path / "out", DedupConfig())
     assert stats["sources"]["python-code"]["paragraphs_removed"] == 0
     assert kept_docs(tmp_path / "out", "python-code")["g"] == "# g\n" + lines
-    stats = deduplicate(tmp_path / "in", tmp_path / "all", {"paragraph_sources": "*"})
+    stats = deduplicate(tmp_path / "in", tmp_path / "all", DedupConfig.from_dict({"paragraph_sources": "*"}))
     assert stats["sources"]["python-code"]["paragraphs_removed"] == 2
     assert kept_docs(tmp_path / "all", "python-code")["g"] == "# g\n"
 
@@ -197,7 +197,7 @@ def test_every_exact_repeat_is_removed_and_the_first_kept(tmp_path):
             for row in rows:
                 removed += row["text"] in first_ids
                 first_ids.setdefault(row["text"], row["id"])
-    stats = deduplicate(tmp_path / "in", tmp_path / "out", {"url": False, "paragraph": False})
+    stats = deduplicate(tmp_path / "in", tmp_path / "out", DedupConfig.from_dict({"url": False, "paragraph": False}))
     assert stats["total"]["removed_exact"] == removed > 1_500
     kept = {**kept_docs(tmp_path / "out", "a"), **kept_docs(tmp_path / "out", "b")}
     assert kept == {doc_id: text for text, doc_id in first_ids.items()}
@@ -266,8 +266,9 @@ def item_by_item(root, config):
 @pytest.mark.parametrize("settings", [{}, {"url": False}, {"exact": False, "paragraph_sources": "*"}])
 def test_shard_decisions_equal_item_by_item_decisions(tmp_path, settings):
     root = random_corpus(tmp_path / "in")
-    stats = deduplicate(root, tmp_path / "out", settings)
-    expected_kept, expected_stats = item_by_item(root, DedupConfig.from_dict(settings))
+    config = DedupConfig.from_dict(settings)
+    stats = deduplicate(root, tmp_path / "out", config)
+    expected_kept, expected_stats = item_by_item(root, config)
     assert stats["sources"] == expected_stats
     assert {source: kept_docs(tmp_path / "out", source) for source in expected_kept} == expected_kept
     total = stats["total"]
@@ -276,7 +277,8 @@ def test_shard_decisions_equal_item_by_item_decisions(tmp_path, settings):
 
 def test_output_is_deterministic_whatever_the_number_of_workers(tmp_path):
     root = random_corpus(tmp_path / "in", seed=1)
-    runs = [deduplicate(root, tmp_path / f"out{i}", {}, num_workers=workers) for i, workers in enumerate((1, 1, 2))]
+    runs = [deduplicate(root, tmp_path / f"out{i}", DedupConfig(), num_workers=workers)
+            for i, workers in enumerate((1, 1, 2))]
     assert runs[0] == runs[1] == runs[2]
     assert output_bytes(tmp_path / "out0") == output_bytes(tmp_path / "out1") == output_bytes(tmp_path / "out2")
     assert len(output_bytes(tmp_path / "out0")) == 9
@@ -322,21 +324,21 @@ def count_reads(monkeypatch):
 def test_rerun_after_a_crash_skips_finished_shards_and_matches_an_uninterrupted_run(
         tmp_path, monkeypatch, crash, workers):
     root = random_corpus(tmp_path / "in", seed=2)
-    expected = deduplicate(root, tmp_path / "clean", {})
+    expected = deduplicate(root, tmp_path / "clean", DedupConfig())
     name, when, folder = crash
     with monkeypatch.context() as patch:
         crash_on(patch, name, 4, when, folder)  # in this process: the filter's, not the workers' side
         with pytest.raises(Crash):
-            deduplicate(root, tmp_path / "out", {}, work_dir=tmp_path / "work", num_workers=workers)
+            deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work", num_workers=workers)
     finished = len(list((tmp_path / "work" / "done").rglob("*.json")))
     assert finished == (4 if when == "after" else 3)
     reads = count_reads(monkeypatch)
-    assert deduplicate(root, tmp_path / "out", {}, work_dir=tmp_path / "work") == expected
+    assert deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work") == expected
     assert len(reads) == 9 - finished
     assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")
     assert not list((tmp_path / "work" / "undo").rglob("*.npz"))
     reads.clear()
-    assert deduplicate(root, tmp_path / "out", {}, work_dir=tmp_path / "work") == expected
+    assert deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work") == expected
     assert reads == []  # a finished run reads nothing again
 
 
@@ -360,10 +362,11 @@ def test_reopening_a_work_dir_clears_the_bits_of_every_unfinished_shard(tmp_path
 
 def test_other_settings_in_the_work_dir_start_over(tmp_path, caplog):
     root = random_corpus(tmp_path / "in", seed=3)
-    deduplicate(root, tmp_path / "out", {"paragraph": False}, work_dir=tmp_path / "work")
-    expected = deduplicate(root, tmp_path / "clean", {"expected_items": 5_000})
+    deduplicate(root, tmp_path / "out", DedupConfig.from_dict({"paragraph": False}), work_dir=tmp_path / "work")
+    config = DedupConfig.from_dict({"expected_items": 5_000})
+    expected = deduplicate(root, tmp_path / "clean", config)
     with caplog.at_level("WARNING"):
-        stats = deduplicate(root, tmp_path / "out", {"expected_items": 5_000}, work_dir=tmp_path / "work")
+        stats = deduplicate(root, tmp_path / "out", config, work_dir=tmp_path / "work")
     assert "starting over" in caplog.text
     assert stats == expected
     assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from steps.common.documents import DocumentFormatError, list_shards, read_documents, write_jsonl_gz
-from steps.corpus.config import ConfigError
+from olmo_model.config import ConfigError
 from steps.corpus.filter import AttributeMismatchError, filter_documents
 from steps.corpus.layout import shard_stem
 from steps.corpus.tag import attribute_shard, read_attribute_rows, tag_documents
@@ -29,6 +29,7 @@ SENTENCES = [
 ]
 PROSE = " ".join(SENTENCES)
 NO_MODELS = {"language": {"enabled": False}, "toxicity": {"enabled": False}}  # the model taggers are slow to load
+TAG_NO_MODELS = TagConfig.from_dict(NO_MODELS)
 LINK_LIST = "Home\nAbout us\nContact"
 
 
@@ -86,13 +87,13 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tagged(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("tagged")
-    return out / "attributes", tag_documents(corpus, out, NO_MODELS)
+    return out / "attributes", tag_documents(corpus, out, TAG_NO_MODELS)
 
 
 @pytest.fixture(scope="module")
 def filtered(corpus, tagged, tmp_path_factory):
     out = tmp_path_factory.mktemp("filtered")
-    return out, filter_documents(corpus, tagged[0], out, {})
+    return out, filter_documents(corpus, tagged[0], out, FilterConfig())
 
 
 SHARDS = {"news": ["news-00000", "2024/news-00001"], "web": ["web-00000"], "python-code": ["code-00000"]}
@@ -249,7 +250,8 @@ def test_tag_once_filter_twice_with_other_thresholds(corpus, tagged, filtered, t
 
     for name, tagger in TAGGERS.items():
         monkeypatch.setitem(TAGGERS, name, replace(tagger, tag=no_tagging))
-    lenient = filter_documents(corpus, attributes, tmp_path, {"gopher": {"min_words": 5}, "pii": {"max_spans": 10}})
+    lenient_config = FilterConfig.from_dict({"gopher": {"min_words": 5}, "pii": {"max_spans": 10}})
+    lenient = filter_documents(corpus, attributes, tmp_path, lenient_config)
     assert file_states(attributes) == before  # not rewritten: same inodes, times and bytes
 
     strict_out, strict = filtered
@@ -263,7 +265,8 @@ def test_tag_once_filter_twice_with_other_thresholds(corpus, tagged, filtered, t
 
 
 def test_disabled_rules_keep_what_they_would_remove_and_edit_nothing(corpus, tagged, tmp_path):
-    stats = filter_documents(corpus, tagged[0], tmp_path, {"c4": {"enabled": False}, "pii": {"enabled": False}})
+    config = FilterConfig.from_dict({"c4": {"enabled": False}, "pii": {"enabled": False}})
+    stats = filter_documents(corpus, tagged[0], tmp_path, config)
     web = kept_documents(tmp_path, "web")
     assert web["web-c4"]["text"] == WEB["web-c4"] and web["web-pii"]["text"] == WEB["web-pii"]
     assert "c4_no_terminal_punctuation" not in stats["sources"]["web"]["flagged_by_rule"]
@@ -274,21 +277,21 @@ def test_disabled_rules_keep_what_they_would_remove_and_edit_nothing(corpus, tag
 def test_two_workers_give_byte_identical_attributes_and_documents(corpus, tagged, filtered, tmp_path):
     attributes, tag_stats = tagged
     out, stats = filtered
-    assert tag_documents(corpus, tmp_path / "tagged", NO_MODELS, num_workers=2) == tag_stats
-    assert stats == filter_documents(corpus, tmp_path / "tagged" / "attributes", tmp_path / "filtered", {},
-                                     num_workers=2)
+    assert tag_documents(corpus, tmp_path / "tagged", TAG_NO_MODELS, num_workers=2) == tag_stats
+    assert stats == filter_documents(corpus, tmp_path / "tagged" / "attributes", tmp_path / "filtered",
+                                     FilterConfig(), num_workers=2)
     for ours, theirs in ((attributes, tmp_path / "tagged" / "attributes"), (out, tmp_path / "filtered")):
         assert {k: v[2] for k, v in file_states(ours).items()} == {k: v[2] for k, v in file_states(theirs).items()}
 
 
 def test_an_interrupted_filter_resumes_with_the_unfinished_shards(corpus, tagged, filtered, tmp_path):
     markers = tmp_path / "markers"
-    first = filter_documents(corpus, tagged[0], tmp_path / "out", {}, markers=markers)
+    first = filter_documents(corpus, tagged[0], tmp_path / "out", FilterConfig(), markers=markers)
     assert first == filtered[1]
     (markers / "web" / "web-00000.json").unlink()  # as if the run had died while filtering web
     (tmp_path / "out" / "documents" / "web" / "web-00000.jsonl.gz").unlink()
     before = file_states(tmp_path / "out")
-    assert filter_documents(corpus, tagged[0], tmp_path / "out", {}, markers=markers) == first
+    assert filter_documents(corpus, tagged[0], tmp_path / "out", FilterConfig(), markers=markers) == first
     after = file_states(tmp_path / "out")
     assert {k: v for k, v in after.items() if k.parts[1] != "web"} == before
     assert after.keys() - before.keys() == {Path("documents/web/web-00000.jsonl.gz")}
@@ -305,7 +308,7 @@ def test_language_and_toxicity_taggers_remove_and_edit(tmp_path):
         "toxic": "You are a stupid fucking idiot.",
     }
     write_jsonl_gz(tmp_path / "in" / "forum" / "forum-00000.jsonl.gz", as_documents(texts, "forum"))
-    tag_documents(tmp_path / "in", tmp_path / "tagged", {})
+    tag_documents(tmp_path / "in", tmp_path / "tagged", TagConfig())
     attributes = tmp_path / "tagged" / "attributes"
     assert sorted(p.name for p in attributes.iterdir()) == ["c4", "gopher", "language", "pii", "toxicity"]
     sentences = attribute_rows(attributes, "toxicity", "forum", "forum-00000")[2]["attributes"]["toxicity__sentences"]
@@ -313,7 +316,8 @@ def test_language_and_toxicity_taggers_remove_and_edit(tmp_path):
         "The weather was lovely today.", "You are a stupid fucking idiot.", "We walked to the park."]
 
     short_texts = {"gopher": {"enabled": False}}
-    stats = filter_documents(tmp_path / "in", attributes, tmp_path / "out", short_texts)["sources"]["forum"]
+    config = FilterConfig.from_dict(short_texts)
+    stats = filter_documents(tmp_path / "in", attributes, tmp_path / "out", config)["sources"]["forum"]
     assert stats["removed_by_rule"]["language_not_english"] == 1
     assert stats["removed_by_rule"][EMPTIED_RULE] == 1  # its only sentence was toxic
     assert stats["toxic_sentences_removed"] == 2
@@ -321,7 +325,7 @@ def test_language_and_toxicity_taggers_remove_and_edit(tmp_path):
     assert sorted(kept) == ["english", "mixed"]
     assert kept["mixed"]["text"] == "The weather was lovely today. We walked to the park."  # with its space
 
-    no_toxicity = {**short_texts, "toxicity": {"enabled": False}}
+    no_toxicity = FilterConfig.from_dict({**short_texts, "toxicity": {"enabled": False}})
     stats = filter_documents(tmp_path / "in", attributes, tmp_path / "out2", no_toxicity)["sources"]["forum"]
     assert stats["removed_by_rule"][EMPTIED_RULE] == 0
     assert kept_documents(tmp_path / "out2", "forum")["mixed"]["text"] == texts["mixed"]
@@ -334,7 +338,8 @@ def test_language_and_toxicity_taggers_remove_and_edit(tmp_path):
 def small_tagged(tmp_path):
     docs = [{"id": f"w{i}", "text": f"{PROSE} Number {i}.", "source": "web"} for i in range(1, 4)]
     write_jsonl_gz(tmp_path / "in" / "web" / "web-00000.jsonl.gz", docs)
-    tag_documents(tmp_path / "in", tmp_path / "tagged", {**NO_MODELS, "gopher": {"enabled": False}})
+    tag_documents(tmp_path / "in", tmp_path / "tagged",
+                  TagConfig.from_dict({**NO_MODELS, "gopher": {"enabled": False}}))
     path = attribute_shard(tmp_path / "tagged" / "attributes", "pii", "web", "web-00000")
     return tmp_path, path, list(read_attribute_rows(path))
 
@@ -353,14 +358,14 @@ def test_attribute_file_out_of_step_names_the_document_and_says_re_tag(small_tag
     with pytest.raises(AttributeMismatchError,
                        match=rf"web-00000\.jsonl\.gz:{line}: document 'w{line}' has no matching row in the pii "
                              rf"attributes \(found {found}\); re-run the tag step"):
-        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", {})
+        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", FilterConfig())
 
 
 def test_attribute_file_with_rows_beyond_the_documents_is_out_of_step(small_tagged):
     tmp_path, path, rows = small_tagged
     write_jsonl_gz(path, rows + [{**rows[0], "id": "w4"}])
     with pytest.raises(AttributeMismatchError, match="re-run the tag step"):
-        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", {})
+        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", FilterConfig())
 
 
 def test_a_corrupt_attribute_row_names_the_attribute_file_and_line(small_tagged):
@@ -368,7 +373,7 @@ def test_a_corrupt_attribute_row_names_the_attribute_file_and_line(small_tagged)
     with gzip.open(path, "wt") as handle:
         handle.write(json.dumps(rows[0]) + "\n{not json\n" + json.dumps(rows[2]) + "\n")
     with pytest.raises(ValueError, match=r"attributes/pii/web/web-00000\.jsonl\.gz:2"):
-        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", {})
+        filter_documents(tmp_path / "in", tmp_path / "tagged" / "attributes", tmp_path / "out", FilterConfig())
 
 
 # --- bad input and configs -----------------------------------------------------------------------
@@ -380,7 +385,7 @@ def test_bad_input_names_file_and_line(tmp_path):
     good = json.dumps({"id": "1", "text": "Fine.", "source": "web"})
     shard.write_text(f"{good}\n{good}\n" + json.dumps({"id": "3", "source": "web"}) + "\n")
     with pytest.raises(DocumentFormatError, match=r"web-00000\.jsonl:3: document lacks field\(s\) text"):
-        tag_documents(tmp_path / "in", tmp_path / "out", NO_MODELS)
+        tag_documents(tmp_path / "in", tmp_path / "out", TAG_NO_MODELS)
 
 
 @pytest.mark.parametrize("stage", ["tag", "filter"])
@@ -388,16 +393,16 @@ def test_shard_outside_a_source_folder_is_rejected(tmp_path, stage):
     write_jsonl_gz(tmp_path / "in" / "loose.jsonl.gz", [{"id": "1", "text": "x.", "source": "web"}])
     with pytest.raises(ValueError, match="outside a source folder"):
         if stage == "tag":
-            tag_documents(tmp_path / "in", tmp_path / "out", NO_MODELS)
+            tag_documents(tmp_path / "in", tmp_path / "out", TAG_NO_MODELS)
         else:
-            filter_documents(tmp_path / "in", tmp_path / "attributes", tmp_path / "out", {})
+            filter_documents(tmp_path / "in", tmp_path / "attributes", tmp_path / "out", FilterConfig())
 
 
 def test_config_errors_come_before_any_output(corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"tag\.gopher: unknown key.*'min_words'"):
-        tag_documents(corpus, tmp_path / "tagged", {"gopher": {"min_words": 5}})  # a threshold: filter's
+        TagConfig.from_dict({"gopher": {"min_words": 5}})  # a threshold: filter's
     with pytest.raises(ConfigError, match=r"filter\.pii\.max_spans: expected a non-negative integer"):
-        filter_documents(corpus, tmp_path / "attributes", tmp_path / "filtered", {"pii": {"max_spans": -1}})
+        FilterConfig.from_dict({"pii": {"max_spans": -1}})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -424,7 +429,7 @@ def test_filter_config_rejects_unknown_keys_and_bad_values(data, message):
     "data, message",
     [
         ({"pii": {"sources": "web"}}, r"tag\.pii\.sources: expected '\*', a list of source names or null"),
-        ({"c4": {"naughty_words": "shit"}}, r"tag\.c4\.naughty_words: expected a list of str"),
+        ({"c4": {"naughty_words": "shit"}}, r"tag\.c4\.naughty_words: expected a list \(a string each\)"),
         ({"code": {"header_lines": 0}}, r"tag\.code\.header_lines: expected a positive integer"),
         ({"language": {"enabled": "no"}}, r"tag\.language\.enabled: expected a bool"),
         ({"dedup": {}}, r"tag: unknown key.*'dedup'"),
@@ -450,11 +455,12 @@ def test_source_selectors():
 
 
 def test_selected_sources_alone_are_tagged_and_so_filtered(corpus, tmp_path):
-    config = {**NO_MODELS, "gopher": {"enabled": False}, "c4": {"enabled": False}, "pii": {"sources": ["news"]}}
+    config = TagConfig.from_dict({**NO_MODELS, "gopher": {"enabled": False}, "c4": {"enabled": False},
+                                  "pii": {"sources": ["news"]}})
     tag_documents(corpus, tmp_path, config)
     assert {p.relative_to(tmp_path / "attributes").as_posix() for p in (tmp_path / "attributes").rglob("*.gz")} == {
         "pii/news/news-00000.jsonl.gz", "pii/news/2024/news-00001.jsonl.gz", "code/python-code/code-00000.jsonl.gz"}
-    stats = filter_documents(corpus, tmp_path / "attributes", tmp_path / "out", {})
+    stats = filter_documents(corpus, tmp_path / "attributes", tmp_path / "out", FilterConfig())
     assert kept_documents(tmp_path / "out", "web")["web-pii"]["text"] == WEB["web-pii"]  # web was not PII-tagged
     assert kept_documents(tmp_path / "out", "news")["syn-1"]["text"].endswith(" |||PHONE_NUMBER||| .")
     assert "code-emails" in kept_documents(tmp_path / "out", "python-code")

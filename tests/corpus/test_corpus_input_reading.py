@@ -13,7 +13,7 @@ import zstandard
 from steps.common.compressed import compression_of
 from steps.common.documents import DocumentFormatError, list_shards, read_documents, read_records
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
-from steps.corpus.sources import write_source
+from steps.corpus.sources import validate_source, write_source
 
 
 def jsonl(ids, **extra) -> bytes:
@@ -22,7 +22,7 @@ def jsonl(ids, **extra) -> bytes:
 
 
 def source(*paths, **extra):
-    return {"name": "web", "type": "files", "paths": [str(p) for p in paths], **extra}
+    return validate_source({"name": "web", "type": "files", "paths": [str(p) for p in paths], **extra})
 
 
 def quarantine_rows(out):
@@ -220,5 +220,5 @@ def test_a_remote_file_is_named_by_its_url_and_a_local_dataset_by_its_absolute_p
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"text": ["fine.", ""]}).save_to_disk(str(tmp_path / "ds"))
     monkeypatch.chdir(tmp_path)
-    write_source({"name": "hf", "type": "huggingface", "dataset": "ds"}, tmp_path / "hf")
+    write_source(validate_source({"name": "hf", "type": "huggingface", "dataset": "ds"}), tmp_path / "hf")
     assert [row["file"] for row in quarantine_rows(tmp_path / "hf")] == [f"{tmp_path / 'ds'} [train]"]

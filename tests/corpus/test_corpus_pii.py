@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.corpus.config import ConfigError
+from olmo_model.config import ConfigError
 from steps.corpus.pii import (
     MASKS, PII_RULE_SETS, PiiRules, PiiTagging, _v1_email_matches, find_pii, mask_pii, pii_edits, pii_flags, tag_pii,
 )

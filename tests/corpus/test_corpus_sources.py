@@ -8,7 +8,7 @@ import pytest
 
 from steps.common.documents import DocumentFormatError, list_shards, read_documents, write_jsonl_gz
 from steps.corpus import embedded
-from steps.corpus.config import ConfigError
+from olmo_model.config import ConfigError
 from steps.corpus.sources import iter_source_documents, source_fingerprint, validate_source, write_source
 
 
@@ -17,7 +17,7 @@ def docs_source(n=25, **extra):
 
 
 def test_python_docs_are_real_english_offline():
-    docs = list(iter_source_documents(docs_source(40)))
+    docs = list(iter_source_documents(validate_source(docs_source(40))))
     assert len(docs) >= 20
     words = Counter(w.lower() for doc in docs for w in doc["text"].split())
     assert words["the"] > 100 and words["of"] > 30 and words["is"] > 30
@@ -29,21 +29,24 @@ def test_python_docs_are_real_english_offline():
 
 
 def test_embedded_selection_is_first_n_sorted_and_capped():
-    ids = [d["id"] for d in iter_source_documents(docs_source(60, max_chars_per_document=200))]
+    capped = validate_source(docs_source(60, max_chars_per_document=200))
+    ids = [d["id"] for d in iter_source_documents(capped)]
     assert ids == sorted(ids)
-    first = [d["id"] for d in iter_source_documents(docs_source(10))]
+    first = [d["id"] for d in iter_source_documents(validate_source(docs_source(10)))]
     assert first == ids[: len(first)]
-    assert all(len(d["text"]) <= 200 for d in iter_source_documents(docs_source(60, max_chars_per_document=200)))
+    assert all(len(d["text"]) <= 200 for d in iter_source_documents(capped))
 
 
 def test_python_code_package_metadata_and_system_docs():
-    code = list(iter_source_documents({"name": "stdlib-code", "type": "embedded", "kind": "python-code",
-                                       "max_documents": 5}))
+    code = list(iter_source_documents(validate_source({"name": "stdlib-code", "type": "embedded",
+                                                       "kind": "python-code", "max_documents": 5})))
     assert len(code) == 5 and all("import" in d["text"] or "def " in d["text"] for d in code)
     assert code[0]["metadata"]["url"].startswith("python-source://")
-    packages = list(iter_source_documents({"name": "pkgs", "type": "embedded", "kind": "package-metadata"}))
+    packages = list(iter_source_documents(validate_source({"name": "pkgs", "type": "embedded",
+                                                           "kind": "package-metadata"})))
     assert any(d["id"] == "package-metadata/numpy" and d["metadata"]["url"] == "pypi://numpy" for d in packages)
-    system = list(iter_source_documents({"name": "sys", "type": "embedded", "kind": "system-docs", "max_documents": 3}))
+    system = list(iter_source_documents(validate_source({"name": "sys", "type": "embedded", "kind": "system-docs",
+                                                         "max_documents": 3})))
     assert len(system) <= 3  # /usr/share/doc may be empty on a slim machine
 
 
@@ -64,7 +67,7 @@ def test_system_docs_skip_and_count_bad_files(tmp_path, monkeypatch):
     (doc_root / "pkg" / "logo.png").write_bytes(b"\x89PNG")  # not a doc name
     (licenses / "MIT").write_text("Permission is hereby granted, free of charge.\n")
     monkeypatch.setattr(embedded, "SYSTEM_DOC_ROOTS", (("doc", doc_root), ("common-licenses", licenses)))
-    spec = {"name": "sys", "type": "embedded", "kind": "system-docs"}
+    spec = validate_source({"name": "sys", "type": "embedded", "kind": "system-docs"})
 
     stats = write_source(spec, tmp_path / "out")
     assert stats["documents"] == 3 and stats["skipped"] == {"empty": 1, "not_utf8": 1}
@@ -101,7 +104,8 @@ def test_files_source_sets_source_and_keeps_the_original(tmp_path):
         {"id": "1", "text": "one.", "source": "cc", "metadata": {"url": "http://a"}},
         {"id": "2", "text": "two.", "source": "crawl"},
     ])
-    docs = list(iter_source_documents({"name": "crawl", "type": "files", "paths": [str(tmp_path / "s")]}))
+    spec = validate_source({"name": "crawl", "type": "files", "paths": [str(tmp_path / "s")]})
+    docs = list(iter_source_documents(spec))
     assert [d["source"] for d in docs] == ["crawl", "crawl"]
     assert docs[0]["metadata"] == {"url": "http://a", "original_source": "cc"}
     assert "metadata" not in docs[1]
@@ -111,7 +115,7 @@ def test_files_source_over_a_remote_filesystem():
     fs = fsspec.filesystem("memory")
     with fs.open("/corpus/web-0.jsonl", "w") as handle:
         handle.write(json.dumps({"id": "r1", "text": "remote text.", "source": "web"}) + "\n")
-    spec = {"name": "web", "type": "files", "paths": ["memory://corpus/*.jsonl"]}
+    spec = validate_source({"name": "web", "type": "files", "paths": ["memory://corpus/*.jsonl"]})
     assert [d["id"] for d in iter_source_documents(spec)] == ["r1"]
     assert source_fingerprint(spec) == source_fingerprint(spec)
 
@@ -125,7 +129,7 @@ def _bad_shard(path):
 
 def test_files_source_quarantines_bad_records_with_file_and_line(tmp_path):
     _bad_shard(tmp_path / "bad.jsonl")
-    spec = {"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")]}
+    spec = validate_source({"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")]})
     stats = write_source(spec, tmp_path / "out")
     assert stats["records_in"] == 5 and stats["documents"] == 2
     assert stats["quarantined"] == {"invalid_json": 1, "text_not_string": 1, "metadata_not_object": 1}
@@ -140,7 +144,7 @@ def test_files_source_quarantines_bad_records_with_file_and_line(tmp_path):
 
 def test_strict_files_source_fails_naming_the_file_and_line(tmp_path):
     _bad_shard(tmp_path / "bad.jsonl")
-    spec = {"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")], "strict": True}
+    spec = validate_source({"name": "w", "type": "files", "paths": [str(tmp_path / "bad.jsonl")], "strict": True})
     with pytest.raises(DocumentFormatError, match=r"bad\.jsonl:2: expected a JSON object"):
         write_source(spec, tmp_path / "out")
 
@@ -149,7 +153,7 @@ def test_files_source_runs_shards_in_parallel_and_resumes(tmp_path):
     for index in range(3):
         write_jsonl_gz(tmp_path / "in" / f"s{index}.jsonl.gz",
                        [{"id": f"{index}-{i}", "text": f"document {i} of shard {index}."} for i in range(20)])
-    spec = {"name": "web", "type": "files", "paths": [str(tmp_path / "in")]}
+    spec = validate_source({"name": "web", "type": "files", "paths": [str(tmp_path / "in")]})
     one = write_source(spec, tmp_path / "one", max_shard_bytes=200)
     two = write_source(spec, tmp_path / "two", max_shard_bytes=200, num_workers=2, markers=tmp_path / "done")
     assert one == two and one["inputs"] == 3 and one["documents"] == 60
@@ -177,15 +181,15 @@ def test_huggingface_local_dataset(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
     spec = {"name": "hf", "type": "huggingface", "dataset": str(tmp_path / "ds"), "text_field": "content",
             "id_field": "key"}
-    docs = list(iter_source_documents(spec))
+    docs = list(iter_source_documents(validate_source(spec)))
     assert [(d["id"], d["text"], d["source"]) for d in docs] == [("a", "First text.", "hf"), ("c", "Third text.", "hf")]
-    stats = write_source(spec, tmp_path / "out")
+    stats = write_source(validate_source(spec), tmp_path / "out")
     assert stats["records_in"] == 3 and stats["quarantined"] == {"empty_text": 1}
     assert source_fingerprint(spec) == source_fingerprint(spec)
     assert source_fingerprint(spec) != source_fingerprint({**spec, "max_documents": 1})
-    assert [d["id"] for d in iter_source_documents({**spec, "max_documents": 1})] == ["a"]
+    assert [d["id"] for d in iter_source_documents(validate_source({**spec, "max_documents": 1}))] == ["a"]
     with pytest.raises(ConfigError, match="'validation' not in"):
-        list(iter_source_documents({**spec, "split": "validation"}))
+        list(iter_source_documents(validate_source({**spec, "split": "validation"})))
 
 
 @pytest.mark.parametrize(
@@ -195,7 +199,7 @@ def test_huggingface_local_dataset(tmp_path):
         ({"name": "x", "type": "embedded", "kind": "poems"}, r"source 'x'\.kind: expected one of 'python-docs'"),
         ({"name": "x", "type": "embedded", "kind": "python-docs", "max_docs": 3}, r"unknown key\(s\) 'max_docs'"),
         ({"name": "x", "type": "embedded"}, r"missing required key\(s\) 'kind'"),
-        ({"name": "x", "type": "files", "paths": "a.jsonl"}, r"source 'x'\.paths: expected a list of str"),
+        ({"name": "x", "type": "files", "paths": "a.jsonl"}, r"source 'x'\.paths: expected a list \(a string each\)"),
         ({"name": "a/b", "type": "files", "paths": ["a"]}, r"source\.name: expected a folder-safe name"),
         ({"name": "x", "type": "embedded", "kind": "python-docs", "max_documents": 0}, r"max_documents"),
     ],
@@ -227,7 +231,7 @@ def test_a_large_input_shard_is_copied_with_bounded_memory(tmp_path):
     lines = (json.dumps({"id": str(i), "text": f"{i} {text}"}) + "\n" for i in range(8000))
     with gzip.open(tmp_path / "big.jsonl.gz", "wt", compresslevel=1) as handle:
         handle.writelines(lines)  # about 24 MB of text in one input shard
-    spec = {"name": "web", "type": "files", "paths": [str(tmp_path / "big.jsonl.gz")]}
+    spec = validate_source({"name": "web", "type": "files", "paths": [str(tmp_path / "big.jsonl.gz")]})
     tracemalloc.start()
     stats = write_source(spec, tmp_path / "out", max_shard_bytes=2**20)
     _, peak = tracemalloc.get_traced_memory()
@@ -244,6 +248,6 @@ def test_a_missing_fsspec_backend_says_how_to_install_it(monkeypatch):
         raise ImportError("Install s3fs to access S3")
 
     monkeypatch.setattr(sources.fsspec.core, "url_to_fs", no_backend)
-    spec = {"name": "cc", "type": "files", "paths": ["s3://bucket/cc/*.jsonl.gz"]}
+    spec = validate_source({"name": "cc", "type": "files", "paths": ["s3://bucket/cc/*.jsonl.gz"]})
     with pytest.raises(ImportError, match=r"source 'cc'\.paths\[0\]: s3://bucket.*pip install -e '\.\[cloud\]'"):
         list(sources.iter_source_documents(spec))

@@ -141,5 +141,5 @@ def test_evaluate_hf_is_fingerprinted_by_file_contents_and_checked_before_runnin
         unique_id(hf_dir, paloma=["not", "a", "mapping"])
     joint = EvaluateHuggingFace(model_dir=str(hf_dir), heldout=heldout, config={**CONFIG, "tokenization": "joint"})
     assert joint.unique_id != unique_id(hf_dir)
-    with pytest.raises(ConfigurationError, match=r"config.tokenization: expected one of \('separate', 'joint'\)"):
+    with pytest.raises(ConfigurationError, match=r"config.tokenization: expected one of 'separate', 'joint', got 'bpe'"):
         EvaluateHuggingFace(model_dir=str(hf_dir), heldout=heldout, config={**CONFIG, "tokenization": "bpe"})

@@ -193,3 +193,44 @@ def test_tangos_command_line_needs_no_fix_on_click_without_tangos_cap(tmp_path):
     written = yaml.safe_load(settings.read_text())
     assert written["workspace"] == {"type": "local", "dir": str(tmp_path / "workspace")}
     assert written["log_level"] == "debug"
+
+
+
+def test_a_typed_config_argument_is_built_by_the_step_and_fingerprinted_as_the_block():
+    """``typed_configs``: Tango hands a ``Config``-annotated argument over as written, so the step builds it (keys
+    checked by ``build_config``), and the typed config's fingerprint is the block's, as if the step took a dict."""
+    from dataclasses import dataclass
+
+    from tango import Step
+    from tango.common import from_params
+    from tango.common.det_hash import det_hash
+
+    from olmo_model.config import Config
+    from steps.common.step import ArtifactStep
+
+    @dataclass(frozen=True)
+    class Shape(Config):
+        widths: tuple[int, ...]
+        depth: int = 1
+
+    @Step.register("typed-config-test", exist_ok=True)
+    class ShapedStep(ArtifactStep):
+        CONFIGS = {"shape": Shape.from_dict}
+
+        def run(self, shape: Shape) -> None:
+            raise AssertionError("never run here")
+
+    block = {"widths": [4, 8]}
+    step = Step.from_params({"type": "typed-config-test", "shape": dict(block)})
+    assert step.kwargs["shape"] == Shape(widths=(4, 8))
+    assert det_hash(step.kwargs["shape"]) == det_hash(block) != det_hash(Shape(widths=(4, 8)))
+    with pytest.raises(Exception, match=r"shape: unknown key\(s\) 'width'; expected some of depth, widths"):
+        Step.from_params({"type": "typed-config-test", "shape": {"width": [4]}})
+
+    original = from_params.construct_arg
+    from_params.construct_arg = tango_compat.ORIGINAL_FUNCTIONS["construct_arg"]
+    try:  # without the fix Tango builds the config itself, and the fingerprint is no longer the block's
+        built_by_tango = Step.from_params({"type": "typed-config-test", "shape": dict(block)})
+    finally:
+        from_params.construct_arg = original
+    assert det_hash(built_by_tango.kwargs["shape"]) != det_hash(block)

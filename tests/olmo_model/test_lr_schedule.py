@@ -75,7 +75,7 @@ def test_round_trip_through_dict():
             r"final_lr_fraction: expected a value in \[0, 1\]",
         ),
         ({"kind": "inverse_sqrt", "peak_lr": 1e-3}, "needs warmup_steps > 0"),
-        ({"kind": "constant", "peak_lr": 1e-3, "warmup_steps": 1.5}, "warmup_steps: expected int"),
+        ({"kind": "constant", "peak_lr": 1e-3, "warmup_steps": 1.5}, "warmup_steps: expected an integer"),
         ({"peak_lr": 1e-3}, r"missing required key.*'kind'"),
     ],
 )

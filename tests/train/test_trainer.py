@@ -223,14 +223,15 @@ def test_wrong_batch_size_is_reported_with_the_step(make_model):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"precision": "fp16"}, r"TrainConfig.precision: expected one of \['fp32', 'bf16'\]"),
+        ({"precision": "fp16"}, r"train.precision: expected one of 'fp32', 'bf16', got 'fp16'"),
         ({"micro_batch_size": 3}, r"global_batch_size \(4\) must be a multiple of micro_batch_size \(3\)"),
-        ({"schedule": {"kind": "linear", "peak_lr": 1e-3}}, r"TrainConfig.schedule: .*total_steps"),
-        ({"optimizer": {"lr": 1e-3}}, r"TrainConfig.optimizer: .*unknown key\(s\) \['lr'\]"),
-        ({"optimizer": {"betas": [0.9]}}, r"OptimizerConfig.betas"),
-        ({"nan_policy": "ignore"}, r"TrainConfig.nan_policy"),
-        ({"max_steps": 0}, r"TrainConfig.max_steps: expected a positive integer"),
-        ({"warmup": 3}, r"unknown key\(s\) \['warmup'\]"),
+        ({"schedule": {"kind": "linear", "peak_lr": 1e-3}}, r"train.schedule: .*total_steps"),
+        ({"optimizer": {"lr": 1e-3}}, r"train.optimizer: unknown key\(s\) 'lr'; expected some of betas, eps"),
+        ({"optimizer": {"betas": [0.9]}}, r"train.optimizer.betas: expected a list of 2"),
+        ({"optimizer": {"betas": [0.9, 1.0]}}, r"train.optimizer.betas: expected two numbers in \[0, 1\)"),
+        ({"nan_policy": "ignore"}, r"train.nan_policy: expected one of 'stop', 'skip'"),
+        ({"max_steps": 0}, r"train.max_steps: expected a positive integer"),
+        ({"warmup": 3}, r"train: unknown key\(s\) 'warmup'"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

@@ -1,6 +1,6 @@
 """workflows/olmo7b.jsonnet hands its pretrain and anneal steps the OLMo-7B paper's settings.
 
-Checked on what the steps build from their arguments (TrainConfig, LRSchedule, OlmoConfig), against the
+Checked on the typed configs the steps build from their arguments (TrainConfig, LRSchedule, OlmoConfig), against the
 paper's formulas written out here, not on the raw Jsonnet values alone.
 """
 import functools
@@ -14,8 +14,7 @@ from tango.common.util import import_module_and_submodules
 
 import_module_and_submodules("steps")  # registers the step types, as tango.yml's include_package does
 
-from steps.train.in_loop_eval import validate_in_loop_eval  # noqa: E402
-from steps.train.steps import AnnealOlmo, PretrainOlmo, model_config  # noqa: E402
+from steps.evaluation.config import InLoopEvalConfig  # noqa: E402
 from steps.train.trainer import OptimizerConfig  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[2] / "workflows" / "olmo7b.jsonnet"
@@ -37,14 +36,12 @@ def recipe_params(field: str):
 
 
 def pretrain_config():
-    kwargs = graph()["pretrain"].kwargs
-    return PretrainOlmo.train_config(kwargs["train"], global_batch_size=kwargs["data_order"]["global_batch_size"])
+    return graph()["pretrain"].kwargs["train"]
 
 
 def anneal_config():
     kwargs = graph()["anneal"].kwargs
-    train = kwargs["train"]
-    return AnnealOlmo.anneal_config(train, train["start_lr"], kwargs["data_order"]["global_batch_size"])
+    return kwargs["train"].train_config(kwargs["train"].start_lr, kwargs["data_order"].global_batch_size)
 
 
 def paper_pretrain_lr(step: int, total: int) -> float:
@@ -59,7 +56,7 @@ def test_pretrain_optimizer_clipping_batch_seed_and_precision():
     assert config.optimizer == PAPER_OPTIMIZER
     assert config.max_grad_norm == 1.0
     assert (config.global_batch_size, config.micro_batch_size) == (BATCH, MICRO_BATCH)
-    assert config.seed == SEED and graph()["pretrain"].kwargs["data_order"]["seed"] == SEED
+    assert config.seed == SEED and graph()["pretrain"].kwargs["data_order"].seed == SEED
     assert config.precision == "bf16"
 
 
@@ -79,7 +76,7 @@ def test_pretrain_lr_schedule_is_the_papers():
 
 def test_pretrain_model_sequences_and_sharding():
     pretrain = graph()["pretrain"].kwargs
-    model = model_config(pretrain["model"])
+    model = pretrain["model"]
     assert model.num_parameters() == 6_888_095_744 and not model.weight_tying
     assert model.max_sequence_length == SEQ_LEN == graph()["instances"].kwargs["seq_len"]
     assert pretrain["execution"].sharding == "full"  # FSDP full shard; the trainer shards per block
@@ -111,5 +108,5 @@ def test_anneal_keeps_the_pretraining_settings_and_continues_its_data_order():
 def test_in_loop_evaluation_every_100_anneal_steps_and_1000_pretraining_steps():
     in_loop_eval = recipe_params("in_loop_eval")
     for config in in_loop_eval.values():
-        validate_in_loop_eval(config)
+        InLoopEvalConfig.from_dict(config)
     assert (in_loop_eval["anneal"]["every"], in_loop_eval["pretrain"]["every"]) == (100, 1000)
