@@ -222,13 +222,20 @@ class Olmo(nn.Module):
         """Logits [..., embedding_size] from hidden states."""
         return F.linear(hidden, self.output_weight)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [B, T, embedding_size]; with ``targets`` [B, T] (the token to predict after each position,
         ``IGNORE_INDEX`` where none), instead ``linear_cross_entropy_sum`` of the hidden states against them.
+        ``position_ids`` and ``attention_mask`` as in :meth:`hidden_states` (packed rows).
 
         The loss goes through ``forward`` so that wrappers hooking it (FSDP's all-gather) cover the output matrix.
         """
-        hidden = self.hidden_states(input_ids)
+        hidden = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask)
         if targets is None:
             return self.project(hidden)
         return linear_cross_entropy_sum(hidden, self.output_weight, targets)

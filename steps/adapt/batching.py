@@ -4,18 +4,22 @@ Position ``p`` of the stream is example ``permutation(epoch)[p % N]`` with ``epo
 ``permutation(e) = PCG64(seed + e).permutation(N)``; batch ``k`` is positions ``k·B .. (k+1)·B − 1``.
 So every epoch sees every example once, a batch may straddle two epochs, and any batch can be
 rebuilt from (examples, seed, B, k) alone.
+
+Packing (:func:`pack_examples`) makes the instances rows of several examples: the whole list is packed once,
+first-fit in a seeded shuffled order, and the rows are then the items of the same multi-epoch order.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 Item = TypeVar("Item")
+PACKING_STREAM = 0x7061636B  # "pack": the packing order's random stream, apart from the epochs' ``seed + e``
 
 
 def pad_right(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -28,6 +32,44 @@ def pad_right(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     for row, sequence in enumerate(sequences):
         padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
     return padded
+
+
+def first_fit(lengths: Sequence[int], capacity: int, order: Iterable[int]) -> list[list[int]]:
+    """Bins of item indices, items taken in ``order``, each put into the first (lowest-numbered) bin whose
+    lengths still leave room for it, or into a new bin after the others when none does.
+
+    A max tree of the bins' free room finds that bin in O(log n); bins are numbered in the order they open.
+    """
+    count = len(lengths)
+    size = 1 << max(0, count - 1).bit_length()  # leaves: at most one bin per item
+    free = [capacity] * (2 * size)  # free[node]: the most room left in any bin below node
+    bins: list[list[int]] = []
+    for index in order:
+        length = lengths[index]
+        if not 0 <= length <= capacity:
+            raise ValueError(f"item {index}: length {length} does not fit a bin of {capacity}")
+        node = 1
+        while node < size:
+            node = 2 * node if free[2 * node] >= length else 2 * node + 1
+        number = node - size
+        if number == len(bins):
+            bins.append([])
+        bins[number].append(int(index))
+        free[node] -= length
+        node //= 2
+        while node:
+            free[node] = max(free[2 * node], free[2 * node + 1])
+            node //= 2
+    return bins
+
+
+def pack_examples(lengths: Sequence[int], capacity: int, seed: int) -> list[tuple[int, ...]]:
+    """Rows of example indices whose lengths sum to at most ``capacity``: :func:`first_fit` in the order
+    ``PCG64(SeedSequence([seed, PACKING_STREAM])).permutation(N)``, a pure function of (lengths, capacity, seed).
+    """
+    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, PACKING_STREAM])))
+    order = generator.permutation(len(lengths))
+    return [tuple(row) for row in first_fit(lengths, capacity, order)]
 
 
 class ExampleBatches(Generic[Item]):

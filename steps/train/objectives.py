@@ -1,11 +1,14 @@
 """Training objectives: losses the trainer accumulates exactly over micro-batches and ranks.
 
 A *batch* is a dict of tensors with a leading instance dimension; ``labels`` (aligned with
-``input_ids``, ``IGNORE_INDEX`` = not trained on) default to ``input_ids``.
+``input_ids``, ``IGNORE_INDEX`` = not trained on) default to ``input_ids``. A batch of packed rows (several
+sequences a row, as SFT's packing makes) also has ``position_ids`` (each token's position in its own sequence)
+and ``segment_ids`` (which sequence of the row a token belongs to; a token attends to the earlier tokens of its
+own segment only).
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +17,8 @@ from torch import nn
 from olmo_model.loss import IGNORE_INDEX
 
 Batch = dict[str, Any]
+LossReduction = Literal["mean", "sum"]
+LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
 
 
 class Objective(Protocol):
@@ -47,16 +52,54 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -flat.view(targets.shape)[:, :-1]
 
 
+def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T, T] True where query ``t`` may attend key ``s``: ``s <= t`` and both in the same segment."""
+    seq_len = segment_ids.shape[1]
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=segment_ids.device).tril()
+    return (segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)) & causal
+
+
 class NextTokenLoss:
     """Next-token cross entropy summed over label tokens (``IGNORE_INDEX`` positions excluded).
 
     The model computes it (``Olmo(input_ids, targets)``: chunk by chunk, never the whole logits, and inside
-    the model's forward, where FSDP has gathered the output matrix).
+    the model's forward, where FSDP has gathered the output matrix). A batch of packed rows goes in with its
+    ``position_ids`` and the block-diagonal causal mask of its ``segment_ids``
+    (``Olmo(input_ids, targets, position_ids=..., attention_mask=...)``).
+
+    ``reduction`` says what the trainer divides the summed loss of a global batch by (``units``):
+
+    ``"mean"``
+        its label tokens: the loss is the token mean over the global batch.
+    ``"sum"``
+        its rows (instances). This is open-instruct's ``--reduce_loss sum`` (``open_instruct/finetune.py``,
+        added in 4cf9067d4, removed in bb98dbcac, Sep 2025): each forward pass took
+        ``CrossEntropyLoss(reduction="sum")`` over its label tokens, ``accelerator.backward`` divided that by
+        ``gradient_accumulation_steps`` and data-parallel training averaged gradients over the processes, so an
+        update followed Σ(label-token losses of the global batch) / (gradient_accumulation_steps ×
+        num_processes), the number of forward passes per update, i.e. global batch / per_device_train_batch_size.
+        Every open-instruct recipe with ``sum`` ran one sequence per forward pass (per_device_train_batch_size 1),
+        which makes that the number of sequences of the global batch; with its packing (padding-free collation)
+        a forward pass is one row of concatenated conversations. So the divisor here is the rows of the global
+        batch: conversations unpacked, packed rows packed. (Unlike open-instruct's with larger per-device batches,
+        it does not change with the micro-batch size.)
     """
 
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction: expected one of {LOSS_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
     def units(self, batch: Batch) -> int:
-        return int((target_labels(batch) != IGNORE_INDEX).sum())
+        tokens = int((target_labels(batch) != IGNORE_INDEX).sum())
+        if self.reduction == "sum":
+            return int(batch["input_ids"].shape[0]) if tokens else 0  # 0: nothing to train on, as for "mean"
+        return tokens
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch.get("labels", batch["input_ids"])
-        return model(batch["input_ids"], targets=next_token_targets(labels)), {}
+        targets = next_token_targets(labels)
+        if "segment_ids" not in batch:
+            return model(batch["input_ids"], targets=targets), {}
+        mask = segment_attention_mask(batch["segment_ids"])
+        return model(batch["input_ids"], targets=targets, position_ids=batch["position_ids"], attention_mask=mask), {}

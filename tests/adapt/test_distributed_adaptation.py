@@ -1,6 +1,6 @@
 """SFT and DPO through the launcher, as the ``sft`` and ``dpo`` steps run them (elastic launcher, gloo, FSDP2), on
-the micro workflow's artifacts: 2 workers match 1 over 10 steps; a run killed with -9 resumes to bit-identical
-weights; every training step prints the same progress line."""
+the micro workflow's artifacts: 2 workers match 1 over 10 steps (SFT packed too); a run killed with -9 resumes to
+bit-identical weights; every training step prints the same progress line."""
 from __future__ import annotations
 
 import re
@@ -66,6 +66,23 @@ def test_two_workers_match_one_within_1e_5_over_10_steps(trained, stage):
     if stage == "dpo":
         assert history_1[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # policy = reference at the start
         assert history_2[-1]["rewards/accuracies"] == pytest.approx(history_1[-1]["rewards/accuracies"])
+
+
+def test_packed_sft_two_workers_match_one(step_job):
+    """SFT with packing (the micro workflow's 16 conversations in fewer rows): the same batches, losses and
+    weights on 2 workers as on 1."""
+    runs = {}
+    for workers in (1, 2):
+        job = step_job("sft", f"sft-packed-{workers}")
+        job = replace(job, data=replace(job.data, packing=True))
+        assert len(job.data.rows) < len(job.data.items)  # conversations share rows
+        runs[workers] = run(job, workers)
+    (history_1, weights_1), (history_2, weights_2) = runs[1], runs[2]
+    assert [m["batch_hash"] for m in history_2] == [m["batch_hash"] for m in history_1]
+    for ours, theirs in zip(history_2, history_1):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5), ours["step"]
+    assert history_1[-1]["loss"] < history_1[0]["loss"]
+    assert_weights_close(weights_2, weights_1)
 
 
 @pytest.mark.parametrize("stage", STAGES)
