@@ -14,10 +14,11 @@ MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
 TANGO = Path(sys.executable).parent / "tango"
 
 
-def run_tango(workflow: Path, workspace: Path) -> tuple[set[str], str]:
-    """Run ``tango run`` from the repository root; return the steps it started and its output."""
+def run_tango(workflow: Path, workspace: Path, *arguments: str) -> tuple[set[str], str]:
+    """Run ``tango run`` (with ``arguments``, e.g. ``-D name=value``) from the repository root; return the steps it
+    started and its output."""
     result = subprocess.run(
-        [str(TANGO), "run", str(workflow), "-w", str(workspace)],
+        [str(TANGO), "run", str(workflow), "-w", str(workspace), *arguments],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     output = result.stdout + result.stderr

@@ -20,10 +20,15 @@ the pairs of each global batch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -34,8 +39,9 @@ from steps.train.parallel import reshard
 from steps.train.trainer import autocast
 
 from .batching import ExampleBatches, ExampleData
-from .chat import Rendered, check_messages, render_chat
+from .instruct_data import RowReport
 from .sft import collate_chats, has_labels
+from .templates import TULU, ChatTemplate, Rendered, TemplateRowError, check_messages
 
 LOSS_TYPES = ("dpo", "dpo_norm", "simpo")
 LENGTH_NORMALIZED = ("dpo_norm", "simpo")
@@ -82,24 +88,34 @@ class EncodedPair:
 
 
 def encode_preference_pairs(
-    pairs: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int
+    pairs: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int,
+    *, template: ChatTemplate | None = None, report: RowReport | None = None,
 ) -> tuple[list[EncodedPair], dict[str, int]]:
-    """Render prompt+chosen and prompt+rejected; drop (and count) pairs where either loses its response."""
+    """Render prompt+chosen and prompt+rejected in ``template`` (tulu by default), cut to ``max_length``; a pair
+    where either side keeps no reply token, or whose spans the template cannot derive, is dropped and counted
+    (in ``report`` too, with its file:line, when given). Returns the pairs and ``{"pairs", "encoded",
+    "dropped_<reason>"}``."""
+    template = template or TULU
     encoded: list[EncodedPair] = []
     counts: Counter = Counter(pairs=len(pairs))
     for pair in pairs:
-        where = f"pair {pair.get('id')!r}"
+        where = pair.get("where") or f"pair {pair.get('id')!r}"
         check_messages(pair.get("prompt"), f"{where}: field 'prompt'", needs_assistant=False)
         for key in ("chosen", "rejected"):
             check_messages(pair.get(key), f"{where}: field {key!r}")
-        chosen, rejected = (
-            render_chat(pair["prompt"] + pair[key], tokenizer, eos_token_id, max_length)
-            for key in ("chosen", "rejected")
-        )
-        if not (has_labels(chosen) and has_labels(rejected)):
-            counts["dropped_no_response_tokens_within_max_length"] += 1
-            continue
-        encoded.append(EncodedPair(chosen, rejected))
+        try:
+            chosen, rejected = (template.render(pair["prompt"] + pair[key], tokenizer, eos_token_id, max_length)
+                                for key in ("chosen", "rejected"))
+        except TemplateRowError as error:
+            reason, detail = error.reason, str(error)
+        else:
+            if has_labels(chosen) and has_labels(rejected):
+                encoded.append(EncodedPair(chosen, rejected))
+                continue
+            reason, detail = "no_response_tokens_within_max_length", f"no reply token within {max_length} tokens"
+        counts[f"dropped_{reason}"] += 1
+        if report is not None:
+            report.drop(reason, where, detail, was_kept=True)
     counts["encoded"] = len(encoded)
     return encoded, dict(counts)
 
@@ -218,6 +234,38 @@ def with_reference_logprobs(
     return completed
 
 
+REFERENCE_FILE = "reference_logprobs.safetensors"
+
+
+def pairs_digest(pairs: Sequence[EncodedPair]) -> str:
+    """sha256 of the pairs' token ids and labels, in order: what reference log-probs were computed for."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for ids, labels in (pair.chosen, pair.rejected):
+            digest.update(json.dumps([ids, labels], separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+def write_reference_logprobs(directory: Path, pairs: Sequence[EncodedPair]) -> None:
+    """The pairs' reference log-probs (fp64, in pair order) and the digest of the pairs, as safetensors."""
+    tensors = {side: torch.tensor([getattr(pair, f"reference_{side}_logp") for pair in pairs], dtype=torch.float64)
+               for side in ("chosen", "rejected")}
+    safetensors.torch.save_file(tensors, str(directory / REFERENCE_FILE), metadata={"pairs_digest": pairs_digest(pairs)})
+
+
+def read_reference_logprobs(directory: Path, pairs: Sequence[EncodedPair], where: str) -> list[EncodedPair]:
+    """``pairs`` with the reference log-probs stored in ``directory``; they must have been computed for exactly
+    these pairs (the same data, tokenizer, ``max_length`` and template)."""
+    path = directory / REFERENCE_FILE
+    with safetensors.safe_open(str(path), framework="pt") as stored:
+        if stored.metadata().get("pairs_digest") != pairs_digest(pairs):
+            raise ValueError(f"{where}: its log-probs were computed for other pairs than these {len(pairs)}; give "
+                             f"reference_logprobs the DPO step's data, tokenizer, max_length and template")
+        chosen, rejected = (stored.get_tensor(side).tolist() for side in ("chosen", "rejected"))
+    return [replace(pair, reference_chosen_logp=c, reference_rejected_logp=r)
+            for pair, c, r in zip(pairs, chosen, rejected)]
+
+
 class DPOLoss:
     """The trainer objective for DPO batches (see ``collate_pairs``); its unit is one pair."""
 
@@ -249,8 +297,9 @@ class DPOLoss:
 
 @dataclass(frozen=True)
 class PreferenceData(ExampleData[EncodedPair]):
-    """A DPO step's training data: encoded pairs, their reference log-probs computed by the model before its
-    first update (``reference_batch_size`` pairs at a time; none for the reference-free ``"simpo"``); the loss
+    """A DPO step's training data: encoded pairs with their reference log-probs (the ``reference_logprobs``
+    step's; when the pairs come without them, the model computes them before its first update,
+    ``reference_batch_size`` pairs at a time; none for the reference-free ``"simpo"``); the loss
     ``loss_type`` with ``beta``, ``label_smoothing`` and (SimPO) ``gamma_beta_ratio``."""
 
     beta: float = 0.1
@@ -266,7 +315,7 @@ class PreferenceData(ExampleData[EncodedPair]):
         return DPOLoss(self.beta, self.loss_type, self.label_smoothing, self.gamma_beta_ratio)
 
     def batches(self, model: nn.Module, precision: str) -> ExampleBatches[EncodedPair]:
-        if self.loss_type in REFERENCE_FREE:
+        if self.loss_type in REFERENCE_FREE or all(item.reference_chosen_logp is not None for item in self.items):
             return self.example_batches(self.items)
         return self.example_batches(
             with_reference_logprobs(model, self.items, self.pad_token_id, self.reference_batch_size, precision)

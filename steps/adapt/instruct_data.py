@@ -31,7 +31,7 @@ reason read ``file:line: detail``; rows_read = kept + the sum of the dropped cou
 
 ``missing_messages``, ``missing_field``, ``bad_id``, ``bad_message``, ``unsupported_message_field``,
 ``unknown_role``, ``non_string_content``, ``no_assistant_turn``, ``no_prompt``, ``prompts_differ``, and, when
-rows are encoded (``encode_sft_examples(report=...)``, ``encode_preference_rows``):
+rows are encoded (``sft.encode_sft_examples(report=...)``, ``dpo.encode_preference_pairs(report=...)``):
 ``no_assistant_tokens_within_max_length``, ``no_response_tokens_within_max_length``,
 ``template_spans_not_derivable``, ``template_error``.
 
@@ -46,14 +46,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import fsspec
-from tokenizers import Tokenizer
 
-from steps.train.objectives import IGNORE_INDEX
 
-from .templates import ROLES, ChatTemplate, Message, Rendered, TemplateRowError, TULU
+from .templates import ROLES, Message
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -346,46 +344,6 @@ def read_preference_rows(
 ) -> tuple[list[dict[str, Any]], RowReport]:
     """Preference rows ``{"id", "prompt", "chosen", "rejected", "where"}`` (either form on disk) and the report."""
     return _read(spec, preference_row, examples_per_reason)
-
-
-# ---------------------------------------------------------------- encoding preference rows
-
-
-def _trains_something(rendered: Rendered) -> bool:
-    return any(label != IGNORE_INDEX for label in rendered[1])
-
-
-def encode_preference_rows(
-    rows: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int,
-    *, template: ChatTemplate | None = None, report: RowReport | None = None,
-) -> tuple[list[tuple[Rendered, Rendered]], dict[str, int]]:
-    """``(chosen, rejected)`` renderings of prompt+reply in ``template`` (tulu by default), cut to
-    ``max_length``; a pair where either side keeps no reply token, or whose spans the template cannot derive,
-    is dropped and counted (in ``report`` too, with its file:line, when given).
-
-    Returns the pairs and ``{"pairs", "encoded", "dropped_<reason>"}``; wrap each pair in
-    ``dpo.EncodedPair(chosen, rejected)`` for ``PreferenceData``.
-    """
-    template = template or TULU
-    encoded: list[tuple[Rendered, Rendered]] = []
-    counts: Counter = Counter(pairs=len(rows))
-    for row in rows:
-        where = row.get("where") or f"pair {row.get('id')!r}"
-        try:
-            chosen, rejected = (template.render(row["prompt"] + row[key], tokenizer, eos_token_id, max_length)
-                                for key in ("chosen", "rejected"))
-        except TemplateRowError as error:
-            reason, detail = error.reason, str(error)
-        else:
-            if _trains_something(chosen) and _trains_something(rejected):
-                encoded.append((chosen, rejected))
-                continue
-            reason, detail = "no_response_tokens_within_max_length", f"no reply token within {max_length} tokens"
-        counts[f"dropped_{reason}"] += 1
-        if report is not None:
-            report.drop(reason, where, detail, was_kept=True)
-    counts["encoded"] = len(encoded)
-    return encoded, dict(counts)
 
 
 # ---------------------------------------------------------------- fingerprint

@@ -45,12 +45,11 @@ def has_labels(rendered: Rendered) -> bool:
 
 def encode_sft_examples(
     examples: Sequence[dict[str, Any]], tokenizer: Tokenizer, eos_token_id: int, max_length: int,
-    *, template: ChatTemplate | None = None, report: RowReport | None = None, count_truncated: bool = False,
+    *, template: ChatTemplate | None = None, report: RowReport | None = None,
 ) -> tuple[list[Rendered], dict[str, int]]:
     """Render every example in ``template`` (tulu by default), cut to ``max_length`` tokens; drop and count those
     left with no assistant token after the cut, and those whose assistant spans the template cannot derive
-    (``TemplateRowError``). With ``count_truncated``, the counts also hold ``truncated_to_max_length``: the kept
-    examples that were cut.
+    (``TemplateRowError``).
 
     With ``report`` (from ``instruct_data.read_sft_rows``), each drop is also reported there with the row's
     ``where`` (file:line), moving it from kept to dropped.
@@ -58,8 +57,6 @@ def encode_sft_examples(
     template = template or TULU
     encoded: list[Rendered] = []
     counts: Counter = Counter(examples=len(examples))
-    if count_truncated:
-        counts["truncated_to_max_length"] = 0
     for example in examples:
         where = example.get("where") or f"example {example.get('id')!r}"
         check_messages(example.get("messages"), where)
@@ -71,8 +68,6 @@ def encode_sft_examples(
             rendered = input_ids[:max_length], labels[:max_length]  # as render(..., max_length) cuts
             if has_labels(rendered):
                 encoded.append(rendered)
-                if count_truncated and len(input_ids) > max_length:
-                    counts["truncated_to_max_length"] += 1
                 continue
             reason, detail = "no_assistant_tokens_within_max_length", f"no assistant token within {max_length} tokens"
         counts[f"dropped_{reason}"] += 1

@@ -1,19 +1,28 @@
-"""Tango steps of adaptation: SFT and preference data made from the corpus, SFT, and DPO."""
+"""Tango steps of adaptation: SFT and preference data (made from the corpus, or read from files in open-instruct's
+formats), the reference model's log-probs, SFT, and DPO."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from tango import Step
 
-from steps.adapt.config import AdaptationDataConfig, FinetuneConfig, PreferenceTuneConfig
 from steps.adapt.chat import build_preference_pairs, build_sft_examples, read_preference_pairs, read_sft_examples
-from steps.adapt.dpo import PreferenceData, encode_preference_pairs
+from steps.adapt.config import (
+    AdaptationConfig, AdaptationDataConfig, FinetuneConfig, InstructDataConfig, PreferenceTuneConfig, ReferenceConfig,
+    TemplateSpec,
+)
+from steps.adapt.dpo import (
+    EncodedPair, PreferenceData, encode_preference_pairs, pairs_digest, read_reference_logprobs,
+    with_reference_logprobs, write_reference_logprobs,
+)
+from steps.adapt.instruct_data import instruct_data_fingerprint, read_preference_rows, read_sft_rows
 from steps.adapt.sft import ChatData, encode_sft_examples
+from steps.adapt.templates import ChatTemplate, chat_template
 from steps.common.artifacts import Artifact
 from steps.common.documents import write_jsonl_gz
 from steps.common.execution import Execution
-from steps.common.models import artifact_model_config
-from steps.common.step import ArtifactStep
+from steps.common.models import artifact_model_config, load_artifact_model, model_tokenizer_dir, resolve_device
+from steps.common.step import ArtifactStep, ContentHash
 from steps.data.tokenize import tokenizer_file
 from steps.data.tokenizer import load_tokenizer
 from steps.train.steps import TrainingStep, check_batch_division
@@ -21,6 +30,22 @@ from steps.train.worker import Initialization, TrainingJob
 
 SFT_FILE = "sft.jsonl.gz"
 PREFERENCES_FILE = "preferences.jsonl.gz"
+
+
+def adaptation_template(spec: TemplateSpec, tokenizer: Artifact) -> ChatTemplate:
+    """The chat template of a config; "checkpoint" is the Jinja template of the tokenizer artifact (an imported
+    model's ``tokenizer/`` files)."""
+    return chat_template(spec, tokenizer_config=model_tokenizer_dir(tokenizer) or tokenizer.path)
+
+
+def encoded_preferences(
+    data: Artifact, tokenizer: Artifact, eos_token_id: int, max_length: int, template: TemplateSpec,
+) -> tuple[list[EncodedPair], dict[str, int]]:
+    """The pairs of a preference-data artifact as the DPO step and the reference log-probs encode them."""
+    return encode_preference_pairs(
+        read_preference_pairs(data.path / PREFERENCES_FILE), load_tokenizer(tokenizer_file(tokenizer)), eos_token_id,
+        max_length, template=adaptation_template(template, tokenizer),
+    )
 
 
 class BuildAdaptationData(ArtifactStep):
@@ -56,6 +81,67 @@ class BuildPreferenceData(BuildAdaptationData):
     BUILD = staticmethod(build_preference_pairs)
 
 
+class ReadAdaptationFiles(ArtifactStep):
+    """Rows in open-instruct's formats from files, URLs or a datasets-hub name, checked and written as the
+    corpus-made data is (one jsonl.gz file); fingerprinted by the files' content. Bad rows are dropped and
+    counted by reason, with file:line examples, in the summary (rows_read = kept + dropped)."""
+
+    FILE: str
+    READ: Callable[..., tuple[list[dict[str, Any]], Any]]
+    CONTENT_HASHED = {"config": ContentHash(lambda config: instruct_data_fingerprint(config["files"]),
+                                            location_keys=("files",))}
+    CONFIGS = {"config": InstructDataConfig.from_dict}
+
+    def run(self, config: InstructDataConfig) -> Artifact:
+        rows, report = type(self).READ(config.files)
+        out = self.output_dir()
+        write_jsonl_gz(out / self.FILE, rows)
+        return self.artifact(out, {"rows": len(rows), "content_hash": self.content_hash("config"), **report.as_dict()})
+
+
+@Step.register("sft_data_files")
+class ReadSFTFiles(ReadAdaptationFiles):
+    """SFT conversations ``{"messages": [{role, content}, ...]}`` (Tulu's format)."""
+
+    VERSION = "001"
+    FILE = SFT_FILE
+    READ = staticmethod(read_sft_rows)
+
+
+@Step.register("preference_data_files")
+class ReadPreferenceFiles(ReadAdaptationFiles):
+    """Preference pairs: ``{"chosen": [...], "rejected": [...]}`` full conversations sharing their prompt
+    (open-instruct's, UltraFeedback's), or ``{"prompt", "chosen", "rejected"}`` (TRL's explicit prompt)."""
+
+    VERSION = "001"
+    FILE = PREFERENCES_FILE
+    READ = staticmethod(read_preference_rows)
+
+
+@Step.register("reference_logprobs")
+class ReferenceLogprobs(ArtifactStep):
+    """The reference model's summed response log-probs of every preference pair (the DPO step's input model, on
+    one device), computed once: a DPO ablation of β or the loss type reuses them, and ``dpo_norm`` derives its
+    length-normalized ones from the same sums."""
+
+    VERSION = "001"
+    CONFIGS = {"config": ReferenceConfig.from_dict}
+
+    def run(
+        self, model: Artifact, data: Artifact, tokenizer: Artifact, config: ReferenceConfig,
+        execution: Execution = Execution(),
+    ) -> Artifact:
+        settings = artifact_model_config(model)
+        pairs, counts = encoded_preferences(data, tokenizer, settings.eos_token_id, config.max_length,
+                                            config.template)
+        device = resolve_device(execution.device)
+        scored = with_reference_logprobs(load_artifact_model(model, device), pairs, settings.pad_token_id,
+                                         config.batch_size, config.precision)
+        out = self.output_dir()
+        write_reference_logprobs(out, scored)
+        return self.artifact(out, {"pairs": counts, "pairs_digest": pairs_digest(pairs), "model": model.fingerprint})
+
+
 class AdaptationStep(TrainingStep):
     """Fine-tunes a model artifact with open-instruct's recipe shape (epochs, LR, warmup ratio), on the
     workers the recipe's ``execution`` asks for, like every training step."""
@@ -65,15 +151,8 @@ class AdaptationStep(TrainingStep):
         train = kwargs["train"]
         check_batch_division(train.global_batch_size, kwargs["execution"].world_size, train.micro_batch_size, "train.")
 
-    def run(
-        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: FinetuneConfig,
-        execution: Execution = Execution(),
-    ) -> Artifact:
-        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
-                                    execution=execution))
-
     def adaptation_job(
-        self, fresh_output: bool, pretrained: Artifact, train: FinetuneConfig, execution: Execution,
+        self, fresh_output: bool, pretrained: Artifact, train: AdaptationConfig, execution: Execution,
         data: ChatData | PreferenceData,
     ) -> TrainingJob:
         return self.new_job(
@@ -85,10 +164,18 @@ class AdaptationStep(TrainingStep):
 
 @Step.register("sft")
 class SupervisedFinetune(AdaptationStep):
-    """SFT: next-token loss on the assistant turns only (user turns and headers masked)."""
+    """SFT: next-token loss on the assistant turns only (user turns and headers masked), conversations packed into
+    rows with ``train.packing``."""
 
     VERSION = "003"
     CONFIGS = {"train": FinetuneConfig.from_dict}
+
+    def run(
+        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: FinetuneConfig,
+        execution: Execution = Execution(),
+    ) -> Artifact:
+        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
+                                    execution=execution))
 
     def job(
         self, fresh_output: bool, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: FinetuneConfig,
@@ -97,15 +184,18 @@ class SupervisedFinetune(AdaptationStep):
         config = artifact_model_config(pretrained)
         examples, counts = encode_sft_examples(
             read_sft_examples(data.path / SFT_FILE), load_tokenizer(tokenizer_file(tokenizer)), config.eos_token_id,
-            train.max_length,
+            train.max_length, template=adaptation_template(train.template, tokenizer),
         )
-        chats = ChatData(examples, config.pad_token_id, train.global_batch_size, train.seed, train.max_length)
-        return self.adaptation_job(fresh_output, pretrained, train, execution, chats), {"examples": counts}
+        chats = ChatData(examples, config.pad_token_id, train.global_batch_size, train.seed, train.max_length,
+                         packing=train.packing, loss_reduction=train.loss_reduction)
+        summary = {"examples": counts, **({"packing": chats.packing_summary()} if train.packing else {})}
+        return self.adaptation_job(fresh_output, pretrained, train, execution, chats), summary
 
 
 @Step.register("dpo")
 class DirectPreferenceOptimization(AdaptationStep):
-    """DPO: the sigmoid loss on summed response log-probs against the frozen input model."""
+    """DPO (``train.loss_type`` "dpo", "dpo_norm" or "simpo") against the frozen input model, whose log-probs come
+    from the ``reference`` step (computed by the workers before training when it is not given)."""
 
     VERSION = "003"
     CONFIGS = {"train": PreferenceTuneConfig.from_dict}
@@ -113,16 +203,25 @@ class DirectPreferenceOptimization(AdaptationStep):
     def history_summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {key: value for key, value in history[-1].items() if key.startswith("rewards/")}
 
+    def run(
+        self, pretrained: Artifact, data: Artifact, tokenizer: Artifact, train: PreferenceTuneConfig,
+        reference: Artifact | None = None, execution: Execution = Execution(),
+    ) -> Artifact:
+        return self.train(*self.job(True, pretrained=pretrained, data=data, tokenizer=tokenizer, train=train,
+                                    reference=reference, execution=execution))
+
     def job(
         self, fresh_output: bool, pretrained: Artifact, data: Artifact, tokenizer: Artifact,
-        train: PreferenceTuneConfig, execution: Execution,
+        train: PreferenceTuneConfig, execution: Execution, reference: Artifact | None = None,
     ) -> tuple[TrainingJob, dict[str, Any]]:
         config = artifact_model_config(pretrained)
-        pairs, counts = encode_preference_pairs(
-            read_preference_pairs(data.path / PREFERENCES_FILE), load_tokenizer(tokenizer_file(tokenizer)),
-            config.eos_token_id, train.max_length,
+        pairs, counts = encoded_preferences(data, tokenizer, config.eos_token_id, train.max_length, train.template)
+        if reference is not None:
+            pairs = read_reference_logprobs(reference.path, pairs, f"reference {reference.fingerprint}")
+        preferences = PreferenceData(
+            pairs, config.pad_token_id, train.global_batch_size, train.seed, train.max_length, train.beta,
+            reference_batch_size=train.micro_batch_size, loss_type=train.loss_type,
+            label_smoothing=train.label_smoothing, gamma_beta_ratio=train.gamma_beta_ratio,
         )
-        preferences = PreferenceData(pairs, config.pad_token_id, train.global_batch_size, train.seed,
-                                     train.max_length, train.beta, reference_batch_size=train.micro_batch_size)
-        return self.adaptation_job(fresh_output, pretrained, train, execution, preferences), {"pairs": counts,
-                                                                                             "beta": train.beta}
+        summary = {"pairs": counts, "beta": train.beta, "loss_type": train.loss_type}
+        return self.adaptation_job(fresh_output, pretrained, train, execution, preferences), summary

@@ -20,6 +20,10 @@ from steps.common.files import file_sha256
 
 MANIFEST_FILE = "manifest.json"
 DATA_DIR = "data"
+# Where a model artifact keeps the Hugging Face tokenizer files that came with its weights (tokenizer.json,
+# tokenizer_config.json with any chat_template, chat_template.jinja, ...): an ``import_hf`` artifact has them
+# when its checkpoint had them; a model trained here has none (its tokenizer is the workflow's tokenizer step).
+TOKENIZER_DIR = "tokenizer"
 RECORDED_PACKAGES = ("olmo-tango", "ai2-tango", "torch", "numpy", "tokenizers", "datasets", "safetensors")
 
 

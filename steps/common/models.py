@@ -15,17 +15,13 @@ import safetensors.torch
 import torch
 
 from olmo_model import Olmo, OlmoConfig
-from steps.common.artifacts import Artifact
+from steps.common.artifacts import TOKENIZER_DIR, Artifact
 from steps.common.checksums import CheckpointError, atomic_directory, read_json, verify_checksums, write_json
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.json"
 MODEL_DIR = "model"
-# Where a model artifact keeps the Hugging Face tokenizer files that came with its weights (tokenizer.json,
-# tokenizer_config.json with any chat_template, chat_template.jinja, ...): an ``import_hf`` artifact has them
-# when its checkpoint had them; a model trained here has none (its tokenizer is the workflow's tokenizer step).
-TOKENIZER_DIR = "tokenizer"
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

@@ -34,7 +34,7 @@ import fsspec
 import numpy as np
 from tokenizers import Tokenizer
 
-from steps.common.artifacts import Artifact
+from steps.common.artifacts import TOKENIZER_DIR, Artifact
 from steps.common.documents import list_shards, read_documents
 from steps.data.provenance import ProvenanceWriter, sidecar_paths
 from steps.data.tokenizer import parse_tokenizer
@@ -50,8 +50,11 @@ T = TypeVar("T")
 
 
 def tokenizer_file(artifact: Artifact) -> Path:
-    """The tokenizer file of a tokenizer, tokens or instances artifact."""
-    return artifact.path / TOKENIZER_FILE
+    """The tokenizer file of a tokenizer, tokens or instances artifact, or of a model imported with its tokenizer
+    (``import_hf``: in its ``tokenizer/`` folder)."""
+    own = artifact.path / TOKENIZER_FILE
+    imported = artifact.path / TOKENIZER_DIR / TOKENIZER_FILE
+    return imported if not own.is_file() and imported.is_file() else own
 
 
 def token_dtype(max_token_id: int) -> str:

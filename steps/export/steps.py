@@ -2,8 +2,7 @@
 ``export_hf`` writes one, ``import_hf`` reads one into a model artifact."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from tango import Step
@@ -11,12 +10,24 @@ from tango import Step
 from integrations.huggingface import (
     CheckpointDirectory, checkpoint_content_hash, copy_hf_tokenizer, export_to_hf, import_from_hf, read_hf_config,
 )
-from steps.common.artifacts import Artifact
-from steps.common.models import MODEL_DIR, TOKENIZER_DIR, load_artifact_model, save_model_state
+from olmo_model.config import Config, require
+from steps.common.artifacts import TOKENIZER_DIR, Artifact
+from steps.common.models import MODEL_DIR, load_artifact_model, save_model_state
 from steps.common.step import ArtifactStep, ContentHash, fingerprinted_as
 from steps.data.tokenize import tokenizer_file
 
-CHECKPOINT_KEYS = ("path",)
+
+@dataclass(frozen=True)
+class CheckpointConfig(Config):
+    """``import_hf``'s ``checkpoint``: the ``path`` of an HF OLMo checkpoint directory (local or fsspec URL)."""
+
+    path: str
+
+    WHERE = "checkpoint"
+
+    def check(self) -> None:
+        require(bool(self.path), "checkpoint.path", "a directory or fsspec URL", self.path)
+        read_hf_config(self.path)  # the config is importable and the weights are safetensors
 # The counters a training step's artifact carries (its TrainState without the history): an imported model has
 # done none of this project's training, so an anneal from it starts at batch 0 of its own data order.
 UNTRAINED_STATE = {"step": 0, "data_step": 0, "tokens_seen": 0, "skipped_steps": 0}
@@ -56,20 +67,12 @@ class ImportHuggingFace(ArtifactStep):
     VERSION = "001"
     CONTENT_HASHED = {
         "checkpoint": ContentHash(lambda checkpoint: checkpoint_content_hash(checkpoint["path"]),
-                                  location_keys=CHECKPOINT_KEYS)
+                                  location_keys=("path",))
     }
+    CONFIGS = {"checkpoint": CheckpointConfig.from_dict}
 
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        checkpoint = kwargs["checkpoint"]
-        if not isinstance(checkpoint, Mapping) or set(checkpoint) != set(CHECKPOINT_KEYS):
-            raise ValueError(f"checkpoint: expected {{\"path\": a directory or fsspec URL}}, got {checkpoint!r}")
-        if not isinstance(checkpoint["path"], str) or not checkpoint["path"]:
-            raise ValueError(f"checkpoint.path: expected a directory or fsspec URL, got {checkpoint['path']!r}")
-        read_hf_config(checkpoint["path"])  # the config is importable and the weights are safetensors
-
-    def run(self, checkpoint: dict) -> Artifact:
-        path = checkpoint["path"]
+    def run(self, checkpoint: CheckpointConfig) -> Artifact:
+        path = checkpoint.path
         config, weights = import_from_hf(path)
         out = self.output_dir()
         save_model_state(weights, config, out / MODEL_DIR, extra=UNTRAINED_STATE)

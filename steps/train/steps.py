@@ -31,7 +31,7 @@ from steps.train.in_loop_eval import InLoopEvaluator
 from steps.train.pretraining_data import PretrainingData, check_vocabulary
 from steps.train.runtime import worker_environment
 from steps.train.trainer import TrainConfig, UpdateConfig
-from steps.train.worker import METRICS_FILE, Initialization, TrainingJob, run_training_job
+from steps.train.worker import FINAL_CHECKPOINT_DIR, METRICS_FILE, Initialization, TrainingJob, run_training_job
 
 CURVE_POINTS = 50
 CHECKPOINTS_DIR = "checkpoints"
@@ -233,6 +233,12 @@ class AnnealOlmo(PretrainingStep):
         train: AnnealConfig, execution: Execution, in_loop_eval: InLoopEvalConfig | None = None,
         heldout: Artifact | None = None,
     ) -> tuple[TrainingJob, dict[str, Any]]:
+        if train.start_lr is None and "lr_last" not in pretrained.summary:
+            raise ValueError(f"train.start_lr: null continues at the LR pretraining reached, but {pretrained.fingerprint} "
+                             f"was not trained here (an imported model?): give the anneal a start_lr")
+        if train.optimizer_state == "carried" and not (pretrained.path / FINAL_CHECKPOINT_DIR).is_dir():
+            raise ValueError(f"train.optimizer_state: 'carried' needs the AdamW state a pretrain step hands off, and "
+                             f"{pretrained.fingerprint} has none: use 'fresh'")
         start_lr = train.start_lr or pretrained.summary["lr_last"]
         start = TrainState(data_step=pretrained.summary["data_step"], tokens_seen=pretrained.summary["tokens_seen"])
         init = Initialization(pretrained=str(pretrained.path), carry_optimizer=train.optimizer_state == "carried")

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from steps.adapt.chat import render_chat
 from steps.adapt.dpo import encode_preference_pairs
 from steps.adapt.instruct_data import (
     FileSource,
     HubSource,
     InstructDataError,
-    encode_preference_rows,
     instruct_data_fingerprint,
     instruct_sources,
     read_preference_rows,
@@ -162,8 +162,7 @@ def test_preference_rows_plug_into_encode_preference_pairs(tmp_path, tokenizer):
     rows, _ = read_preference_rows(path)
     pairs, counts = encode_preference_pairs(rows, tokenizer, EOS, max_length=64)
     assert counts == {"pairs": 1, "encoded": 1}
-    rendered, rendered_counts = encode_preference_rows(rows, tokenizer, EOS, max_length=64)
-    assert rendered == [(pairs[0].chosen, pairs[0].rejected)] and rendered_counts == counts
+    assert pairs[0].chosen == render_chat(PROMPT + [assistant("Teal.")], tokenizer, EOS, 64)
 
 
 # ---------------------------------------------------------------- bad rows
@@ -250,7 +249,7 @@ def test_over_long_rows_are_dropped_at_encoding_with_file_and_line(tmp_path, tok
     write_jsonl(prefs, [{"prompt": "Hi", "chosen": "Yes.", "rejected": "No."},
                         {"prompt": long_prompt, "chosen": "Yes.", "rejected": "No."}])
     rows, report = read_preference_rows(prefs)
-    pairs, counts = encode_preference_rows(rows, tokenizer, EOS, max_length=30, report=report)
+    pairs, counts = encode_preference_pairs(rows, tokenizer, EOS, max_length=30, report=report)
     assert len(pairs) == 1 and counts == {"pairs": 2, "encoded": 1, "dropped_no_response_tokens_within_max_length": 1}
     assert report.as_dict() == {
         "rows_read": 2, "kept": 1, "dropped_no_response_tokens_within_max_length": 1,

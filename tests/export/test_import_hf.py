@@ -35,7 +35,9 @@ CONFIG_KEYS = (
 )
 
 
-def write_checkpoint(directory: Path, tied: bool, max_shard_size: str | None = None, seed: int = 0) -> Path:
+def write_checkpoint(
+    directory: Path, tied: bool, max_shard_size: str | None = None, seed: int = 0, max_position_embeddings: int = 64,
+) -> Path:
     """An OLMo-shaped HF checkpoint: 50280 tokens padded to 50304 rows, EOS 50279, pad 1, tiny layers; the OLMo
     tokenizer with a chat template (in chat_template.jinja, as transformers 5 saves it, and in
     tokenizer_config.json, as OLMo's released checkpoints have it)."""
@@ -44,7 +46,7 @@ def write_checkpoint(directory: Path, tied: bool, max_shard_size: str | None = N
 
     config = HFOlmoConfig(
         vocab_size=50304, hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=64, tie_word_embeddings=tied, rope_theta=5000.0, eos_token_id=50279, pad_token_id=1,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=tied, rope_theta=5000.0, eos_token_id=50279, pad_token_id=1,
     )
     torch.manual_seed(seed)
     model = OlmoForCausalLM(config)
@@ -308,7 +310,7 @@ def test_the_step_checks_its_checkpoint_before_running(checkpoints, tmp_path):
     (clipped / "config.json").write_text(json.dumps({**hf_config(clipped), "clip_qkv": 8.0}))
     with pytest.raises(ConfigurationError, match=r"ImportHuggingFace: .*clipped/config.json: clip_qkv is 8.0"):
         ImportHuggingFace(checkpoint={"path": str(clipped)})
-    with pytest.raises(ConfigurationError, match=r"checkpoint: expected \{\"path\""):
+    with pytest.raises(ConfigurationError, match=r"checkpoint: unknown key\(s\) 'dtype'; expected some of path"):
         ImportHuggingFace(checkpoint={"path": str(clipped), "dtype": "bf16"})
     with pytest.raises(ConfigurationError, match="nowhere: not a directory"):
         ImportHuggingFace(checkpoint={"path": str(tmp_path / "nowhere")})

@@ -233,3 +233,14 @@ def test_anneal_checks_the_split_too(tmp_path):
         _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ steps+: {{ anneal+: {{ execution+: {{ world_size: 3 }} }} }} }}")
     with pytest.raises(ConfigurationError, match=r"step 'pretrain': .* world_size 3"):  # the recipe's execution
         _graph_of(tmp_path, f"(import '{WORKFLOWS / 'olmo-micro.jsonnet'}') + {{ params+:: {{ execution+: {{ world_size: 3 }} }} }}")
+
+
+def test_the_tulu3_variant_changes_only_olmo7bs_adaptation():
+    olmo7b = StepGraph.from_file(WORKFLOWS / "olmo7b.jsonnet")
+    tulu3 = StepGraph.from_file(WORKFLOWS / "olmo7b-tulu3.jsonnet")
+    sft, dpo = tulu3["sft"].kwargs["train"], tulu3["dpo"].kwargs["train"]
+    assert (sft.lr, sft.epochs, sft.warmup_ratio, sft.max_length) == (5e-6, 2, 0.03, 2048)
+    assert (dpo.lr, dpo.epochs, dpo.warmup_ratio, dpo.loss_type, dpo.beta) == (5e-7, 1, 0.1, "dpo_norm", 5.0)
+    assert tulu3["sft"].kwargs["execution"].world_size == 8  # one node, as olmo7b's adaptation
+    changed = {name for name, step in tulu3.items() if step.unique_id != olmo7b[name].unique_id}
+    assert changed == {"sft", "evaluate_sft", "reference_logprobs", "dpo", "evaluate_dpo", "export", "report"}

@@ -26,6 +26,15 @@ local checkKeys(object, known, where) =
 {
   ref:: ref,
 
+  // The reference log-probs DPO trains against, as a step of their own (computed once, on one device): a β or
+  // loss-type ablation reuses them. None for the reference-free loss "simpo".
+  needsReference(dpo):: !(std.objectHas(dpo, 'loss_type') && dpo.loss_type == 'simpo'),
+  referenceConfig(dpo):: {
+    max_length: dpo.max_length,
+    precision: if std.objectHas(dpo, 'precision') then dpo.precision else 'fp32',
+    batch_size: dpo.micro_batch_size,
+  } + (if std.objectHas(dpo, 'template') then { template: dpo.template } else {}),
+
   // The params a recipe may set (every one is read by `workflow`; the last four may be left out).
   paramKeys:: [
     'name', 'sources', 'source_shard_bytes', 'tag', 'filter', 'dedup', 'mix', 'tokenizer', 'seq_len', 'data_order',
@@ -155,6 +164,14 @@ local checkKeys(object, known, where) =
       },
       evaluate_sft: evaluate('sft'),
       preference_data: { type: 'preference_data', documents: ref('mix'), config: p.preference_data },
+      [if $.needsReference(p.dpo) then 'reference_logprobs']: {
+        type: 'reference_logprobs',
+        model: ref('sft'),
+        data: ref('preference_data'),
+        tokenizer: ref('tokenizer'),
+        config: $.referenceConfig(p.dpo),
+        execution: x,
+      },
       dpo: {
         type: 'dpo',
         pretrained: ref('sft'),
@@ -162,7 +179,7 @@ local checkKeys(object, known, where) =
         tokenizer: ref('tokenizer'),
         train: p.dpo,
         execution: x,
-      },
+      } + (if $.needsReference(p.dpo) then { reference: ref('reference_logprobs') } else {}),
       evaluate_dpo: evaluate('dpo'),
       export: { type: 'export_hf', model: ref('dpo'), tokenizer: ref('tokenizer') },
     } + {
