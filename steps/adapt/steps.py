@@ -48,19 +48,27 @@ def encoded_preferences(
     )
 
 
-class BuildAdaptationData(ArtifactStep):
-    """Writes rows made from the corpus' documents into one jsonl.gz file."""
+class AdaptationRows(ArtifactStep):
+    """A step whose artifact is rows of adaptation data in one jsonl.gz file, ``FILE``, which SFT or DPO reads."""
 
     FILE: str
+
+    def rows_artifact(self, rows: list[dict[str, Any]], summary: dict[str, Any]) -> Artifact:
+        out = self.output_dir()
+        write_jsonl_gz(out / self.FILE, rows)
+        return self.artifact(out, {"rows": len(rows), **summary})
+
+
+class BuildAdaptationData(AdaptationRows):
+    """Rows made from the corpus' documents."""
+
     BUILD: Callable[..., tuple[list[dict[str, Any]], dict[str, int]]]
     CONFIGS = {"config": AdaptationDataConfig.from_dict}
 
     def run(self, documents: Artifact, config: AdaptationDataConfig) -> Artifact:
         rows, counts = type(self).BUILD(documents.path / "documents", config.max_examples, config.seed,
                                         config.min_chars, config.max_chars)
-        out = self.output_dir()
-        write_jsonl_gz(out / self.FILE, rows)
-        return self.artifact(out, {"rows": len(rows), **counts})
+        return self.rows_artifact(rows, counts)
 
 
 @Step.register("sft_data")
@@ -81,12 +89,11 @@ class BuildPreferenceData(BuildAdaptationData):
     BUILD = staticmethod(build_preference_pairs)
 
 
-class ReadAdaptationFiles(ArtifactStep):
+class ReadAdaptationFiles(AdaptationRows):
     """Rows in open-instruct's formats from files, URLs or a datasets-hub name, checked and written as the
     corpus-made data is (one jsonl.gz file); fingerprinted by the files' content. Bad rows are dropped and
     counted by reason, with file:line examples, in the summary (rows_read = kept + dropped)."""
 
-    FILE: str
     READ: Callable[..., tuple[list[dict[str, Any]], Any]]
     CONTENT_HASHED = {"config": ContentHash(lambda config: instruct_data_fingerprint(config["files"]),
                                             location_keys=("files",))}
@@ -94,9 +101,7 @@ class ReadAdaptationFiles(ArtifactStep):
 
     def run(self, config: InstructDataConfig) -> Artifact:
         rows, report = type(self).READ(config.files)
-        out = self.output_dir()
-        write_jsonl_gz(out / self.FILE, rows)
-        return self.artifact(out, {"rows": len(rows), "content_hash": self.content_hash("config"), **report.as_dict()})
+        return self.rows_artifact(rows, {"content_hash": self.content_hash("config"), **report.as_dict()})
 
 
 @Step.register("sft_data_files")

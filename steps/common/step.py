@@ -74,6 +74,22 @@ class ContentHashed(dict, CustomDetHash):
         settings = {key: value for key, value in self.items() if key not in self._spec.location_keys}
         return (settings, self.content_hash)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (by Tango's copies of a step, or to worker processes) with its content hash, computed now,
+        and without the function that computes it (often a lambda, which does not pickle)."""
+        return _hashed, (dict(self), self.content_hash, self._spec.location_keys)
+
+
+def _hashed(config: dict[str, Any], content_hash: str, location_keys: tuple[str, ...]) -> ContentHashed:
+    """A ``ContentHashed`` whose content hash is already known (unpickled)."""
+    restored = ContentHashed(config, ContentHash(_known_hash, location_keys))
+    restored._cached = content_hash
+    return restored
+
+
+def _known_hash(config: dict[str, Any]) -> str:
+    raise AssertionError("an unpickled ContentHashed carries its content hash")
+
 
 @fingerprinted_as("steps.common.artifacts")
 class ArtifactFormat(Format[Artifact]):

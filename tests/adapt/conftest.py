@@ -85,3 +85,15 @@ def documents_dir(tmp_path):
     directory = tmp_path / "documents"
     _write_documents(directory, _synthetic_documents(16))
     return directory
+
+
+@pytest.fixture
+def encoded_pairs(documents_dir, small_tokenizer):
+    """Four preference pairs made from ``documents_dir``, encoded with the small tokenizer (EOS 0)."""
+    from steps.adapt.chat import build_preference_pairs
+    from steps.adapt.dpo import encode_preference_pairs
+
+    rows, _ = build_preference_pairs(documents_dir, max_pairs=4, seed=0)
+    pairs, counts = encode_preference_pairs(rows, small_tokenizer, 0, max_length=96)
+    assert counts == {"pairs": 4, "encoded": 4}
+    return pairs

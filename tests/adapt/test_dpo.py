@@ -6,18 +6,16 @@ import math
 import pytest
 import torch
 
-from steps.adapt.chat import build_preference_pairs
 from steps.adapt.dpo import (
     PreferenceData,
     dpo_loss,
-    encode_preference_pairs,
     sequence_logprobs,
     with_reference_logprobs,
 )
 from steps.train.objectives import IGNORE_INDEX
 from steps.train.trainer import TrainConfig, Trainer
 
-EOS, PAD = 0, 1  # the small test tokenizer's ids
+PAD = 1  # the small test tokenizer's pad id
 
 
 def test_dpo_loss_is_ln2_when_policy_equals_reference():
@@ -53,14 +51,6 @@ def test_sequence_logprobs_sum_the_label_positions(make_model):
         logprobs = torch.log_softmax(model(input_ids), dim=-1)
     expected = [sum(logprobs[row, t - 1, input_ids[row, t]] for t in range(6, end)) for row, end in ((0, 10), (1, 8))]
     assert got.tolist() == pytest.approx([float(e) for e in expected], rel=1e-5)
-
-
-@pytest.fixture
-def encoded_pairs(documents_dir, small_tokenizer, make_model):
-    rows, _ = build_preference_pairs(documents_dir, max_pairs=4, seed=0)
-    pairs, counts = encode_preference_pairs(rows, small_tokenizer, EOS, max_length=96)
-    assert counts == {"pairs": 4, "encoded": 4}
-    return pairs
 
 
 def test_reference_logprobs_are_those_of_the_frozen_model(encoded_pairs, make_model):

@@ -10,19 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steps.adapt.chat import build_preference_pairs
 from steps.adapt.dpo import (
     DPOLoss,
     PreferenceData,
     collate_pairs,
     dpo_loss,
-    encode_preference_pairs,
     response_token_counts,
     sequence_logprobs,
 )
 from steps.train.objectives import IGNORE_INDEX
 
-EOS, PAD = 0, 1  # the small test tokenizer's ids
+PAD = 1  # the small test tokenizer's pad id
 
 
 def softplus(x: float) -> float:
@@ -174,14 +172,6 @@ def test_the_references_a_loss_type_needs():
 
 
 # ------------------------------------------------------------------ through a model and the data
-
-
-@pytest.fixture
-def encoded_pairs(documents_dir, small_tokenizer):
-    rows, _ = build_preference_pairs(documents_dir, max_pairs=4, seed=0)
-    pairs, counts = encode_preference_pairs(rows, small_tokenizer, EOS, max_length=96)
-    assert counts == {"pairs": 4, "encoded": 4}
-    return pairs
 
 
 def test_response_token_counts_and_averaged_logprobs(make_model, encoded_pairs):

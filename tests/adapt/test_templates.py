@@ -16,19 +16,13 @@ from steps.adapt.templates import (
     chat_template,
 )
 from steps.data.tokenizer import olmo_tokenizers_dir
+from tests.adapt.test_chat import CONVERSATION
 from steps.train.objectives import IGNORE_INDEX
 
 M = IGNORE_INDEX
 EOS_V1, EOS_V2 = 50279, 100257  # <|endoftext|> of the OLMo 1 and OLMo 2 (dolma2) tokenizers
 IM_START, IM_END = 100264, 100265  # single tokens of the dolma2 tokenizer
 
-CONVERSATION = [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Name a colour."},
-    {"role": "assistant", "content": "Teal, a blue-green."},
-    {"role": "user", "content": "And a number?"},
-    {"role": "assistant", "content": "Forty-two\n\nor seven."},
-]
 
 # A ChatML template in Jinja, as a checkpoint's tokenizer_config.json would carry it.
 CHATML_JINJA = (

@@ -5,15 +5,18 @@ environment still shows the original failure, the test also checks the original 
 """
 import importlib
 import importlib.util
+import pickle
 import subprocess
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from integrations import tango_compat
+from olmo_model.config import Config
 
 
 def _run_with_original(name, function, *args):
@@ -196,25 +199,26 @@ def test_tangos_command_line_needs_no_fix_on_click_without_tangos_cap(tmp_path):
 
 
 
+@dataclass(frozen=True)
+class Shape(Config):
+    """A typed config for the next test (at module level, so it pickles)."""
+
+    widths: tuple[int, ...]
+    depth: int = 1
+
+
 def test_a_typed_config_argument_is_built_by_the_step_and_fingerprinted_as_the_block():
     """``typed_configs``: Tango hands a ``Config``-annotated argument over as written, so the step builds it (keys
     checked by ``build_config``), and the typed config's fingerprint is the block's, as if the step took a dict."""
-    from dataclasses import dataclass
-
     from tango import Step
     from tango.common import from_params
     from tango.common.det_hash import det_hash
 
-    from olmo_model.config import Config
-    from steps.common.step import ArtifactStep
-
-    @dataclass(frozen=True)
-    class Shape(Config):
-        widths: tuple[int, ...]
-        depth: int = 1
+    from steps.common.step import ArtifactStep, ContentHash, ContentHashed
 
     @Step.register("typed-config-test", exist_ok=True)
     class ShapedStep(ArtifactStep):
+        CONTENT_HASHED = {"shape": ContentHash(lambda block: str(block["widths"]))}  # a lambda: not picklable
         CONFIGS = {"shape": Shape.from_dict}
 
         def run(self, shape: Shape) -> None:
@@ -223,7 +227,10 @@ def test_a_typed_config_argument_is_built_by_the_step_and_fingerprinted_as_the_b
     block = {"widths": [4, 8]}
     step = Step.from_params({"type": "typed-config-test", "shape": dict(block)})
     assert step.kwargs["shape"] == Shape(widths=(4, 8))
-    assert det_hash(step.kwargs["shape"]) == det_hash(block) != det_hash(Shape(widths=(4, 8)))
+    assert det_hash(step.kwargs["shape"]) == det_hash(ContentHashed(block, ShapedStep.CONTENT_HASHED["shape"]))
+    assert det_hash(step.kwargs["shape"]) != det_hash(Shape(widths=(4, 8)))
+    copied = pickle.loads(pickle.dumps(step.kwargs["shape"]))  # as worker processes and Tango's step copies get it
+    assert copied == Shape(widths=(4, 8)) and det_hash(copied) == det_hash(step.kwargs["shape"])
     with pytest.raises(Exception, match=r"shape: unknown key\(s\) 'width'; expected some of depth, widths"):
         Step.from_params({"type": "typed-config-test", "shape": {"width": [4]}})
 
