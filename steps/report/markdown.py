@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
-STAGE_ORDER = ("pretrain", "base", "anneal", "sft", "dpo")  # "base": the pretrained model, before its anneal
+# "base": the pretrained model, before its anneal; "imported": a released checkpoint (workflows/adapt-hf.jsonnet).
+STAGE_ORDER = ("pretrain", "base", "imported", "anneal", "sft", "dpo")
 V = TypeVar("V")
 
 
 def in_stage_order(summaries: Mapping[str, V]) -> dict[str, V]:
-    """Stages in pipeline order (pretrain or base, anneal, sft, dpo), any others after them by name."""
+    """Stages in pipeline order (pretrain, base or imported, anneal, sft, dpo), any others after them by name."""
     rank = {name: i for i, name in enumerate(STAGE_ORDER)}
     return {name: summaries[name] for name in sorted(summaries, key=lambda n: (rank.get(n, len(rank)), n))}
 
