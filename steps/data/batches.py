@@ -86,6 +86,9 @@ def describe_batch(
         ]
         path = index.files[k].path
         documents.append({"instance": instance, "file": path, "offset": offset, "documents": instance_docs})
+    # the instances the instance filter flagged, all of whose labels are masked (the key only with a filter)
+    filtered = {} if index.instance_filter is None else {
+        "filtered_instances": instances[index.is_filtered(instances)].tolist()}
     return {
         "step": step,
         "epoch": order.batch_epoch(step, batch_size),
@@ -96,9 +99,10 @@ def describe_batch(
         "instances": instances.tolist(),
         "token_ids": tokens.tolist(),
         "batch_hash": batch_hash(tokens),
-        "label_masked_tokens": int((~index.label_mask(tokens[:, 1:])).sum()),  # position 0 is never a target
+        "label_masked_tokens": int((~index.label_mask(tokens, instances)[:, 1:]).sum()),  # position 0: never a target
         "ranks": ranks,
         "documents": documents,
+        **filtered,
     }
 
 

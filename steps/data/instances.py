@@ -10,6 +10,12 @@ Label masks (optional; OLMo reads its ``label_mask`` from boolean memmaps): toke
 ``ignore_token_ids`` (say the PII placeholders, or padding) are inputs but never targets. Here the mask is a
 function of the token ids, so it needs no files of its own; it is part of the index and its fingerprint
 (so, like any change to the instances, it also gives another data order).
+
+Instance filter (optional, :mod:`steps.data.instance_filter`): OLMo 2's repeated n-gram filter. The instances
+it flags are found once, when the index is built, and listed in it (``filtered_instances``, in the index's
+fingerprint); they stay instances, trained on in their place in the data order with every label masked
+(OLMo-core's ``instance_mask``), so the data order, batches and their regeneration read the flags from the
+index alone.
 """
 from __future__ import annotations
 
@@ -18,17 +24,19 @@ import json
 import os
 import resource
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from steps.common.artifacts import Artifact
+from steps.data.instance_filter import InstanceFilterConfig, repetitive_rows
 from steps.data.provenance import InstanceDocument, ProvenanceFile
 from steps.data.tokenize import SUMMARY_FILE, TOKEN_DTYPES
 
 INDEX_FILE = "index.json"  # an instances artifact's InstanceIndex
+_FILTER_CHUNK_TOKENS = 1 << 22  # tokens read at a time when the instance filter scans a token file
 
 
 @dataclass(frozen=True)
@@ -80,13 +88,20 @@ class OpenFiles:
 
 @dataclass
 class InstanceIndex:
-    """Where every instance lives: ``files[k]`` holds instances ``first_instance .. + num_instances``."""
+    """Where every instance lives: ``files[k]`` holds instances ``first_instance .. + num_instances``.
+
+    With an ``instance_filter``, ``filtered_instances`` (ascending) are the instances it flagged: their labels
+    are all masked (:meth:`label_mask` given the instances).
+    """
 
     seq_len: int
     files: tuple[TokenFile, ...]
     dropped_tokens: int
     ignore_token_ids: tuple[int, ...] = ()
+    instance_filter: InstanceFilterConfig | None = None
+    filtered_instances: tuple[int, ...] = ()
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
+    _filtered: np.ndarray = field(init=False, repr=False, compare=False)
     _paths: dict[tuple[str, int], Path] = field(default_factory=dict, init=False, repr=False, compare=False)
     _open_files: OpenFiles = field(default_factory=OpenFiles, init=False, repr=False, compare=False)
     _provenance: dict[tuple[str, int], ProvenanceFile] = field(
@@ -95,24 +110,42 @@ class InstanceIndex:
 
     def __post_init__(self) -> None:
         self._offsets = np.asarray([f.first_instance for f in self.files], dtype=np.int64)
+        self._filtered = np.asarray(self.filtered_instances, dtype=np.int64)
+        if self.filtered_instances:
+            if self.instance_filter is None:
+                raise ValueError("instance index: filtered_instances without an instance_filter")
+            ascending = not (np.diff(self._filtered) <= 0).any()
+            if not ascending or self._filtered[0] < 0 or self._filtered[-1] >= self.num_instances:
+                raise ValueError(f"instance index: filtered_instances must be ascending instances in "
+                                 f"[0, {self.num_instances})")
 
     @property
     def num_instances(self) -> int:
         return self.files[-1].first_instance + self.files[-1].num_instances if self.files else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "seq_len": self.seq_len,
             "num_instances": self.num_instances,
             "dropped_tokens": self.dropped_tokens,
             "ignore_token_ids": list(self.ignore_token_ids),
             "files": [dict(vars(f)) for f in self.files],
         }
+        if self.instance_filter is not None:  # (absent without one: an unfiltered index reads as it always has)
+            data["instance_filter"] = self.instance_filter.to_dict()
+            data["filtered_instances"] = list(self.filtered_instances)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "InstanceIndex":
         try:
             index = _cut(data["seq_len"], data["files"], data["ignore_token_ids"])
+            if "instance_filter" in data:
+                index = replace(
+                    index,
+                    instance_filter=InstanceFilterConfig.from_dict(data["instance_filter"]),
+                    filtered_instances=tuple(data["filtered_instances"]),
+                )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"instance index: malformed dict ({exc!r})") from None
         if index.to_dict() != dict(data):
@@ -165,9 +198,26 @@ class InstanceIndex:
             out[row] = np.frombuffer(data, dtype=dtype)
         return out
 
-    def label_mask(self, tokens: np.ndarray) -> np.ndarray:
-        """True where a token is a training target: every token whose id is not in ``ignore_token_ids``."""
-        return ~np.isin(tokens, self.ignore_token_ids)
+    @property
+    def masks_labels(self) -> bool:
+        """Whether some label is masked: ids to ignore, or instances the filter flagged."""
+        return bool(self.ignore_token_ids or self.filtered_instances)
+
+    def is_filtered(self, instances: Sequence[int] | np.ndarray) -> np.ndarray:
+        """True for each of ``instances`` that the instance filter flagged (same shape)."""
+        instances = np.asarray(instances, dtype=np.int64)
+        if not self._filtered.size:
+            return np.zeros(instances.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(self._filtered, instances), self._filtered.size - 1)
+        return self._filtered[at] == instances
+
+    def label_mask(self, tokens: np.ndarray, instances: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """True where a token is a training target: every token whose id is not in ``ignore_token_ids``, and,
+        given the instances the rows of ``tokens`` [n, seq_len] are, none of a filtered instance's."""
+        mask = ~np.isin(tokens, self.ignore_token_ids)
+        if instances is not None and self.filtered_instances:
+            mask &= ~self.is_filtered(instances).reshape(-1, *([1] * (mask.ndim - 1)))
+        return mask
 
     def provenance(self, root_dir: str | Path, k: int) -> ProvenanceFile:
         """The documents of token file ``k`` (opened once, then cached)."""
@@ -238,18 +288,51 @@ def _cut(seq_len: int, files: Sequence[Mapping[str, Any]], ignore_token_ids: Seq
     return InstanceIndex(seq_len, tuple(token_files), dropped, tuple(sorted(set(ignore_token_ids))))
 
 
+def find_filtered_instances(root_dir: str | Path, index: InstanceIndex, config: InstanceFilterConfig) -> np.ndarray:
+    """The instances of ``index`` that ``config`` filters (ascending), read from the token files under
+    ``root_dir`` a few million tokens at a time."""
+    found = []
+    for k, f in enumerate(index.files):
+        if not f.num_instances:
+            continue
+        path, dtype = index._token_path(root_dir, k), TOKEN_DTYPES[f.dtype]
+        rows = max(1, _FILTER_CHUNK_TOKENS // index.seq_len)
+        for first in range(0, f.num_instances, rows):
+            count = min(rows, f.num_instances - first)
+            tokens = np.fromfile(path, dtype=dtype, count=count * index.seq_len,
+                                 offset=first * index.seq_len * dtype.itemsize)
+            if tokens.size != count * index.seq_len:
+                raise ValueError(f"{path}: {tokens.size} tokens at instance {first}, expected {count * index.seq_len}")
+            flagged = repetitive_rows(tokens.reshape(count, index.seq_len), config)
+            found.append(f.first_instance + first + np.flatnonzero(flagged))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
 def build_instances(
-    tokens: Mapping[str, Any] | str | Path, seq_len: int, ignore_token_ids: Sequence[int] = ()
+    tokens: Mapping[str, Any] | str | Path,
+    seq_len: int,
+    ignore_token_ids: Sequence[int] = (),
+    instance_filter: InstanceFilterConfig | None = None,
+    root_dir: str | Path | None = None,
 ) -> InstanceIndex:
     """Cut the token files of a tokenize summary (or of a tokenize output directory) into instances;
-    ``ignore_token_ids`` are masked out of the labels."""
+    ``ignore_token_ids`` are masked out of the labels. With an ``instance_filter`` the token files (under
+    ``root_dir``, by default the tokenize output directory given as ``tokens``) are read to list the
+    instances it flags."""
     if not isinstance(tokens, Mapping):
+        root_dir = tokens if root_dir is None else root_dir
         tokens = json.loads(Path(tokens, SUMMARY_FILE).read_text())
     for f in tokens["files"]:
         if f["dtype"] not in TOKEN_DTYPES:
             raise ValueError(f"{f['path']}: dtype {f['dtype']!r}, expected one of {sorted(TOKEN_DTYPES)}")
     files = [{**f, "num_tokens": f["tokens"]} for f in tokens["files"]]
-    return _cut(seq_len, files, ignore_token_ids)
+    index = _cut(seq_len, files, ignore_token_ids)
+    if instance_filter is None:
+        return index
+    if root_dir is None:
+        raise ValueError("instance_filter: the token files' directory (root_dir) is needed to read them")
+    filtered = find_filtered_instances(root_dir, index, instance_filter)
+    return replace(index, instance_filter=instance_filter, filtered_instances=tuple(filtered.tolist()))
 
 
 def load_instances(artifact: Artifact) -> tuple[InstanceIndex, Path]:

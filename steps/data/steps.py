@@ -13,6 +13,7 @@ from steps.common.step import ArtifactStep, ContentHash
 from steps.corpus.layout import DOCUMENTS_DIR
 from steps.data.batches import BATCH_FILE, check_batch_split, describe_batch
 from steps.data.bpe import bpe_spec, bpe_statistics, check_bpe_config, document_texts, train_bpe
+from steps.data.instance_filter import InstanceFilterConfig
 from steps.data.instances import INDEX_FILE, build_instances, check_ignore_token_ids, load_instances
 from steps.data.order import DataOrderConfig, order_for
 from steps.data.tokenize import DONE_DIR, SUMMARY_FILE, TOKENIZER_FILE, TOKENS_DIR, tokenize_documents, tokenizer_file
@@ -96,9 +97,17 @@ class BuildInstances(ArtifactStep):
     """Token files → fixed-length instances (each file's tail that does not fill one is dropped, counted).
 
     ``ignore_token_ids``: token ids never used as labels (a label mask), e.g. the PII placeholders.
+
+    ``instance_filter`` (optional; null or absent: none): OLMo 2's repeated n-gram filter,
+    ``{repetition_max_count: 32, repetition_max_period: 13, repetition_min_period: 1}``. An instance in which
+    one block of 1..13 tokens occurs 32 or more times in a row is listed in the index and trained on with every
+    label masked, as OLMo-core does (it keeps its place in the data order and its batch); the summary counts them
+    (``instances_filtered``). Semantics in :mod:`steps.data.instance_filter`.
     """
 
     VERSION = "002"
+    SKIP_DEFAULT_ARGUMENTS = {"instance_filter": None}  # without a filter: the fingerprint it always had
+    CONFIGS = {"instance_filter": InstanceFilterConfig.from_dict}
 
     @classmethod
     def validate(cls, kwargs: dict[str, Any]) -> None:
@@ -106,12 +115,18 @@ class BuildInstances(ArtifactStep):
             raise ValueError("seq_len: expected an integer >= 2")
         check_ignore_token_ids(kwargs.get("ignore_token_ids") or [])
 
-    def run(self, tokens: Artifact, seq_len: int, ignore_token_ids: list[int] | None = None) -> Artifact:
+    def run(
+        self,
+        tokens: Artifact,
+        seq_len: int,
+        ignore_token_ids: list[int] | None = None,
+        instance_filter: InstanceFilterConfig | None = None,
+    ) -> Artifact:
         out = self.output_dir()
         link_or_copy_tree(tokens.path / TOKENS_DIR, out / TOKENS_DIR)
         shutil.copyfile(tokens.path / TOKENIZER_FILE, out / TOKENIZER_FILE)
         tokenized = json.loads((tokens.path / SUMMARY_FILE).read_text())
-        index = build_instances(tokenized, seq_len, ignore_token_ids or ())
+        index = build_instances(tokenized, seq_len, ignore_token_ids or (), instance_filter, root_dir=out)
         (out / INDEX_FILE).write_text(json.dumps(index.to_dict(), indent=2))
         summary = {
             "seq_len": seq_len,
@@ -122,6 +137,9 @@ class BuildInstances(ArtifactStep):
             "ignore_token_ids": list(index.ignore_token_ids),
             "eos_token_id": tokenized["eos_token_id"],
         }
+        if instance_filter is not None:  # (no new keys without one: the artifact of a recipe without it is as before)
+            summary["instance_filter"] = instance_filter.to_dict()
+            summary["instances_filtered"] = len(index.filtered_instances)
         return self.artifact(out, summary)
 
 

@@ -21,15 +21,17 @@ from steps.train.objectives import IGNORE_INDEX, NextTokenLoss, Objective
 
 def pretraining_batches(instances: Artifact, data_order: DataOrderConfig) -> Callable[[int], dict]:
     """``batches(k)``: the token ids of global batch ``k`` of the data order (CPU), with their hash, and labels
-    with the instances' label mask applied when it masks anything."""
+    with the instances' label mask applied when it masks anything (ignored ids; every label of an instance the
+    instance filter flagged)."""
     index, root = load_instances(instances)
     order = order_for(instances, data_order)
 
     def batch(step: int) -> dict[str, Any]:
-        tokens = index.read_instances(root, order.global_batch(step, data_order.global_batch_size))
+        rows = order.global_batch(step, data_order.global_batch_size)
+        tokens = index.read_instances(root, rows)
         batch = {"input_ids": torch.from_numpy(tokens), "batch_hash": batch_hash(tokens)}
-        if index.ignore_token_ids:
-            labels = np.where(index.label_mask(tokens), tokens, IGNORE_INDEX)
+        if index.masks_labels:
+            labels = np.where(index.label_mask(tokens, rows), tokens, IGNORE_INDEX)
             batch["labels"] = torch.from_numpy(labels)
         return batch
 
