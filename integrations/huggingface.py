@@ -1,10 +1,17 @@
-"""Hugging Face ``transformers`` format (``OlmoForCausalLM``, model_type "olmo") for OLMo weights.
+"""Hugging Face ``transformers`` format for OLMo weights: ``OlmoForCausalLM`` (model_type "olmo") for OLMo v1, and
+``Olmo2ForCausalLM`` (model_type "olmo2") for an OLMo-2-shaped config (RMSNorm, reordered norms and QK-norm;
+``OlmoConfig.is_olmo2``).
 
 Our parameter names follow OLMo's checkpoints (``transformer.blocks.{i}.att_proj.weight``, ...);
 this module maps them to and from the names and config ``transformers`` expects, without
 importing ``transformers``: the output is safetensors + ``config.json`` it can load
 (:func:`export_to_hf`), and such a directory, local or behind any fsspec URL, is read back into our
 config and weights (:func:`import_from_hf`), safetensors only.
+
+OLMo 2's extra weights map one to one: ``blocks.{i}.attn_norm`` / ``ff_norm`` (applied to the attention and MLP
+outputs) are ``layers.{i}.post_attention_layernorm`` / ``post_feedforward_layernorm``, ``blocks.{i}.q_norm`` /
+``k_norm`` are ``layers.{i}.self_attn.q_norm`` / ``k_norm`` (over the whole projection, as ours), and
+``transformer.ln_f`` is ``model.norm``; ``rms_norm_eps`` is our ``layer_norm_eps``.
 """
 from __future__ import annotations
 
@@ -36,10 +43,30 @@ TOKENIZER_CONFIG = {
 }
 
 
+OLMO = "OlmoForCausalLM"
+OLMO2 = "Olmo2ForCausalLM"
+MODEL_TYPES = {"olmo": OLMO, "olmo2": OLMO2}
+
+
+def hf_architecture(config: OlmoConfig) -> str:
+    """The ``transformers`` class of this architecture: ``OlmoForCausalLM`` for OLMo v1 (LayerNorm, pre-norm, no
+    QK-norm), ``Olmo2ForCausalLM`` for OLMo 2 (RMSNorm, reordered norms, QK-norm); no other mix has one."""
+    if config.is_olmo2:
+        return OLMO2
+    if config.norm == "layernorm" and config.block == "pre_norm" and not config.qk_norm:
+        return OLMO
+    raise ValueError(
+        f"no transformers model has norm={config.norm!r}, block={config.block!r}, qk_norm={config.qk_norm}: "
+        "OlmoForCausalLM is layernorm + pre_norm without qk_norm, Olmo2ForCausalLM rmsnorm + reordered_norm + qk_norm"
+    )
+
+
 def hf_config(config: OlmoConfig) -> dict:
-    """The ``config.json`` of an ``OlmoForCausalLM`` with this architecture."""
+    """The ``config.json`` of the ``OlmoForCausalLM`` or ``Olmo2ForCausalLM`` with this architecture."""
+    if hf_architecture(config) == OLMO2:
+        return _olmo2_hf_config(config)
     return {
-        "architectures": ["OlmoForCausalLM"],
+        "architectures": [OLMO],
         "model_type": "olmo",
         "hidden_size": config.d_model,
         "intermediate_size": config.mlp_hidden_size,
@@ -64,10 +91,56 @@ def hf_config(config: OlmoConfig) -> dict:
     }
 
 
+def _olmo2_hf_config(config: OlmoConfig) -> dict:
+    """``Olmo2ForCausalLM``'s ``config.json``: the keys of the released OLMo 2 checkpoints."""
+    return {
+        "architectures": [OLMO2],
+        "model_type": "olmo2",
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_hidden_size,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_heads,
+        "max_position_embeddings": config.max_sequence_length,
+        "vocab_size": config.embedding_size,
+        "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_id,
+        "bos_token_id": None,
+        "tie_word_embeddings": config.weight_tying,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None,
+        "rms_norm_eps": config.layer_norm_eps,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def _norm_names(config: OlmoConfig) -> dict[str, str]:
+    """Our norm weight names and ``Olmo2ForCausalLM``'s (none for OLMo v1, whose norms have no weights)."""
+    if not config.is_olmo2:
+        return {}
+    names = {"transformer.ln_f.weight": "model.norm.weight"}
+    for i in range(config.n_layers):
+        ours, theirs = f"transformer.blocks.{i}.", f"model.layers.{i}."
+        names.update({
+            ours + "attn_norm.weight": theirs + "post_attention_layernorm.weight",
+            ours + "ff_norm.weight": theirs + "post_feedforward_layernorm.weight",
+            ours + "q_norm.weight": theirs + "self_attn.q_norm.weight",
+            ours + "k_norm.weight": theirs + "self_attn.k_norm.weight",
+        })
+    return names
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: OlmoConfig) -> dict[str, torch.Tensor]:
-    """Rename (and split the fused) OLMo tensors into ``transformers``' Olmo layout."""
+    """Rename (and split the fused) OLMo tensors into ``transformers``' Olmo (or Olmo2) layout."""
+    hf_architecture(config)  # refuses a mix transformers has no model of
     d, hidden = config.d_model, config.mlp_hidden_size
     out = {"model.embed_tokens.weight": state["transformer.wte.weight"]}
+    out.update({theirs: state[ours] for ours, theirs in _norm_names(config).items()})
     for i in range(config.n_layers):
         ours, theirs = f"transformer.blocks.{i}.", f"model.layers.{i}."
         q, k, v = state[ours + "att_proj.weight"].split(d, dim=0)
@@ -89,8 +162,9 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: OlmoConfig) -> dict
 
 
 def from_hf_state_dict(state: dict[str, torch.Tensor], config: OlmoConfig) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`to_hf_state_dict`: ``transformers``' Olmo tensors in our layout."""
+    """The inverse of :func:`to_hf_state_dict`: ``transformers``' Olmo (or Olmo2) tensors in our layout."""
     out = {"transformer.wte.weight": state["model.embed_tokens.weight"]}
+    out.update({ours: state[theirs] for ours, theirs in _norm_names(config).items()})
     for i in range(config.n_layers):
         ours, theirs = f"transformer.blocks.{i}.", f"model.layers.{i}."
         attention = [state[theirs + f"self_attn.{p}_proj.weight"] for p in ("q", "k", "v")]
@@ -108,21 +182,38 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: OlmoConfig) -> di
     return out
 
 
+def olmo2_tokenizer_config(tokenizer_file: Path, config: OlmoConfig) -> dict:
+    """``tokenizer_config.json`` of an exported OLMo 2 model: a fast tokenizer whose EOS and pad tokens are the
+    tokenizer file's tokens of the model's ids (left out when the file does not list them as added tokens)."""
+    try:
+        added = json.loads(Path(tokenizer_file).read_text()).get("added_tokens") or []
+    except (OSError, ValueError, AttributeError):
+        added = []
+    tokens = {entry.get("id"): entry.get("content") for entry in added if isinstance(entry, dict)}
+    out: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "model_max_length": None}
+    for key, token_id in (("eos_token", config.eos_token_id), ("pad_token", config.pad_token_id)):
+        if isinstance(tokens.get(token_id), str):
+            out[key] = tokens[token_id]
+    return out
+
+
 def export_to_hf(
     state: dict[str, torch.Tensor], config: OlmoConfig, tokenizer_file: Path, directory: Path
 ) -> list[str]:
-    """Write an ``OlmoForCausalLM`` directory (fp32 safetensors, config, tokenizer); return its files."""
+    """Write an ``OlmoForCausalLM`` (OLMo v1) or ``Olmo2ForCausalLM`` (OLMo 2) directory (fp32 safetensors,
+    config, tokenizer); return its files."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file(to_hf_state_dict(state, config), directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config(config), indent=2, sort_keys=True))
     shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
-    (directory / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
+    tokenizer_config = olmo2_tokenizer_config(tokenizer_file, config) if config.is_olmo2 else TOKENIZER_CONFIG
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     generation = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return sorted(path.name for path in directory.iterdir())
 
 
-# --- Import: an HF ``OlmoForCausalLM`` directory (local path or fsspec URL) as our config and weights ---------
+# --- Import: an HF ``OlmoForCausalLM``/``Olmo2ForCausalLM`` directory (local path or fsspec URL) as ours ------
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -159,7 +250,9 @@ class CheckpointDirectory:
         url = str(url)
         fs, root = fsspec.core.url_to_fs(url)
         if not fs.isdir(root):
-            raise HuggingFaceImportError(f"{url}: not a directory (expected an HF OlmoForCausalLM checkpoint)")
+            raise HuggingFaceImportError(
+                f"{url}: not a directory (expected an HF OlmoForCausalLM or Olmo2ForCausalLM checkpoint)"
+            )
         entries = fs.ls(root, detail=True)
         names = sorted(posixpath.basename(entry["name"].rstrip("/")) for entry in entries if entry["type"] == "file")
         return cls(url.rstrip("/"), fs, root.rstrip("/"), tuple(names))
@@ -302,7 +395,8 @@ def _token_id(hf: dict[str, Any], key: str, where: str) -> int:
 
 
 def olmo_config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> OlmoConfig:
-    """Our :class:`OlmoConfig` of an ``OlmoForCausalLM`` ``config.json`` (the inverse of :func:`hf_config`).
+    """Our :class:`OlmoConfig` of an ``OlmoForCausalLM`` or ``Olmo2ForCausalLM`` ``config.json`` (the inverse of
+    :func:`hf_config`).
 
     HF's ``vocab_size`` is the number of embedding rows, i.e. our ``embedding_size`` (OLMo's real checkpoints:
     50304, for a tokenizer of 50280 ids padded to a multiple of 128, EOS 50279, pad 1). The size of the real
@@ -314,17 +408,23 @@ def olmo_config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> OlmoCon
 
     Refused, with the key named: another model type or architecture, ``clip_qkv`` (not null), ``attention_bias``
     (true), scaled RoPE, grouped-query attention, an activation other than SiLU, attention dropout. Our
-    non-parametric LayerNorm has eps 1e-5, as transformers' ``OlmoLayerNorm`` does.
+    non-parametric LayerNorm has eps 1e-5, as transformers' ``OlmoLayerNorm`` does. "olmo2" is OLMo 2's
+    architecture (``norm`` "rmsnorm", ``block`` "reordered_norm", ``qk_norm``) with ``layer_norm_eps`` =
+    ``rms_norm_eps`` (transformers' default 1e-5 when absent) and ``init`` "normal" (how OLMo 2 was initialised;
+    it changes no imported weight).
     """
     if not isinstance(hf, dict):
         raise HuggingFaceImportError(f"{where}: expected a JSON object")
-    if hf.get("model_type") != "olmo":
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
         raise HuggingFaceImportError(
-            f"{where}: model_type is {hf.get('model_type')!r}; only 'olmo' (OlmoForCausalLM, OLMo v1) can be imported"
+            f"{where}: model_type is {model_type!r}; only 'olmo' (OlmoForCausalLM, OLMo v1) or 'olmo2' "
+            "(Olmo2ForCausalLM, OLMo 2) can be imported"
         )
+    architecture = MODEL_TYPES[model_type]
     architectures = hf.get("architectures")
-    if architectures is not None and "OlmoForCausalLM" not in architectures:
-        raise HuggingFaceImportError(f"{where}: architectures is {architectures!r}; expected ['OlmoForCausalLM']")
+    if architectures is not None and architecture not in architectures:
+        raise HuggingFaceImportError(f"{where}: architectures is {architectures!r}; expected [{architecture!r}]")
     if hf.get("clip_qkv") is not None:
         raise HuggingFaceImportError(
             f"{where}: clip_qkv is {hf['clip_qkv']!r}; this project's OLMo does not clip q/k/v, "
@@ -351,6 +451,12 @@ def olmo_config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> OlmoCon
             f"{where}: head_dim is {hf['head_dim']!r}; expected hidden_size / num_attention_heads"
         )
     embedding_rows = _value(hf, "vocab_size", where, int)
+    architecture_fields: dict[str, Any] = {"layer_norm_eps": 1e-5}
+    if architecture == OLMO2:
+        architecture_fields = {
+            "norm": "rmsnorm", "block": "reordered_norm", "qk_norm": True, "init": "normal",
+            "layer_norm_eps": float(_value(hf, "rms_norm_eps", where, (int, float), 1e-5)),
+        }
     try:
         return OlmoConfig(
             d_model=d_model,
@@ -362,9 +468,9 @@ def olmo_config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> OlmoCon
             max_sequence_length=_value(hf, "max_position_embeddings", where, int),
             rope_theta=_rope_theta(hf, where),
             weight_tying=_value(hf, "tie_word_embeddings", where, bool, False),
-            layer_norm_eps=1e-5,
             eos_token_id=_token_id(hf, "eos_token_id", where),
             pad_token_id=_token_id(hf, "pad_token_id", where),
+            **architecture_fields,
         )
     except ValueError as exc:
         raise HuggingFaceImportError(f"{where}: {exc}") from None
@@ -379,9 +485,11 @@ def read_hf_config(directory: str) -> OlmoConfig:
 
 
 def expected_hf_shapes(config: OlmoConfig) -> dict[str, tuple[int, ...]]:
-    """The tensors of an ``OlmoForCausalLM`` with this config, and their shapes (``lm_head`` included)."""
+    """The tensors of an ``OlmoForCausalLM`` (or ``Olmo2ForCausalLM``) with this config, and their shapes
+    (``lm_head`` included)."""
     d, hidden, rows = config.d_model, config.mlp_hidden_size, config.embedding_size
     shapes = {"model.embed_tokens.weight": (rows, d), "lm_head.weight": (rows, d)}
+    shapes.update({name: (d,) for name in _norm_names(config).values()})
     for i in range(config.n_layers):
         layer = f"model.layers.{i}."
         shapes.update({layer + f"self_attn.{p}_proj.weight": (d, d) for p in ("q", "k", "v", "o")})
@@ -414,7 +522,8 @@ def _read_hf_tensors(
                         raise HuggingFaceImportError(f"{where}: {key} is also in {origin[key]}")
                     if key not in shapes:
                         raise HuggingFaceImportError(
-                            f"{where}: {key} is not a weight of OlmoForCausalLM with {checkpoint.where(CONFIG_FILE)}"
+                            f"{where}: {key} is not a weight of {hf_architecture(config)} with "
+                            f"{checkpoint.where(CONFIG_FILE)}"
                         )
                     if weight_map is not None and weight_map.get(key) != shard:
                         raise HuggingFaceImportError(
@@ -444,7 +553,7 @@ def _read_hf_tensors(
 
 def import_from_hf(directory: str) -> tuple[OlmoConfig, dict[str, torch.Tensor]]:
     """Our config and fp32 state dict (names as :class:`olmo_model.Olmo` has them) of an HF ``OlmoForCausalLM``
-    checkpoint directory: a local path or any fsspec URL.
+    or ``Olmo2ForCausalLM`` checkpoint directory: a local path or any fsspec URL.
 
     Reads ``config.json`` (mapped by :func:`olmo_config_from_hf`) and the safetensors weights only: one
     ``model.safetensors``, or the shards ``model.safetensors.index.json`` lists; a directory with only pickled

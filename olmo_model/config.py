@@ -7,11 +7,14 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 T = TypeVar("T")
 
-INIT_SCHEMES = ("mitchell",)
+Norm = Literal["layernorm", "rmsnorm"]
+Block = Literal["pre_norm", "reordered_norm"]
+InitScheme = Literal["mitchell", "normal"]
+INIT_SCHEMES: tuple[str, ...] = get_args(InitScheme)
 
 
 class ConfigError(ValueError):
@@ -171,11 +174,33 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class OlmoConfig(Config):
-    """Shape and token ids of an OLMo v1 decoder.
+    """Shape, architecture options and token ids of an OLMo decoder (v1 by default, OLMo 2 with the options).
 
     ``mlp_hidden_size`` is the SwiGLU hidden size; the fused ``ff_proj`` outputs twice that.
     The embedding (and untied output) matrix has ``embedding_size`` rows: ``vocab_size`` rounded up
     to a multiple of ``pad_to_multiple``.
+
+    The options, whose defaults are OLMo v1 exactly (a config that leaves them out is the v1 model, with the
+    same parameters, weights for a seed and logits):
+
+    ``norm``
+        ``"layernorm"`` (v1): LayerNorm without learned scale or shift, no parameters. ``"rmsnorm"`` (OLMo 2):
+        ``weight * x / sqrt(mean(x²) + eps)`` over the last dimension with a learned ``weight`` (initialised
+        to ones), computed in fp32 and cast back to the input's dtype, as transformers' ``Olmo2RMSNorm`` and
+        OLMo-core's ``RMSNorm``. Every norm of the model is of this kind, the final one included; ``eps`` is
+        ``layer_norm_eps`` (v1 1e-5, OLMo 2 1e-6).
+    ``block``
+        ``"pre_norm"`` (v1): ``x + attn_out(attention(norm(x)))``, then ``x + mlp(norm(x))``.
+        ``"reordered_norm"`` (OLMo 2; OLMo-core's ``ReorderedNormTransformerBlock``): the norm moves onto
+        the branch outputs, ``x + norm(attn_out(attention(x)))``, then ``x + norm(mlp(x))``.
+    ``qk_norm``
+        Normalise the query and key projections (each over its whole ``d_model`` width, all heads at once, not
+        per head) before RoPE, as transformers' ``Olmo2Attention`` (``q_norm``/``k_norm`` of size
+        ``num_heads * head_dim``) and OLMo-core's ``qk_norm`` without ``use_head_qk_norm``. The norm is of the
+        kind ``norm`` says.
+    ``init``
+        ``"mitchell"`` (v1, see ``olmo_model.init.mitchell_stds``) or ``"normal"`` (OLMo 2, OLMo-core's
+        ``InitMethod.normal``: every matrix N(0, 0.02²) truncated at ±3σ). Norm weights start at one.
     """
 
     d_model: int
@@ -190,7 +215,10 @@ class OlmoConfig(Config):
     layer_norm_eps: float = 1e-5
     eos_token_id: int = 50279
     pad_token_id: int = 1
-    init: str = "mitchell"
+    init: InitScheme = "mitchell"
+    norm: Norm = "layernorm"
+    block: Block = "pre_norm"
+    qk_norm: bool = False
 
     def check(self) -> None:
         name = type(self).__name__
@@ -212,8 +240,6 @@ class OlmoConfig(Config):
                 raise ValueError(
                     f"{name}.{key}: expected an id in [0, {self.vocab_size}), got {getattr(self, key)}"
                 )
-        if self.init not in INIT_SCHEMES:
-            raise ValueError(f"{name}.init: expected one of {list(INIT_SCHEMES)}, got {self.init!r}")
 
     @property
     def embedding_size(self) -> int:
@@ -224,12 +250,25 @@ class OlmoConfig(Config):
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def is_olmo2(self) -> bool:
+        """Whether the architecture is OLMo 2's: RMSNorm, reordered norms and QK-norm together."""
+        return self.norm == "rmsnorm" and self.block == "reordered_norm" and self.qk_norm
+
+    def norm_parameters(self) -> int:
+        """Parameters of the norms: none with LayerNorm; with RMSNorm a ``d_model`` weight for each block's two
+        norms, its q and k norms (``qk_norm``) and the final norm."""
+        if self.norm == "layernorm":
+            return 0
+        per_block = (2 + (2 if self.qk_norm else 0)) * self.d_model
+        return self.n_layers * per_block + self.d_model
+
     def num_parameters(self) -> int:
-        """Parameter count, computed from the shapes alone."""
+        """Parameter count, computed from the shapes alone (norm weights included)."""
         d, h = self.d_model, self.mlp_hidden_size
         per_block = 3 * d * d + d * d + 2 * h * d + h * d  # att_proj, attn_out, ff_proj, ff_out
         embeddings = self.embedding_size * d * (1 if self.weight_tying else 2)
-        return embeddings + self.n_layers * per_block
+        return embeddings + self.n_layers * per_block + self.norm_parameters()
 
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None) -> OlmoConfig:
@@ -248,6 +287,15 @@ class OlmoConfig(Config):
         return build_config(cls, {**PRESETS[name].to_dict(), **overrides}, where)
 
 
+# OLMo 2's architecture and tokenizer (the "dolma2" tokenizer: 100278 ids, EOS 100257, pad 100277, padded to
+# 100352 rows), as in the released checkpoints' config.json and OLMo-core's TransformerConfig.olmo2_* (see
+# tests/olmo_model/test_olmo2.py for the sources of every number).
+OLMO2 = {
+    "norm": "rmsnorm", "block": "reordered_norm", "qk_norm": True, "init": "normal", "layer_norm_eps": 1e-6,
+    "rope_theta": 500_000.0, "vocab_size": 100278, "eos_token_id": 100257, "pad_token_id": 100277,
+    "max_sequence_length": 4096, "weight_tying": False,
+}
+
 PRESETS: dict[str, OlmoConfig] = {
     "olmo-1b": OlmoConfig(d_model=2048, n_heads=16, n_layers=16, mlp_hidden_size=8192,
                           weight_tying=True),
@@ -257,4 +305,8 @@ PRESETS: dict[str, OlmoConfig] = {
                             weight_tying=True, max_sequence_length=256),
     "olmo-micro": OlmoConfig(d_model=32, n_heads=2, n_layers=2, mlp_hidden_size=128,
                              weight_tying=True, max_sequence_length=128),
+    # allenai/OLMo-2-0425-1B
+    "olmo2-1b": OlmoConfig(d_model=2048, n_heads=16, n_layers=16, mlp_hidden_size=8192, **OLMO2),
+    # allenai/OLMo-2-1124-7B
+    "olmo2-7b": OlmoConfig(d_model=4096, n_heads=32, n_layers=32, mlp_hidden_size=11008, **OLMO2),
 }

@@ -9,10 +9,11 @@ def matmul_parameters(config: OlmoConfig) -> int:
     """Weights every token is multiplied by: all block Linear weights plus the output matrix.
 
     The input embedding is a lookup, not a matmul; the output matrix is counted even when it is tied
-    to the embedding (then every parameter is one), since the logits are computed either way.
+    to the embedding (then every parameter is one), since the logits are computed either way. Norm
+    weights (OLMo 2's RMSNorm) scale element-wise and are not counted.
     """
     input_embedding = 0 if config.weight_tying else config.embedding_size * config.d_model
-    return config.num_parameters() - input_embedding
+    return config.num_parameters() - input_embedding - config.norm_parameters()
 
 
 def flops_per_token(config: OlmoConfig, seq_len: int) -> float:

@@ -1,4 +1,5 @@
-"""The "mitchell" initialisation of OLMo v1: every weight truncated normal at ±3σ."""
+"""Initialisation: every weight matrix truncated normal at ±3σ, with the σ of OLMo v1's "mitchell" scheme or
+OLMo 2's "normal" one; norm weights (RMSNorm) start at one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from .config import OlmoConfig
 
 TRUNCATION = 3.0  # in standard deviations
+NORMAL_STD = 0.02  # OLMo-core's TransformerConfig.init_std, which OLMo 2 used
+
+
+def init_stds(config: OlmoConfig) -> dict[str, float]:
+    """σ of every weight matrix of ``Olmo(config)`` (norm weights excluded), keyed by its name, in
+    initialisation order, for ``config.init``."""
+    if config.init == "normal":
+        return normal_stds(config)
+    return mitchell_stds(config)
 
 
 def mitchell_stds(config: OlmoConfig) -> dict[str, float]:
@@ -30,6 +40,25 @@ def mitchell_stds(config: OlmoConfig) -> dict[str, float]:
         stds[f"{prefix}.ff_out.weight"] = hidden_base / depth
     if not config.weight_tying:
         stds["transformer.ff_out.weight"] = base
+    return stds
+
+
+def normal_stds(config: OlmoConfig) -> dict[str, float]:
+    """σ = 0.02 for every matrix: OLMo-core's ``InitMethod.normal`` (``olmo_core/nn/transformer/init.py``), the
+    init of OLMo 2 (``TransformerConfig.init_method`` defaults to it, ``init_std`` to 0.02). There the embedding
+    (``init_embeddings``), q/k/v and attention out (``Attention.init_weights``: no depth scaling for
+    ``normal``), w1/w2/w3 of the feed-forward (``init_feed_forward``) and an untied output matrix
+    (``init_final_w_out``) are each ``trunc_normal_(std=0.02, a=-3·0.02, b=3·0.02)``; norm weights are left at
+    their ``reset_parameters`` value, one. Our fused ``att_proj`` (q, k, v) and ``ff_proj`` (up, gate) are drawn
+    whole, each row from the same distribution as OLMo-core's separate matrices.
+    """
+    stds = {"transformer.wte.weight": NORMAL_STD}
+    for i in range(config.n_layers):
+        prefix = f"transformer.blocks.{i}"
+        for name in ("att_proj", "attn_out", "ff_proj", "ff_out"):
+            stds[f"{prefix}.{name}.weight"] = NORMAL_STD
+    if not config.weight_tying:
+        stds["transformer.ff_out.weight"] = NORMAL_STD
     return stds
 
 

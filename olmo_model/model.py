@@ -1,7 +1,9 @@
-"""The OLMo v1 decoder: pre-norm blocks of causal RoPE attention and a SwiGLU MLP.
+"""The OLMo decoder: blocks of causal RoPE attention and a SwiGLU MLP; OLMo v1 by default (pre-norm, parameter-free
+LayerNorm), OLMo 2 with the config's options (RMSNorm, reordered norms, QK-norm; see ``OlmoConfig``).
 
-Module and parameter names match OLMo's checkpoints (``transformer.wte``,
-``transformer.blocks.{i}.att_proj`` ...), so weights interoperate.
+Module and parameter names match OLMo's checkpoints (``transformer.wte``, ``transformer.blocks.{i}.att_proj``,
+and for OLMo 2's norm weights ``blocks.{i}.attn_norm``/``ff_norm``/``q_norm``/``k_norm`` and ``transformer.ln_f``),
+so weights interoperate.
 """
 
 from __future__ import annotations
@@ -11,13 +13,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import OlmoConfig
-from .init import fill_truncated_normal_, mitchell_stds
+from .init import fill_truncated_normal_, init_stds
 from .loss import linear_cross_entropy_sum
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm over the last dimension without learned scale or shift."""
     return F.layer_norm(x, (x.shape[-1],), eps=eps)
+
+
+class LayerNorm(nn.Module):
+    """OLMo v1's LayerNorm: no learned scale or shift, so no parameters (:func:`layer_norm`)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """OLMo 2's RMSNorm over the last dimension: ``weight * x / sqrt(mean(x²) + eps)``, computed in fp32 (the
+    weight multiplied in fp32 too) and cast back to the input's dtype, as transformers' ``Olmo2RMSNorm``.
+    ``weight`` starts at one (``Olmo.reset_parameters``)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * normed).to(x.dtype)
+
+
+def build_norm(config: OlmoConfig) -> nn.Module:
+    """A norm over ``d_model`` of the config's kind (``norm``), with its ``layer_norm_eps``."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.layer_norm_eps)
+    return LayerNorm(config.layer_norm_eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -83,28 +119,34 @@ class RotaryEmbedding(nn.Module):
 
 
 class OlmoBlock(nn.Module):
-    """``x + attn_out(attention(LN(x)))`` then ``x + ff_out(swiglu(ff_proj(LN(x))))``; no biases."""
+    """Pre-norm (v1): ``x + attn_out(attention(norm(x)))`` then ``x + ff_out(swiglu(ff_proj(norm(x))))``;
+    reordered norm (OLMo 2): ``x + norm(attn_out(attention(x)))`` then ``x + norm(ff_out(swiglu(ff_proj(x))))``.
+    No biases. With ``qk_norm`` the attention normalises q and k (``q_norm``, ``k_norm``) before RoPE."""
 
     def __init__(self, config: OlmoConfig) -> None:
         super().__init__()
         d, h = config.d_model, config.mlp_hidden_size
         self.n_heads = config.n_heads
-        self.eps = config.layer_norm_eps
+        self.reordered = config.block == "reordered_norm"
         self.att_proj = nn.Linear(d, 3 * d, bias=False)
         self.attn_out = nn.Linear(d, d, bias=False)
         self.ff_proj = nn.Linear(d, 2 * h, bias=False)
         self.ff_out = nn.Linear(h, d, bias=False)
+        self.attn_norm = build_norm(config)
+        self.ff_norm = build_norm(config)
+        self.q_norm = build_norm(config) if config.qk_norm else None
+        self.k_norm = build_norm(config) if config.qk_norm else None
 
     def attention(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Multi-head self-attention of (already normalised) ``x`` [B, T, d], before ``attn_out``: causal, or
-        where ``attention_mask`` [B, T, T] is True (query, key) when given."""
+        """Multi-head self-attention of ``x`` [B, T, d] (normalised already in a pre-norm block), before
+        ``attn_out``: causal, or where ``attention_mask`` [B, T, T] is True (query, key) when given."""
         batch, seq_len, d_model = x.shape
-        q, k, v = (
-            t.view(batch, seq_len, self.n_heads, d_model // self.n_heads).transpose(1, 2)
-            for t in self.att_proj(x).split(d_model, dim=-1)
-        )
+        q, k, v = self.att_proj(x).split(d_model, dim=-1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.view(batch, seq_len, self.n_heads, d_model // self.n_heads).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if attention_mask is None:
             attended = causal_attention(q, k, v)
@@ -113,23 +155,26 @@ class OlmoBlock(nn.Module):
         return attended.transpose(1, 2).reshape(batch, seq_len, d_model)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """SwiGLU of (already normalised) ``x``: ff_proj halves are (up, gate); silu(gate) * up."""
+        """SwiGLU of ``x``, through ``ff_out``: ff_proj halves are (up, gate); ff_out(silu(gate) * up)."""
         up, gate = self.ff_proj(x).chunk(2, dim=-1)
         return self.ff_out(F.silu(gate) * up)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = x + self.attn_out(self.attention(layer_norm(x, self.eps), cos, sin, attention_mask))
-        return x + self.mlp(layer_norm(x, self.eps))
+        if self.reordered:
+            x = x + self.attn_norm(self.attn_out(self.attention(x, cos, sin, attention_mask)))
+            return x + self.ff_norm(self.mlp(x))
+        x = x + self.attn_out(self.attention(self.attn_norm(x), cos, sin, attention_mask))
+        return x + self.mlp(self.ff_norm(x))
 
 
 class Olmo(nn.Module):
-    """OLMo v1 decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size];
+    """OLMo decoder. ``Olmo(config)(input_ids)`` returns logits [B, T, embedding_size];
     ``Olmo(config)(input_ids, targets)`` the summed cross entropy against ``targets`` without the logits.
 
     Parameters are created on the default device (``with torch.device(...)`` is honoured) and
-    initialised ("mitchell") once, skipping torch's default init; on the meta device they are
+    initialised (``config.init``) once, skipping torch's default init; on the meta device they are
     left uninitialised (``to_empty`` then ``reset_parameters`` later).
     """
 
@@ -142,6 +187,7 @@ class Olmo(nn.Module):
                 {
                     "wte": nn.Embedding(config.embedding_size, config.d_model),
                     "blocks": nn.ModuleList(OlmoBlock(config) for _ in range(config.n_layers)),
+                    "ln_f": build_norm(config),
                 }
             )
             if not config.weight_tying:
@@ -154,15 +200,20 @@ class Olmo(nn.Module):
             self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Re-initialise every weight ("mitchell"); a seeded CPU ``generator`` gives bit-identical weights."""
+        """Re-initialise every weight (``config.init``: each matrix truncated normal, drawn in a fixed order,
+        then RMSNorm weights set to one); a seeded CPU ``generator`` gives bit-identical weights."""
         params = dict(self.named_parameters())
-        stds = mitchell_stds(self.config)
-        if params.keys() != stds.keys():
+        stds = init_stds(self.config)
+        norms = [f"{name}.weight" for name, module in self.named_modules() if isinstance(module, RMSNorm)]
+        if params.keys() != stds.keys() | set(norms):
             raise RuntimeError(
-                f"init covers {sorted(stds.keys() ^ params.keys())} inconsistently with the model"
+                f"init covers {sorted((stds.keys() | set(norms)) ^ params.keys())} inconsistently with the model"
             )
         for name, std in stds.items():
             fill_truncated_normal_(params[name], std, generator)
+        with torch.no_grad():
+            for name in norms:
+                params[name].fill_(1.0)
 
     def hidden_states(
         self,
@@ -170,7 +221,7 @@ class Olmo(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-LayerNorm hidden states [B, T, d_model] for ``input_ids`` [B, T].
+        """Hidden states [B, T, d_model] for ``input_ids`` [B, T], after the final norm.
 
         By default token ``t`` is at position ``t`` and attends causally. Both may be given instead (e.g. to run
         several sequences packed in one row): ``position_ids`` [B, T], each below ``max_sequence_length``, and a
@@ -193,7 +244,7 @@ class Olmo(nn.Module):
             cos, sin = self._packed_rotary(input_ids, position_ids, attention_mask)
         for block in self.transformer.blocks:
             x = block(x, cos, sin) if attention_mask is None else block(x, cos, sin, attention_mask)
-        return layer_norm(x, self.config.layer_norm_eps)
+        return self.transformer.ln_f(x)
 
     def _packed_rotary(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -228,14 +279,18 @@ class Olmo(nn.Module):
         targets: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        z_loss_multiplier: float | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits [B, T, embedding_size]; with ``targets`` [B, T] (the token to predict after each position,
-        ``IGNORE_INDEX`` where none), instead ``linear_cross_entropy_sum`` of the hidden states against them.
+        ``IGNORE_INDEX`` where none), instead ``linear_cross_entropy_sum`` of the hidden states against them:
+        the summed cross entropy, or with ``z_loss_multiplier`` the pair (cross entropy + z-loss, z-loss).
         ``position_ids`` and ``attention_mask`` as in :meth:`hidden_states` (packed rows).
 
         The loss goes through ``forward`` so that wrappers hooking it (FSDP's all-gather) cover the output matrix.
         """
         hidden = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask)
         if targets is None:
+            if z_loss_multiplier is not None:
+                raise ValueError("z_loss_multiplier is given with targets only")
             return self.project(hidden)
-        return linear_cross_entropy_sum(hidden, self.output_weight, targets)
+        return linear_cross_entropy_sum(hidden, self.output_weight, targets, z_loss_multiplier=z_loss_multiplier)

@@ -1,4 +1,11 @@
-"""AdamW with OLMo's weight-decay split: decay every Linear weight, never the embedding."""
+"""AdamW with OLMo's weight-decay split: decay every Linear weight; the embedding and norm weights by choice.
+
+OLMo v1 (and the default here) decays the Linear weights only: never the embedding (so, tied, never the output
+matrix), and it has no norm weights. OLMo 2 (OLMo-core's recipes: one AdamW group for every parameter and an
+override ``embeddings.weight: weight_decay 0``) decays everything but the embedding, its RMSNorm weights
+included: ``decay_norms=True``. ``decay_embeddings=True`` decays the embedding too (OLMo-core without that
+override).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from .model import LayerNorm, RMSNorm
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: Linear weights with ``weight_decay``, all other parameters without.
 
-    In a tied model the output matrix is the embedding, so it is not decayed either. Groups carry
-    ``param_names`` (torch's optimizer keeps them in its state dict); empty groups are left out.
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_embeddings: bool = False, decay_norms: bool = False
+) -> list[dict[str, Any]]:
+    """Two optimizer groups: the decayed parameters with ``weight_decay``, the others without.
+
+    Linear weights are decayed; embedding weights when ``decay_embeddings`` (in a tied model the output matrix is
+    the embedding, so it follows the embedding); norm weights when ``decay_norms``. Any other parameter is never
+    decayed. Groups carry ``param_names`` (torch's optimizer keeps them in its state dict); empty groups are left
+    out.
     """
-    linear_weights = {
-        id(module.weight) for module in model.modules() if isinstance(module, nn.Linear)
+    norms = (RMSNorm, LayerNorm, nn.LayerNorm, nn.RMSNorm)
+    kinds = [(nn.Linear, True), (nn.Embedding, decay_embeddings), (norms, decay_norms)]
+    decayed = {
+        id(module.weight)
+        for module in model.modules()
+        for kind, decay in kinds
+        if decay and isinstance(module, kind) and isinstance(getattr(module, "weight", None), nn.Parameter)
     }
     decay: list[tuple[str, nn.Parameter]] = []
     no_decay: list[tuple[str, nn.Parameter]] = []
     for name, param in model.named_parameters():
-        (decay if id(param) in linear_weights else no_decay).append((name, param))
+        (decay if id(param) in decayed else no_decay).append((name, param))
     groups = [(decay, weight_decay), (no_decay, 0.0)]
     return [
         {
@@ -40,10 +58,13 @@ def build_adamw(
     eps: float = 1e-5,
     weight_decay: float = 0.1,
     fused: bool = True,
+    decay_embeddings: bool = False,
+    decay_norms: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over ``parameter_groups(model, weight_decay)`` (OLMo v1 defaults).
+    """AdamW over ``parameter_groups(model, weight_decay, decay_embeddings, decay_norms)`` (OLMo v1 defaults).
 
     ``fused`` uses torch's fused AdamW kernel (one pass over each tensor, no temporaries; CPU, CUDA and
     ROCm, DTensor parameters included); without it, torch picks its multi-tensor or per-tensor loop.
     """
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
+    groups = parameter_groups(model, weight_decay, decay_embeddings=decay_embeddings, decay_norms=decay_norms)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)

@@ -1,5 +1,5 @@
-"""Tango steps between this project's model artifacts and Hugging Face ``OlmoForCausalLM`` directories:
-``export_hf`` writes one, ``import_hf`` reads one into a model artifact."""
+"""Tango steps between this project's model artifacts and Hugging Face ``OlmoForCausalLM`` (OLMo v1) or
+``Olmo2ForCausalLM`` (OLMo 2) directories: ``export_hf`` writes one, ``import_hf`` reads one into a model artifact."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,8 @@ import torch
 from tango import Step
 
 from integrations.huggingface import (
-    CheckpointDirectory, checkpoint_content_hash, copy_hf_tokenizer, export_to_hf, import_from_hf, read_hf_config,
+    CheckpointDirectory, checkpoint_content_hash, copy_hf_tokenizer, export_to_hf, hf_architecture, import_from_hf,
+    read_hf_config,
 )
 from olmo_model.config import Config, require
 from steps.common.artifacts import TOKENIZER_DIR, Artifact
@@ -44,14 +45,15 @@ class ExportHuggingFace(ArtifactStep):
         olmo = load_artifact_model(model, torch.device("cpu"))  # checksums verified, safetensors only
         out = self.output_dir()
         files = export_to_hf(olmo.state_dict(), olmo.config, tokenizer_file(tokenizer), out)
-        return self.artifact(out, {"format": "transformers OlmoForCausalLM", "model": model.fingerprint, "files": files})
+        summary = {"format": f"transformers {hf_architecture(olmo.config)}", "model": model.fingerprint, "files": files}
+        return self.artifact(out, summary)
 
 
 @Step.register("import_hf")
 class ImportHuggingFace(ArtifactStep):
-    """A Hugging Face ``OlmoForCausalLM`` checkpoint directory (``checkpoint: {"path": local path or fsspec URL}``)
-    as a model artifact, laid out as a pretrain/anneal/SFT/DPO artifact is: ``model/`` (safetensors + our
-    ``config.json`` + ``train_state.json``, checksummed), so ``anneal``, ``sft``, ``dpo``, ``evaluate`` and
+    """A Hugging Face ``OlmoForCausalLM`` or ``Olmo2ForCausalLM`` checkpoint directory (``checkpoint: {"path":
+    local path or fsspec URL}``) as a model artifact, laid out as a pretrain/anneal/SFT/DPO artifact is:
+    ``model/`` (safetensors + our ``config.json`` + ``train_state.json``, checksummed), so ``anneal``, ``sft``, ``dpo``, ``evaluate`` and
     ``export_hf`` take it wherever they take a trained model (an ``anneal`` from it gives ``train.start_lr``:
     the summary has no ``lr_last``, nothing was trained here; and ``optimizer_state`` "fresh", as there is no
     AdamW state to carry). The tokenizer files the checkpoint carries
@@ -79,7 +81,7 @@ class ImportHuggingFace(ArtifactStep):
         del weights
         tokenizer_files = copy_hf_tokenizer(path, out / TOKENIZER_DIR)
         summary = {
-            "format": "transformers OlmoForCausalLM",
+            "format": f"transformers {hf_architecture(config)}",
             "imported_from": path,
             "content_hash": self.content_hash("checkpoint"),
             "files": CheckpointDirectory.open(path).files(),

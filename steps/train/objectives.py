@@ -8,12 +8,14 @@ own segment only).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from olmo_model.config import ConfigError
 from olmo_model.loss import IGNORE_INDEX
 
 Batch = dict[str, Any]
@@ -83,12 +85,23 @@ class NextTokenLoss:
         a forward pass is one row of concatenated conversations. So the divisor here is the rows of the global
         batch: conversations unpacked, packed rows packed. (Unlike open-instruct's with larger per-device batches,
         it does not change with the micro-batch size.)
+
+    With ``z_loss_multiplier`` m the loss adds the z-loss ``m * logsumexp(logits)²`` of the same label tokens
+    (``olmo_model.loss``, as OLMo-core; divided by the same ``units``), and the metrics carry ``z_loss`` and
+    ``ce_loss`` (the cross entropy alone), summed the same way, so that the trainer logs them beside ``loss``.
     """
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: str = "mean", z_loss_multiplier: float | None = None) -> None:
         if reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction: expected one of {LOSS_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
+        self.z_loss_multiplier = z_loss_multiplier
+
+    def with_z_loss(self, multiplier: float) -> NextTokenLoss:
+        """This objective (a copy) with ``z_loss_multiplier``."""
+        objective = copy.copy(self)
+        objective.z_loss_multiplier = multiplier
+        return objective
 
     def units(self, batch: Batch) -> int:
         tokens = int((target_labels(batch) != IGNORE_INDEX).sum())
@@ -98,8 +111,24 @@ class NextTokenLoss:
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch.get("labels", batch["input_ids"])
-        targets = next_token_targets(labels)
-        if "segment_ids" not in batch:
-            return model(batch["input_ids"], targets=targets), {}
-        mask = segment_attention_mask(batch["segment_ids"])
-        return model(batch["input_ids"], targets=targets, position_ids=batch["position_ids"], attention_mask=mask), {}
+        arguments: dict[str, Any] = {"targets": next_token_targets(labels)}
+        if "segment_ids" in batch:
+            mask = segment_attention_mask(batch["segment_ids"])
+            arguments.update(position_ids=batch["position_ids"], attention_mask=mask)
+        if self.z_loss_multiplier is None:
+            return model(batch["input_ids"], **arguments), {}
+        loss, z_loss = model(batch["input_ids"], z_loss_multiplier=self.z_loss_multiplier, **arguments)
+        return loss, {"ce_loss": loss.detach() - z_loss, "z_loss": z_loss}
+
+
+def with_z_loss(objective: Objective, multiplier: float | None) -> Objective:
+    """``objective`` with the z-loss of ``train.z_loss_multiplier`` (unchanged when it is None); only a
+    next-token objective (one with ``with_z_loss``: pretraining, SFT) has one, any other is refused."""
+    if multiplier is None:
+        return objective
+    if not hasattr(objective, "with_z_loss"):
+        raise ConfigError(
+            f"train.z_loss_multiplier: the objective {type(objective).__name__} has no z-loss; it applies to "
+            "next-token objectives (pretraining, SFT) only, leave it null"
+        )
+    return objective.with_z_loss(multiplier)

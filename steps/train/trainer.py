@@ -34,7 +34,7 @@ from olmo_model.config import Config, ConfigError, require
 from steps.data.batches import batch_hash
 
 from .checkpoint import TrainState
-from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective
+from .objectives import IGNORE_INDEX, Batch, NextTokenLoss, Objective, with_z_loss
 
 
 Precision = Literal["fp32", "bf16"]
@@ -48,11 +48,19 @@ BatchSource = Callable[[int], "torch.Tensor | Batch"]
 
 @dataclass(frozen=True)
 class OptimizerConfig(Config):
-    """AdamW hyperparameters; the peak LR lives in the schedule (``schedule.peak_lr``)."""
+    """AdamW hyperparameters; the peak LR lives in the schedule (``schedule.peak_lr``).
+
+    ``weight_decay`` applies to every Linear weight (an untied output matrix included), to the embedding when
+    ``decay_embeddings`` and to the norm weights (OLMo 2's RMSNorm) when ``decay_norms``
+    (``olmo_model.optim.parameter_groups``). The defaults are OLMo v1's (embedding not decayed; v1 has no norm
+    weights); OLMo 2's recipe (OLMo-core: everything but the embedding) is ``decay_norms: true``.
+    """
 
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-5
     weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    decay_norms: bool = False
 
     WHERE = "train.optimizer"
 
@@ -67,7 +75,12 @@ class UpdateConfig(Config):
     """What every training block of a recipe says about one update: instances per micro-batch (sequences, or
     pairs for DPO), AdamW, gradient clipping (``max_grad_norm`` None: measured, not clipped), the seed,
     ``precision`` ("bf16" autocasts the forward pass, weights and optimizer state stay fp32) and what a
-    non-finite loss or gradient norm does (``nan_policy`` "stop" raises, "skip" drops that update)."""
+    non-finite loss or gradient norm does (``nan_policy`` "stop" raises, "skip" drops that update).
+
+    ``z_loss_multiplier`` m (None: no z-loss) adds OLMo-core's z-loss to a next-token objective (pretraining,
+    SFT): ``m * logsumexp(logits)²`` summed over the label tokens, divided as the loss is (by the global batch's
+    label tokens, or rows for SFT's "sum"); OLMo 2 used 1e-5. The step's ``loss`` is then cross entropy + z-loss
+    (what the gradients follow), logged beside ``ce_loss`` and ``z_loss``. DPO refuses it."""
 
     micro_batch_size: int
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -75,6 +88,7 @@ class UpdateConfig(Config):
     seed: int = 6198
     precision: Precision = "fp32"
     nan_policy: NanPolicy = "stop"
+    z_loss_multiplier: float | None = None
 
     WHERE = "train"
 
@@ -83,6 +97,8 @@ class UpdateConfig(Config):
                 self.micro_batch_size)
         require(self.max_grad_norm is None or self.max_grad_norm > 0, f"{self.WHERE}.max_grad_norm",
                 "a positive number or null", self.max_grad_norm)
+        require(self.z_loss_multiplier is None or self.z_loss_multiplier >= 0, f"{self.WHERE}.z_loss_multiplier",
+                "a number >= 0 or null", self.z_loss_multiplier)
 
     def update_settings(self) -> dict[str, Any]:
         """The fields of :class:`UpdateConfig`, to build a :class:`TrainConfig` with."""
@@ -110,10 +126,12 @@ class TrainConfig(UpdateConfig):
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """OLMo's AdamW (decay on Linear weights only) with the config's hyperparameters."""
+    """OLMo's AdamW (decay on Linear weights, and the embedding and norm weights as ``config.optimizer`` says)
+    with the config's hyperparameters."""
     opt = config.optimizer
     return build_adamw(model, lr=config.schedule.peak_lr, betas=opt.betas, eps=opt.eps,
-                       weight_decay=opt.weight_decay)
+                       weight_decay=opt.weight_decay, decay_embeddings=opt.decay_embeddings,
+                       decay_norms=opt.decay_norms)
 
 
 # ---------------------------------------------------------------- batches
@@ -190,8 +208,9 @@ class Trainer:
     ``config.global_batch_size`` rows) with ``objective`` until ``config.max_steps`` optimizer steps are done.
 
     ``optimizer`` defaults to OLMo's AdamW for ``config``; ``start_state`` lets a run begin mid-order (an
-    anneal: ``TrainState(data_step=..., tokens_seen=...)``). Under ``torch.distributed`` every rank makes a
-    Trainer and calls ``fit``.
+    anneal: ``TrainState(data_step=..., tokens_seen=...)``). ``config.z_loss_multiplier`` is given to the
+    objective (``objectives.with_z_loss``). Under ``torch.distributed`` every rank makes a Trainer and calls
+    ``fit``.
     """
 
     def __init__(
@@ -207,7 +226,7 @@ class Trainer:
         self.model = model
         self.batches = batches
         self.config = config
-        self.objective = NextTokenLoss() if objective is None else objective
+        self.objective = with_z_loss(NextTokenLoss() if objective is None else objective, config.z_loss_multiplier)
         self.callbacks = list(callbacks)
         self.optimizer = build_optimizer(model, config) if optimizer is None else optimizer
         self.state = TrainState.from_dict(start_state.to_dict()) if start_state is not None else TrainState()

@@ -28,7 +28,7 @@ from .callbacks import (
     Checkpointer, ConsoleProgress, InLoopEvaluation, MetricsFile, NaNGuard, SpeedMonitor, WandbMetrics,
 )
 from .checkpoint import TrainState
-from .objectives import Objective
+from .objectives import Objective, with_z_loss
 from .parallel import data_parallel_mesh, effective_precision, join_process_group, shard_model, worker_device
 from .sharded_checkpoint import full_training_state, load_consolidated, save_optimizer_state
 from .trainer import BatchSource, Callback, TrainConfig, Trainer, build_optimizer
@@ -92,6 +92,10 @@ class TrainingJob:
     hand_off_optimizer: bool = False  # write the consolidated AdamW state into the artifact's checkpoint/
     wandb_run: dict[str, Any] | None = None  # WandbLogger arguments of the step's W&B run
     in_loop_eval: Callable[[], InLoopEvaluator] | None = None  # makes the evaluator, in the worker
+
+    def __post_init__(self) -> None:
+        # A z-loss the objective cannot take (DPO) is refused here, before any worker starts.
+        with_z_loss(self.data.objective(), self.config.z_loss_multiplier)
 
 
 def _cpu_threads(device: torch.device) -> None:

@@ -185,7 +185,8 @@ def hf_config(checkpoint: Path) -> dict:
     "change, message",
     [
         ({"clip_qkv": 8.0}, r"config.json: clip_qkv is 8.0; .* only null can be imported"),
-        ({"model_type": "olmo2"}, r"config.json: model_type is 'olmo2'; only 'olmo'"),
+        ({"model_type": "llama"}, r"config.json: model_type is 'llama'; only 'olmo' .* or 'olmo2'"),
+        ({"architectures": ["Olmo2ForCausalLM"]}, r"config.json: architectures is .*; expected \['OlmoForCausalLM'\]"),
         ({"attention_bias": True}, r"config.json: attention_bias is True; only false"),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, r"config.json: rope_scaling is .*only plain RoPE"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},

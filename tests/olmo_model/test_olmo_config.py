@@ -60,8 +60,8 @@ def test_round_trip_through_dict():
 
 
 def test_from_dict_rejects_unknown_keys():
-    data = {**OlmoConfig.preset("olmo-micro").to_dict(), "qk_norm": True}
-    with pytest.raises(ValueError, match="unknown key.*'qk_norm'"):
+    data = {**OlmoConfig.preset("olmo-micro").to_dict(), "clip_qkv": 8.0}
+    with pytest.raises(ValueError, match="unknown key.*'clip_qkv'"):
         OlmoConfig.from_dict(data)
 
 
@@ -81,7 +81,10 @@ def test_from_dict_names_missing_keys():
         ({"n_layers": 0}, "n_layers: expected a positive integer"),
         ({"layer_norm_eps": 0.0}, "layer_norm_eps: expected a positive number"),
         ({"eos_token_id": 50280}, r"eos_token_id: expected an id in \[0, 50280\)"),
-        ({"init": "normal"}, "init: expected one of"),
+        ({"init": "xavier"}, "init: expected one of 'mitchell', 'normal'"),
+        ({"norm": "batchnorm"}, "norm: expected one of 'layernorm', 'rmsnorm'"),
+        ({"block": "post_norm"}, "block: expected one of 'pre_norm', 'reordered_norm'"),
+        ({"qk_norm": 1}, "qk_norm: expected a bool"),
     ],
 )
 def test_bad_values_are_reported_by_key(override, message):

@@ -181,3 +181,65 @@ def test_under_fsdp2_the_sharded_output_matrix_gets_the_plain_gradient(tmp_path)
         torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=0)
         for name, param in plain.named_parameters():
             assert_fp32_close(grads[name], param.grad, f"tied={tied} {name}")
+
+
+# ---------------------------------------------------------------- z-loss
+
+
+def plain_z_loss(logits: torch.Tensor, targets: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """OLMo-core's z-loss, summed: ``multiplier * logsumexp(logits)²`` over the positions with a target."""
+    flat, kept = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1) != IGNORE_INDEX
+    return multiplier * (flat.logsumexp(-1).square() * kept).sum()
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 5 * VOCAB, 10**6])
+def test_z_loss_value_and_gradients_equal_the_plain_path(chunk_elements):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (3, 7), generator=generator)
+    targets[1, 2:5] = IGNORE_INDEX
+    multiplier = 1e-2  # large enough that the z-loss term moves the gradients well past the tolerance
+
+    loss, z_loss = linear_cross_entropy_sum(hidden, weight, targets, chunk_elements, z_loss_multiplier=multiplier)
+    grads = torch.autograd.grad(loss * 0.3, (hidden, weight))
+    logits = hidden @ weight.T
+    expected_z = plain_z_loss(logits, targets, multiplier)
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1), reduction="sum") + expected_z
+    expected_grads = torch.autograd.grad(expected * 0.3, (hidden, weight))
+
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(z_loss, expected_z.detach(), rtol=1e-12, atol=0)
+    assert not z_loss.requires_grad and expected_z.item() > 1e-2 * loss.item()
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # the no-gradient path gives the same values
+        loss_only, z_only = linear_cross_entropy_sum(hidden, weight, targets, chunk_elements, multiplier)
+    torch.testing.assert_close(loss_only, expected.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(z_only, expected_z.detach(), rtol=1e-12, atol=0)
+
+
+def test_a_zero_z_loss_multiplier_changes_nothing_but_reports_zero():
+    ids, targets = batch()
+    model = seeded_model(False)
+    plain = model(ids, targets=targets)
+    loss, z_loss = model(ids, targets=targets, z_loss_multiplier=0.0)
+    assert torch.equal(loss, plain) and z_loss.item() == 0
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_z_loss_equals_the_logits_path_in_value_and_every_gradient(tied):
+    ids, targets = batch()
+    fused, plain = seeded_model(tied), seeded_model(tied)
+    loss, z_loss = fused(ids, targets=targets, z_loss_multiplier=1e-4)
+    loss.backward()
+    logits = plain(ids)
+    expected_z = plain_z_loss(logits, targets, 1e-4)
+    expected = plain_loss(logits, targets) + expected_z
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(z_loss, expected_z.detach(), rtol=1e-5, atol=0)
+    for (name, param), reference in zip(fused.named_parameters(), plain.parameters()):
+        assert_fp32_close(param.grad, reference.grad, name)
+    with pytest.raises(ValueError, match="z_loss_multiplier is given with targets only"):
+        fused(ids, z_loss_multiplier=1e-4)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from olmo_model import Olmo, OlmoConfig, build_adamw, parameter_groups
@@ -89,3 +90,39 @@ def test_fused_and_unfused_adamw_take_the_same_steps():
     for (name, fused), unfused, before in zip(models[0].named_parameters(), models[1].parameters(), initial):
         torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-6, msg=name)
         assert (fused - before).abs().mean() > 1e-3, name  # the weights took steps of ~lr
+
+
+def olmo2_micro() -> Olmo:
+    return Olmo(OlmoConfig.preset("olmo-micro", norm="rmsnorm", block="reordered_norm", qk_norm=True,
+                                  weight_tying=False))
+
+
+def norm_names(n_layers: int) -> set[str]:
+    return {f"transformer.blocks.{i}.{m}.weight" for i in range(n_layers)
+            for m in ("attn_norm", "ff_norm", "q_norm", "k_norm")} | {"transformer.ln_f.weight"}
+
+
+def test_olmo2_norm_weights_are_not_decayed_by_default():
+    groups = groups_by_decay(olmo2_micro(), 0.1)
+    assert groups == {
+        0.1: block_linear_names(2) | {"transformer.ff_out.weight"},
+        0.0: {"transformer.wte.weight"} | norm_names(2),
+    }
+
+
+def test_olmo_core_s_olmo2_groups_decay_everything_but_the_embedding():
+    """OLMo-core's OLMo 2 recipes: one group for all parameters, the embedding overridden to no decay."""
+    groups = {g["weight_decay"]: set(g["param_names"]) for g in parameter_groups(olmo2_micro(), 0.1, decay_norms=True)}
+    assert groups == {
+        0.1: block_linear_names(2) | {"transformer.ff_out.weight"} | norm_names(2),
+        0.0: {"transformer.wte.weight"},
+    }
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decay_embeddings_decays_the_embedding_and_so_the_tied_output(tied):
+    model = Olmo(OlmoConfig.preset("olmo-micro", weight_tying=tied))
+    groups = parameter_groups(model, 0.1, decay_embeddings=True)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
+    assert set(groups[0]["param_names"]) == {name for name, _ in model.named_parameters()}
+
