@@ -244,3 +244,41 @@ def test_the_tulu3_variant_changes_only_olmo7bs_adaptation():
     assert tulu3["sft"].kwargs["execution"].world_size == 8  # one node, as olmo7b's adaptation
     changed = {name for name, step in tulu3.items() if step.unique_id != olmo7b[name].unique_id}
     assert changed == {"sft", "evaluate_sft", "reference_logprobs", "dpo", "evaluate_dpo", "export", "report"}
+
+
+def test_olmo2_recipes_carry_the_olmo2_papers_settings():
+    graph = StepGraph.from_file(WORKFLOWS / "olmo2-7b.jsonnet")
+    model, train = graph["pretrain"].kwargs["model"], graph["pretrain"].kwargs["train"]
+    assert model.num_parameters() == 7_298_617_344 and model.is_olmo2 and model.init == "normal"
+    assert (model.rope_theta, model.layer_norm_eps, model.embedding_size) == (500_000.0, 1e-6, 100352)
+    assert train.z_loss_multiplier == 1e-5 and train.optimizer.eps == 1e-8
+    assert (train.optimizer.decay_embeddings, train.optimizer.decay_norms) == (False, True)
+    assert (train.schedule.kind, train.schedule.peak_lr, train.schedule.warmup_steps) == ("cosine", 3e-4, 2000)
+    assert train.max_steps * 1024 * 4096 >= 4e12 > (train.max_steps - 1) * 1024 * 4096  # stage 1: 4T tokens
+    assert graph["instances"].kwargs["seq_len"] == 4096 and train.global_batch_size == 1024
+    assert graph["instances"].kwargs["instance_filter"].repetition_max_count == 32
+    assert graph["tokenizer"].kwargs["tokenizer"].name == "allenai_dolma2"
+    one_b = StepGraph.from_file(WORKFLOWS / "olmo2-1b.jsonnet")["pretrain"].kwargs["model"]
+    assert one_b.num_parameters() == 1_484_916_736 and one_b.is_olmo2
+
+
+@functools.lru_cache(maxsize=1)
+def _olmo1_vs_olmo2() -> StepGraph:
+    return StepGraph.from_file(WORKFLOWS / "ablations" / "olmo1-vs-olmo2.jsonnet")
+
+
+@pytest.mark.parametrize("variant, first_changed", [
+    ("rmsnorm", "pretrain"), ("reordered-norm", "pretrain"), ("qk-norm", "pretrain"), ("rope-theta", "pretrain"),
+    ("normal-init", "pretrain"), ("z-loss", "pretrain"), ("instance-filter", "instances"),
+])
+def test_each_olmo2_change_recomputes_only_what_it_changes_beside_olmo_tiny(variant, first_changed):
+    from tests.workflows.test_micro_run import descendants
+
+    tiny, graph = _tiny_graph(), _olmo1_vs_olmo2()
+    ablation = StepGraph.from_file(WORKFLOWS / "ablations" / f"olmo2-{variant}.jsonnet")
+    changed = {name for name, step in ablation.items() if step.unique_id != tiny[name].unique_id}
+    assert changed == descendants(tiny, first_changed)
+    prefix = variant.replace("-", "_") + "_"
+    ids = {step.unique_id for step in tiny.values()}
+    own = {name[len(prefix):] for name, step in graph.items() if name.startswith(prefix) and step.unique_id not in ids}
+    assert own == changed - {"report", "export", "training_batch"}  # the side-by-side graph computes only those

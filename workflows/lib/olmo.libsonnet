@@ -35,11 +35,11 @@ local checkKeys(object, known, where) =
     batch_size: dpo.micro_batch_size,
   } + (if std.objectHas(dpo, 'template') then { template: dpo.template } else {}),
 
-  // The params a recipe may set (every one is read by `workflow`; the last four may be left out).
+  // The params a recipe may set (every one is read by `workflow`; the last five may be left out).
   paramKeys:: [
     'name', 'sources', 'source_shard_bytes', 'tag', 'filter', 'dedup', 'mix', 'tokenizer', 'seq_len', 'data_order',
     'inspect_batch', 'model', 'pretrain', 'anneal', 'sft_data', 'sft', 'preference_data', 'dpo', 'evaluation',
-    'execution', 'text_sets', 'paloma', 'in_loop_eval',
+    'execution', 'text_sets', 'paloma', 'in_loop_eval', 'instance_filter',
   ],
 
   // A recipe: its params (hidden, overridable with `params+::`) and the steps `workflow` builds from them.
@@ -127,7 +127,9 @@ local checkKeys(object, known, where) =
         tokenizer: ref('tokenizer'),
         execution: x,
       },
-      instances: { type: 'build_instances', tokens: ref('tokenize'), seq_len: p.seq_len },
+      // `instance_filter` (OLMo 2): instances with a repeated n-gram run are kept in the order, their loss masked.
+      instances: { type: 'build_instances', tokens: ref('tokenize'), seq_len: p.seq_len }
+                 + (if std.objectHas(p, 'instance_filter') then { instance_filter: p.instance_filter } else {}),
       training_batch: {
         type: 'training_batch',
         instances: ref('instances'),
