@@ -1,6 +1,7 @@
 """The micro workflow's W&B runs (``execution.wandb``, offline): one per training and evaluation step, in the
 step's work directory, named ``olmo-micro/<step>``, grouped by workflow, with the step's fingerprint as its id
 and the step's arguments (inputs by fingerprint) as its config. Read back with ``wandb leet inspect``."""
+import json
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_a_training_or_evaluation_step_has_a_named_grouped_configured_wandb_run(
     summary = OlmoWorkspace(str(micro_workspace)).step_cache[step].summary
     if name in TRAINING:
         assert config[TRAINING[name]] == step.kwargs[TRAINING[name]].unique_id
-        assert config["train"] == dict(step.kwargs["train"])
+        assert config["train"] == json.loads(json.dumps(step.kwargs["train"].to_dict()))  # every setting, defaults too
         assert [row["step"] for row in run["history"]] == list(range(1, summary["step"] + 1))
         assert run["history"][-1]["loss"] == pytest.approx(summary["loss_last"])
     else:
