@@ -62,12 +62,12 @@ def hf_architecture(config: OlmoConfig) -> str:
 
 
 def hf_config(config: OlmoConfig) -> dict:
-    """The ``config.json`` of the ``OlmoForCausalLM`` or ``Olmo2ForCausalLM`` with this architecture."""
-    if hf_architecture(config) == OLMO2:
-        return _olmo2_hf_config(config)
-    return {
-        "architectures": [OLMO],
-        "model_type": "olmo",
+    """The ``config.json`` of the ``OlmoForCausalLM`` or ``Olmo2ForCausalLM`` with this architecture (OLMo 2's:
+    the keys of the released checkpoints, with ``rms_norm_eps`` and no ``clip_qkv``)."""
+    olmo2 = hf_architecture(config) == OLMO2
+    shape = {
+        "architectures": [OLMO2 if olmo2 else OLMO],
+        "model_type": "olmo2" if olmo2 else "olmo",
         "hidden_size": config.d_model,
         "intermediate_size": config.mlp_hidden_size,
         "num_hidden_layers": config.n_layers,
@@ -81,35 +81,11 @@ def hf_config(config: OlmoConfig) -> dict:
         "tie_word_embeddings": config.weight_tying,
         "rope_theta": config.rope_theta,
         "rope_scaling": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "clip_qkv": None,
-        "hidden_act": "silu",
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": "float32",
     }
-
-
-def _olmo2_hf_config(config: OlmoConfig) -> dict:
-    """``Olmo2ForCausalLM``'s ``config.json``: the keys of the released OLMo 2 checkpoints."""
+    architecture = {"rms_norm_eps": config.layer_norm_eps} if olmo2 else {"clip_qkv": None}
     return {
-        "architectures": [OLMO2],
-        "model_type": "olmo2",
-        "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_hidden_size,
-        "num_hidden_layers": config.n_layers,
-        "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.n_heads,
-        "max_position_embeddings": config.max_sequence_length,
-        "vocab_size": config.embedding_size,
-        "pad_token_id": config.pad_token_id,
-        "eos_token_id": config.eos_token_id,
-        "bos_token_id": None,
-        "tie_word_embeddings": config.weight_tying,
-        "rope_theta": config.rope_theta,
-        "rope_scaling": None,
-        "rms_norm_eps": config.layer_norm_eps,
+        **shape,
+        **architecture,
         "attention_bias": False,
         "attention_dropout": 0.0,
         "hidden_act": "silu",
