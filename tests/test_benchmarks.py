@@ -3,6 +3,7 @@ commands the benchmark runs: a benchmark broken by a change fails here, not on t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ TOY_MODEL = {"d_model": 64, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 128,
 
 
 def test_no_benchmark_shadows_a_standard_library_module():
-    assert {"corpus", "eval", "tokenization", "train"} <= set(ENTRY_POINTS)
+    assert {"adapt", "corpus", "eval", "tokenization", "train"} <= set(ENTRY_POINTS)
     # each runs as ``python benchmarks/<name>.py``, which puts this folder first on the import path
     assert not set(MODULES) & set(sys.stdlib_module_names)
 
@@ -71,3 +72,34 @@ def test_eval_benchmark_scores_both_sides_alike_at_toy_size():
     assert report["max_logprob_difference"] <= evaluation.LOGPROB_TOLERANCE and report["accuracies_equal"]
     assert report["pairs"] == sum(report["task_pairs"].values()) > 0
     assert json.dumps(report["questions"]) and "| side |" in evaluation.results_block("toy", {**report, "date": "-"})
+
+
+
+
+def test_adapt_benchmark_runs_at_toy_size(tmp_path):
+    """Our SFT and DPO jobs through the launcher (one worker each); with TRL installed, the whole benchmark, TRL's
+    trainers too, at toy size (one test, so that the launcher's and TRL's start-ups stay within about a minute)."""
+    from benchmarks import adapt
+
+    if importlib.util.find_spec("trl") is None:
+        found = adapt.ours_only(tmp_path, TOY_MODEL, steps=3, batch=2)
+        for stage in adapt.STAGES:
+            assert len(found[stage]["losses"]) == 3 and len(found[stage]["step_seconds"]) == 2, stage
+            assert all(loss > 0 for loss in found[stage]["losses"]) and found[stage]["peak_rss_mb"] > 0
+        assert found["dpo"]["losses"][0] == pytest.approx(0.693147, abs=1e-4)  # policy = reference at the start
+        assert found["dpo"]["reference_seconds"] > 0
+        return
+    settings = {stage: {**adapt.SETTINGS[stage], "batch": 2} for stage in adapt.STAGES}
+    report = adapt.measure(tmp_path, steps=3, rounds=1, python=Path(sys.executable), with_worker_env=False,
+                           shape=TOY_MODEL, settings=settings)
+    for name, figures in report["figures"].items():
+        assert figures["measured_steps"] == 3 - adapt.WARMUP_STEPS and figures["tokens_per_second"] > 0, name
+        assert len(figures["losses"]) == 3 and figures["peak_rss_mb"] > 0, name
+    for side in ("ours", "trl"):
+        assert report["figures"][f"{side}_dpo"]["losses"][0] == pytest.approx(0.693147, abs=1e-4)  # policy = reference
+        assert report["figures"][f"{side}_dpo"]["reference_seconds"] > 0
+    for stage in adapt.STAGES:  # the same weights, data and loss: TRL's losses are ours to float rounding
+        assert report[f"{stage}_max_loss_difference"] < 1e-3, stage
+    assert "| sft |" in adapt.results_block("toy", report)
+    line = adapt.json_line(report)
+    assert line["benchmark"] == "adapt" and line["ratio"] == pytest.approx(line["ours"] / line["peer"], rel=1e-2)
