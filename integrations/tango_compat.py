@@ -305,7 +305,8 @@ def hash_as(obj: T, stand_in: Any) -> T:
     return obj
 
 
-def _stand_in(obj: Any) -> Any:
+def hashed_as(obj: Any) -> Any:
+    """What Tango's fingerprints hash for ``obj``: its ``hash_as`` stand-in, or ``obj`` itself."""
     try:
         return vars(obj).get(STAND_IN, obj)
     except TypeError:  # no __dict__: never marked
@@ -336,7 +337,7 @@ def fix_typed_configs() -> None:
         return original_construct(class_name, argument_name, popped_params, annotation, default, *args, **kwargs)
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        original_save(self, _stand_in(obj), save_persistent_id)
+        original_save(self, hashed_as(obj), save_persistent_id)
 
     from_params.construct_arg = construct_arg  # looked up as a module global by every caller in tango
     det_hash._DetHashPickler.save = save

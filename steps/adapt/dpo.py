@@ -246,11 +246,14 @@ def pairs_digest(pairs: Sequence[EncodedPair]) -> str:
     return digest.hexdigest()
 
 
-def write_reference_logprobs(directory: Path, pairs: Sequence[EncodedPair]) -> None:
-    """The pairs' reference log-probs (fp64, in pair order) and the digest of the pairs, as safetensors."""
+def write_reference_logprobs(directory: Path, pairs: Sequence[EncodedPair]) -> str:
+    """The pairs' reference log-probs (fp64, in pair order) and the digest of the pairs, as safetensors; returns
+    the digest."""
     tensors = {side: torch.tensor([getattr(pair, f"reference_{side}_logp") for pair in pairs], dtype=torch.float64)
                for side in ("chosen", "rejected")}
-    safetensors.torch.save_file(tensors, str(directory / REFERENCE_FILE), metadata={"pairs_digest": pairs_digest(pairs)})
+    digest = pairs_digest(pairs)
+    safetensors.torch.save_file(tensors, str(directory / REFERENCE_FILE), metadata={"pairs_digest": digest})
+    return digest
 
 
 def read_reference_logprobs(directory: Path, pairs: Sequence[EncodedPair], where: str) -> list[EncodedPair]:

@@ -12,7 +12,7 @@ from steps.adapt.config import (
     TemplateSpec,
 )
 from steps.adapt.dpo import (
-    EncodedPair, PreferenceData, encode_preference_pairs, pairs_digest, read_reference_logprobs,
+    EncodedPair, PreferenceData, encode_preference_pairs, read_reference_logprobs,
     with_reference_logprobs, write_reference_logprobs,
 )
 from steps.adapt.instruct_data import instruct_data_fingerprint, read_preference_rows, read_sft_rows
@@ -143,8 +143,8 @@ class ReferenceLogprobs(ArtifactStep):
         scored = with_reference_logprobs(load_artifact_model(model, device), pairs, settings.pad_token_id,
                                          config.batch_size, config.precision)
         out = self.output_dir()
-        write_reference_logprobs(out, scored)
-        return self.artifact(out, {"pairs": counts, "pairs_digest": pairs_digest(pairs), "model": model.fingerprint})
+        digest = write_reference_logprobs(out, scored)
+        return self.artifact(out, {"pairs": counts, "pairs_digest": digest, "model": model.fingerprint})
 
 
 class AdaptationStep(TrainingStep):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import integrations.workspace  # noqa: F401  (registers the workspace type `olmo` and its URL schemes)
-from integrations.tango_compat import STAND_IN, hash_as  # (and Tango's fixes, before any step runs)
+from integrations.tango_compat import hash_as, hashed_as  # (and Tango's fixes, before any step runs)
 from tango import Step
 from tango.common.det_hash import CustomDetHash
 from tango.common.exceptions import ConfigurationError
@@ -154,8 +154,7 @@ class ArtifactStep(Step[Artifact]):
 
     def content_hash(self, argument: str) -> str:
         """The content hash that went into this step's fingerprint for a ``CONTENT_HASHED`` argument."""
-        value = self.kwargs[argument]
-        return (value if isinstance(value, ContentHashed) else vars(value)[STAND_IN]).content_hash
+        return hashed_as(self.kwargs[argument]).content_hash
 
     def output_dir(self, fresh: bool = True) -> Path:
         """The directory in this step's work dir for the artifact's files; emptied first when ``fresh``

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from steps.adapt.batching import PACKING_STREAM, first_fit, pack_examples
 from steps.adapt.sft import PADDING_SEGMENT, ChatData, collate_packed_chats, encode_sft_examples
@@ -309,7 +310,8 @@ def _fsdp_packed(rank: int, world_size: int, rendezvous: str, out_dir: str, batc
         dist.all_reduce(total)
         grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
         if rank == 0:
-            torch.save((total / units, grads), f"{out_dir}/results.pt")
+            tensors = {"loss": total / units, **{f"grad/{k}": v for k, v in grads.items()}}
+            save_file(tensors, f"{out_dir}/results.safetensors")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -327,7 +329,8 @@ def test_under_fsdp2_a_packed_batch_gets_the_unpacked_loss_and_gradients(convers
         _fsdp_packed, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path), batch, model.config.vocab_size),
         nprocs=2,
     )
-    loss, grads = torch.load(tmp_path / "results.pt")
+    results = load_file(tmp_path / "results.safetensors")
+    loss, grads = results.pop("loss"), {name[len("grad/"):]: grad for name, grad in results.items()}
     chats = [conversations[i] for row in rows for i in row]
     unpacked = ChatData(chats, PAD, len(chats), 0, 64).collate(chats)
     objective = NextTokenLoss("mean")

@@ -37,12 +37,9 @@ SEED, BATCH_SIZE, SEQ_LEN = 6198, 4, 32
 PRETRAIN_STEPS, ANNEAL_STEPS = 3, 2
 
 
-def small_workflow(corpus: Path) -> dict:
-    training = {"max_grad_norm": 1.0, "seed": SEED, "precision": "fp32", "micro_batch_size": 2}
-    data_order = {"seed": SEED, "global_batch_size": BATCH_SIZE}
-    execution = {"device": "cpu", "world_size": 1, "log_every": 1}
+def tokenized_corpus_steps(corpus: Path) -> dict:
+    """The steps of a workflow that tokenize the Dolma shards under ``corpus`` with OLMo's tokenizer."""
     return {
-        "steps": {
             "source": {
                 "type": "corpus_source", "source": {"name": "generated", "type": "files", "paths": [str(corpus)]}
             },
@@ -52,6 +49,16 @@ def small_workflow(corpus: Path) -> dict:
             },
             "tokenize": {"type": "tokenize_documents", "documents": {"type": "ref", "ref": "source"},
                          "tokenizer": {"type": "ref", "ref": "tokenizer"}},
+    }
+
+
+def small_workflow(corpus: Path) -> dict:
+    training = {"max_grad_norm": 1.0, "seed": SEED, "precision": "fp32", "micro_batch_size": 2}
+    data_order = {"seed": SEED, "global_batch_size": BATCH_SIZE}
+    execution = {"device": "cpu", "world_size": 1, "log_every": 1}
+    return {
+        "steps": {
+            **tokenized_corpus_steps(corpus),
             "instances": {"type": "build_instances", "tokens": {"type": "ref", "ref": "tokenize"}, "seq_len": SEQ_LEN},
             "pretrain": {
                 "type": "pretrain", "instances": {"type": "ref", "ref": "instances"}, "data_order": data_order,

@@ -23,6 +23,7 @@ from steps.data.instances import INDEX_FILE, InstanceIndex, build_instances, loa
 from steps.data.order import DataOrder, DataOrderConfig
 from steps.train.objectives import IGNORE_INDEX
 from steps.train.pretraining_data import pretraining_batches
+from tests.data.test_data_regenerate import tokenized_corpus_steps
 
 SEQ_LEN = 640
 OLMO2 = {"repetition_max_count": 32, "repetition_max_period": 13, "repetition_min_period": 1}
@@ -277,20 +278,7 @@ def workflow(corpus, instance_filter=None, with_key=False) -> dict:
     instances = {"type": "build_instances", "tokens": {"type": "ref", "ref": "tokenize"}, "seq_len": 64}
     if instance_filter is not None or with_key:
         instances["instance_filter"] = instance_filter
-    return {
-        "steps": {
-            "source": {
-                "type": "corpus_source", "source": {"name": "generated", "type": "files", "paths": [str(corpus)]}
-            },
-            "tokenizer": {
-                "type": "tokenizer",
-                "tokenizer": {"name": "allenai_gpt-neox-olmo-dolma-v1_5", "eos_token_id": 50279, "pad_token_id": 1},
-            },
-            "tokenize": {"type": "tokenize_documents", "documents": {"type": "ref", "ref": "source"},
-                         "tokenizer": {"type": "ref", "ref": "tokenizer"}},
-            "instances": instances,
-        }
-    }
+    return {"steps": {**tokenized_corpus_steps(corpus), "instances": instances}}
 
 
 def instances_step(tmp_path, name, **kwargs):

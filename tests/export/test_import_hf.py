@@ -46,7 +46,8 @@ def write_checkpoint(
 
     config = HFOlmoConfig(
         vocab_size=50304, hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=max_position_embeddings, tie_word_embeddings=tied, rope_theta=5000.0, eos_token_id=50279, pad_token_id=1,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=tied, rope_theta=5000.0,
+        eos_token_id=50279, pad_token_id=1,
     )
     torch.manual_seed(seed)
     model = OlmoForCausalLM(config)
@@ -71,6 +72,23 @@ def hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def assert_exported_as_imported(source: Path, exported: Path, config_keys: tuple[str, ...], rope_theta: float) -> None:
+    """``exported`` (our export of what was imported from ``source``) holds ``source``'s every tensor (a tied output
+    matrix written out) and the same values of ``config_keys`` and RoPE θ, as transformers reads both."""
+    from transformers import AutoConfig
+
+    original, written = hf_tensors(source), hf_tensors(exported)
+    if "lm_head.weight" not in original:  # transformers stores a tied output matrix once, the export writes it out
+        original["lm_head.weight"] = original["model.embed_tokens.weight"]
+    assert set(written) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(written[name], tensor), name
+    theirs, ours = AutoConfig.from_pretrained(source), AutoConfig.from_pretrained(exported)
+    for key in config_keys:
+        assert getattr(ours, key) == getattr(theirs, key), key
+    assert ours.rope_parameters["rope_theta"] == theirs.rope_parameters["rope_theta"] == rope_theta
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf-checkpoints")
@@ -83,26 +101,15 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["tied", "untied"])
 def test_import_then_export_is_the_identity(kind, checkpoints, tmp_path):
-    from transformers import AutoConfig
-
     source = checkpoints[kind]
     config, state = import_from_hf(str(source))
     assert config.embedding_size == 50304 and (config.eos_token_id, config.pad_token_id) == (50279, 1)
     assert config.weight_tying is (kind == "tied") and config.rope_theta == 5000.0
     assert all(tensor.dtype == torch.float32 for tensor in state.values())
+    if kind == "tied":  # transformers stores the tied output matrix once
+        assert "lm_head.weight" not in hf_tensors(source)
     export_to_hf(state, config, TOKENIZER_FILE, tmp_path / "exported")
-
-    original, exported = hf_tensors(source), hf_tensors(tmp_path / "exported")
-    if kind == "tied":  # transformers stores the tied output matrix once, the export writes it out
-        assert "lm_head.weight" not in original
-        original["lm_head.weight"] = original["model.embed_tokens.weight"]
-    assert set(exported) == set(original)
-    for name, tensor in original.items():
-        assert torch.equal(exported[name], tensor), name
-    theirs, ours = AutoConfig.from_pretrained(source), AutoConfig.from_pretrained(tmp_path / "exported")
-    for key in CONFIG_KEYS:
-        assert getattr(ours, key) == getattr(theirs, key), key
-    assert ours.rope_parameters["rope_theta"] == theirs.rope_parameters["rope_theta"] == 5000.0
+    assert_exported_as_imported(source, tmp_path / "exported", CONFIG_KEYS, 5000.0)
 
 
 @pytest.mark.parametrize("kind", ["tied", "untied"])

@@ -31,6 +31,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from olmo_model import Olmo, OlmoConfig
 from olmo_model.flops import matmul_parameters
@@ -289,7 +290,9 @@ def _fsdp_olmo2(rank: int, world_size: int, rendezvous: str, out_dir: str) -> No
         dist.all_reduce(totals)
         grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
         if rank == 0:
-            torch.save({"weights": weights, "totals": totals, "grads": grads}, f"{out_dir}/olmo2.pt")
+            tensors = {"totals": totals, **{f"weights/{k}": v for k, v in weights.items()},
+                       **{f"grads/{k}": v for k, v in grads.items()}}
+            save_file(tensors, f"{out_dir}/olmo2.safetensors")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -303,7 +306,9 @@ def test_olmo2_under_fsdp2_initialises_and_trains_as_one_process(tmp_path):
     world_size = 2
     torch.multiprocessing.spawn(_fsdp_olmo2, args=(world_size, f"file://{tmp_path}/rendezvous", str(tmp_path)),
                                 nprocs=world_size)
-    result = torch.load(tmp_path / "olmo2.pt")
+    tensors = load_file(tmp_path / "olmo2.safetensors")
+    result = {part: {name.split("/", 1)[1]: t for name, t in tensors.items() if name.startswith(part + "/")}
+              for part in ("weights", "grads")} | {"totals": tensors["totals"]}
     reference = seeded(olmo2_micro(vocab_size=96, eos_token_id=0, pad_token_id=1), seed=3)
     for name, param in reference.named_parameters():
         assert torch.equal(result["weights"][name], param.detach()), name

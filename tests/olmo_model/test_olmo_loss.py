@@ -41,13 +41,20 @@ def assert_fp32_close(actual: torch.Tensor, expected: torch.Tensor, message: str
     torch.testing.assert_close(actual, expected, rtol=0, atol=2e-6 * expected.abs().max().item(), msg=message)
 
 
-@pytest.mark.parametrize("chunk_elements", [1, 5 * VOCAB, 10**6])  # a row per chunk, 5 rows, all rows at once
-def test_loss_and_gradients_equal_the_plain_path(chunk_elements):
+def fp64_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded fp64 hidden states [3, 7, 16] and output matrix (both requiring gradients), and targets with a run
+    of ``IGNORE_INDEX``."""
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(3, 7, 16, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(VOCAB, 16, dtype=torch.float64, generator=generator, requires_grad=True)
     targets = torch.randint(0, VOCAB, (3, 7), generator=generator)
     targets[1, 2:5] = IGNORE_INDEX
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 5 * VOCAB, 10**6])  # a row per chunk, 5 rows, all rows at once
+def test_loss_and_gradients_equal_the_plain_path(chunk_elements):
+    hidden, weight, targets = fp64_problem()
 
     loss = linear_cross_entropy_sum(hidden, weight, targets, chunk_elements)
     grads = torch.autograd.grad(loss * 0.3, (hidden, weight))
@@ -194,11 +201,7 @@ def plain_z_loss(logits: torch.Tensor, targets: torch.Tensor, multiplier: float)
 
 @pytest.mark.parametrize("chunk_elements", [1, 5 * VOCAB, 10**6])
 def test_z_loss_value_and_gradients_equal_the_plain_path(chunk_elements):
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(3, 7, 16, dtype=torch.float64, generator=generator, requires_grad=True)
-    weight = torch.randn(VOCAB, 16, dtype=torch.float64, generator=generator, requires_grad=True)
-    targets = torch.randint(0, VOCAB, (3, 7), generator=generator)
-    targets[1, 2:5] = IGNORE_INDEX
+    hidden, weight, targets = fp64_problem()
     multiplier = 1e-2  # large enough that the z-loss term moves the gradients well past the tolerance
 
     loss, z_loss = linear_cross_entropy_sum(hidden, weight, targets, chunk_elements, z_loss_multiplier=multiplier)
