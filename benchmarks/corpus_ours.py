@@ -33,6 +33,7 @@ from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
 from steps.corpus.spans import document_value  # noqa: E402
 from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
 from steps.corpus.taggers import TAGGERS, FilterConfig, TagConfig  # noqa: E402
+from steps.common.engine import LocalEngine  # noqa: E402
 
 TAGGED = ("gopher", "c4", "pii")  # what dolma runs: gopher_v1, c4_v1, pii_regex_v1
 
@@ -41,16 +42,16 @@ def run_filter(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -
     """Everything our pipeline does for Gopher + C4 + PII: tag, apply the rules, write the kept documents."""
     tag_config = TagConfig.from_dict({name: {"enabled": name in TAGGED} for name in TAGGERS})
     start = time.perf_counter()
-    tag_documents(documents_dir, output_dir, tag_config, num_workers=options["workers"])
+    tag_documents(documents_dir, output_dir, tag_config, engine=LocalEngine(options["workers"]))
     tagged = time.perf_counter()
     stats = filter_documents(documents_dir, output_dir / ATTRIBUTES_DIR, output_dir / "filtered", FilterConfig(),
-                             num_workers=options["workers"])["total"]
+                             engine=LocalEngine(options["workers"]))["total"]
     return {**stats, "tag_s": tagged - start, "filter_s": time.perf_counter() - tagged}
 
 
 def run_dedup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     config = DedupConfig.from_dict(options["config"])
-    return deduplicate(documents_dir, output_dir, config, num_workers=options["workers"])["total"]
+    return deduplicate(documents_dir, output_dir, config, engine=LocalEngine(options["workers"]))["total"]
 
 
 def run_mix(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from steps.data.instances import InstanceIndex  # noqa: E402
 from steps.data.order import DataOrder  # noqa: E402
 from steps.data.provenance import read_documents as read_provenance  # noqa: E402
 from steps.data.tokenize import SUMMARY_FILE, tokenize_documents  # noqa: E402
+from steps.common.engine import LocalEngine  # noqa: E402
 from tests.data.sparse_plan import (  # noqa: E402
     OLMO_7B_TOKENS, OLMO_BATCH_SIZE, read_stamps, sparse_plan, stamp_instances,
 )
@@ -37,7 +38,7 @@ from tests.data.sparse_plan import (  # noqa: E402
 
 def run_tokenize(options: dict[str, Any]) -> dict[str, Any]:
     summary = tokenize_documents(options["documents"], options["tokenizer"], options["output"],
-                                 eos_token_id=options["eos"], num_workers=options["workers"])
+                                 eos_token_id=options["eos"], engine=LocalEngine(options["workers"]))
     return {"tokens": summary["total_tokens"], "documents": summary["total_documents"]}
 
 

@@ -108,6 +108,9 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         return build_config(annotation, value, where)
     if origin in (typing.Union, types.UnionType):
+        blocks = [option for option in args if dataclasses.is_dataclass(option)]
+        if isinstance(value, Mapping) and len(blocks) == 1:  # the one option a mapping can be: its own errors
+            return build_config(blocks[0], value, where)
         for option in args:
             try:
                 return coerce(value, option, where)
@@ -161,6 +164,8 @@ def describe(annotation: Any) -> str:
         return f"a list of {len(args)} ({', '.join(describe(arg) for arg in args)})"
     if origin is dict or annotation is dict:
         return "a mapping"
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping with keys {', '.join(field.name for field in dataclasses.fields(annotation))}"
     if annotation is type(None):
         return "null"
     return {int: "an integer", float: "a number", bool: "a bool", str: "a string"}.get(

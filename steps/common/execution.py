@@ -8,18 +8,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Literal
+
 from integrations.wandb_logger import check_settings
-from olmo_model.config import Config
+from olmo_model.config import Config, require
+from steps.common.engine import Engine, LocalEngine, RayEngine
 
 SHARDING = ("full", "hybrid", "none")  # FSDP2: shard over every rank, within a node (replicate across), replicate
+
+
+@dataclass(frozen=True)
+class RaySettings(Config):
+    """``execution.engine.ray``: the cluster's ``address`` ("auto", "host:port", "ray://host:port"; null: start a
+    Ray runtime of ``num_workers`` CPUs on this machine) and how often Ray re-runs a task whose worker died."""
+
+    address: str | None = None
+    max_retries: int = 3
+
+    WHERE = "execution.engine.ray"
+
+    def check(self) -> None:
+        require(self.max_retries >= 0, f"{self.WHERE}.max_retries", "an integer >= 0", self.max_retries)
+
+
+@dataclass(frozen=True)
+class OnRay(Config):
+    """``execution.engine: {ray: {...}}``."""
+
+    ray: RaySettings
+
+    WHERE = "execution.engine"
 
 
 @dataclass(frozen=True)
 class Execution(Config):
     """The ``execution`` block of a recipe; every key optional.
 
-    ``device``: "auto" (the GPUs when there are any, else the CPU), "cpu" or "cuda". ``num_workers``: processes
-    of the corpus and tokenization stages. Training: ``world_size`` workers in all (one per device) over
+    ``device``: "auto" (the GPUs when there are any, else the CPU), "cpu" or "cuda". ``engine``: where the corpus
+    and tokenization stages run their per-shard jobs: "local" (``num_workers`` processes of this machine) or
+    ``{ray: {address, max_retries}}`` (Ray tasks on a cluster, :mod:`steps.common.engine`). Training: ``world_size`` workers in all (one per device) over
     ``nnodes`` nodes meeting at ``rdzv_endpoint`` ("host:port", needed when ``nnodes`` > 1); the launcher
     restarts failed workers ``max_restarts`` times (they resume from the last checkpoint); ``sharding`` is
     FSDP2's (see ``SHARDING``); ``activation_checkpointing`` recomputes each block's activations in the backward
@@ -30,6 +57,7 @@ class Execution(Config):
     """
 
     device: str = "auto"
+    engine: Literal["local"] | OnRay = "local"
     num_workers: int = 2
     world_size: int = 1
     nnodes: int = 1
@@ -61,6 +89,13 @@ class Execution(Config):
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(f"execution.nnodes {self.nnodes}: a multi-node job needs rdzv_endpoint 'host:port'")
         check_settings(self.wandb, "execution.wandb")
+
+    def shard_engine(self) -> Engine:
+        """The engine of the per-shard jobs."""
+        if isinstance(self.engine, OnRay):
+            ray = self.engine.ray
+            return RayEngine(ray.address, ray.max_retries, num_cpus=self.num_workers)
+        return LocalEngine(self.num_workers)
 
     @property
     def workers_per_node(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from steps.common.documents import read_documents, write_jsonl_gz
 from steps.corpus.layout import DOCUMENTS_DIR
+from steps.common.engine import Engine, LocalEngine
 from steps.corpus.shards import run_over_documents
 from steps.corpus.spans import Attributes, Edits, apply_edits
 from steps.corpus.stats import total_stats
@@ -139,7 +140,7 @@ def filter_documents(
     attributes_dir: str | Path,
     output_dir: str | Path,
     config: FilterConfig,
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
 ) -> dict[str, Any]:
     """Filter every shard of ``documents_dir`` by the attributes in ``attributes_dir`` into ``output_dir``.
@@ -153,5 +154,5 @@ def filter_documents(
     def job(source: str, shard: Path, stem: str) -> FilterJob:
         return FilterJob(source, str(shard), stem, str(attributes_dir), str(output_dir), config)
 
-    per_source = run_over_documents(Path(documents_dir), job, filter_shard, num_workers, markers)
+    per_source = run_over_documents(Path(documents_dir), job, filter_shard, engine, markers, "filter")
     return {"sources": per_source, "total": total_stats(per_source), "rule_order": list(RULE_ORDER)}

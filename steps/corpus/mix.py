@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from steps.common.documents import ShardWriter, read_documents
 from olmo_model.config import Config, ConfigError, require
 from steps.corpus.layout import DOCUMENTS_DIR, source_shards
+from steps.common.engine import Engine, LocalEngine
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import total_stats
 
@@ -139,7 +140,7 @@ def mix_sources(
     input_dir: str | Path,
     output_dir: str | Path,
     config: MixConfig,
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
 ) -> dict[str, Any]:
     """Mix the documents directory ``input_dir`` into ``output_dir``, one source per worker.
@@ -159,6 +160,6 @@ def mix_sources(
     factors = sampling_factors(config, sources)
     jobs = [MixJob(source, tuple(map(str, shards)), str(output_dir), config, factors[source])
             for source, shards in sources.items()]
-    per_source = {job.source: stats for job, stats in zip(jobs, run_shard_jobs(jobs, mix_source, num_workers, markers))}
+    per_source = {job.source: stats for job, stats in zip(jobs, run_shard_jobs(jobs, mix_source, engine, markers, "mix"))}
     return {"sources": {source: {**stats, "factor": factors[source]} for source, stats in per_source.items()},
             "total": total_stats(per_source)}

@@ -1,22 +1,26 @@
-"""Running a corpus stage shard by shard: in parallel over all cores, resumable after a crash.
+"""Running a stage shard by shard on an engine (this machine's processes or a Ray cluster), resumable after a crash.
 
 Each job is one input shard. A job writes its output files itself (atomically); when it returns,
 its stats are stored as a marker ``<markers>/<key>.json``. A re-run loads the stats of jobs with a
-marker instead of running them again, so an interrupted stage only redoes unfinished shards.
+marker instead of running them again, so an interrupted stage only redoes unfinished shards, whichever
+engine ran the others. A progress line (shards done / total, documents/s, ETA) is logged as shards finish.
 """
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
+from steps.common.engine import Engine, LocalEngine
 from steps.corpus.layout import shard_stem, source_shards
 from steps.corpus.stats import merge_stats
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 10.0  # seconds between progress lines
 
 
 class ShardJob(Protocol):
@@ -45,42 +49,65 @@ def _write_marker(path: Path, stats: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def documents_read(stats: dict[str, Any]) -> int:
+    """The documents a job read, by the stats key its stage uses."""
+    return int(stats.get("documents_in", stats.get("documents", 0)))
+
+
+class Progress:
+    """Logs ``<label>: <done>/<total> shards, <documents/s> documents/s, ETA <h:mm:ss>`` as shards finish, at most
+    every ``every`` seconds, and once at the end. The rate counts the shards of this run only."""
+
+    def __init__(self, label: str, total: int, done: int, every: float = PROGRESS_EVERY):
+        self.label, self.total, self.done, self.every = label, total, done, every
+        self.started = self.last = time.monotonic()
+        self.finished_here = self.documents = 0
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.documents / elapsed
+        left = self.total - self.done
+        eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        return f"{self.label}: {self.done}/{self.total} shards, {rate:,.0f} documents/s, ETA {eta_text}"
+
+    def shard_finished(self, stats: dict[str, Any]) -> None:
+        self.done += 1
+        self.finished_here += 1
+        self.documents += documents_read(stats)
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            logger.info(self.line())
+
+
 def run_shard_jobs(
     jobs: Sequence[Job],
     work: Callable[[Job], dict[str, Any]],
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
+    label: str = "shards",
 ) -> list[dict[str, Any]]:
-    """``work(job)`` for every job, in ``num_workers`` processes; the stats in job order.
+    """``work(job)`` for every job on ``engine``; the stats in job order.
 
     With ``markers`` set, jobs finished by an earlier run are skipped and their stats reloaded.
-    ``work`` must be a module-level function (processes are spawned, not forked).
+    ``work`` must be a module-level function (it runs in other processes, maybe on other machines).
     """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     results: dict[int, dict[str, Any]] = {}
     if markers is not None:
         for index, job in enumerate(jobs):
             if _marker(markers, job).exists():
                 results[index] = json.loads(_marker(markers, job).read_text())
         if results:
-            logger.info("resuming: %d of %d shards already done", len(results), len(jobs))
+            logger.info("%s: resuming, %d of %d shards already done", label, len(results), len(jobs))
     pending = [index for index in range(len(jobs)) if index not in results]
-
-    def finished(index: int, stats: dict[str, Any]) -> None:
+    progress = Progress(label, len(jobs), len(results))
+    for position, stats in engine.map_unordered(work, [jobs[index] for index in pending]):
+        index = pending[position]
         results[index] = stats
         if markers is not None:
             _write_marker(_marker(markers, jobs[index]), stats)
-
-    workers = min(num_workers, len(pending))
-    if workers <= 1:
-        for index in pending:
-            finished(index, work(jobs[index]))
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            outcomes = pool.imap(work, [jobs[index] for index in pending], chunksize=1)
-            for index, stats in zip(pending, outcomes):
-                finished(index, stats)
+        progress.shard_finished(stats)
     return [results[index] for index in range(len(jobs))]
 
 
@@ -88,14 +115,15 @@ def run_over_documents(
     documents_dir: Path,
     make_job: Callable[[str, Path, str], DocumentsJob],
     work: Callable[[DocumentsJob], dict[str, Any]],
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
+    label: str = "shards",
 ) -> dict[str, dict[str, Any]]:
     """Run ``work`` on ``make_job(source, shard, stem)`` for every shard of a documents directory;
     return ``{source: its shards' stats, added up}``."""
     jobs = [make_job(source, shard, shard_stem(shard, documents_dir / source))
             for source, shards in source_shards(documents_dir).items() for shard in shards]
     per_source: dict[str, dict[str, Any]] = {}
-    for job, stats in zip(jobs, run_shard_jobs(jobs, work, num_workers, markers)):
+    for job, stats in zip(jobs, run_shard_jobs(jobs, work, engine, markers, label)):
         per_source[job.source] = merge_stats(per_source.get(job.source, {}), stats)
     return per_source

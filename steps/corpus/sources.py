@@ -47,6 +47,7 @@ from olmo_model.config import Config, ConfigError, build_config, require
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.embedded import ADDED, EmbeddedSource, embedded_documents, embedded_fingerprint
 from steps.corpus.layout import DOCUMENTS_DIR, QUARANTINE_DIR, SHARD_SUFFIXES
+from steps.common.engine import Engine, LocalEngine
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import merge_stats
 
@@ -386,7 +387,7 @@ def write_source(
     spec: SourceSpec,
     out_dir: str | Path,
     max_shard_bytes: int = 256 * 2**20,
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
     ids_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -406,7 +407,7 @@ def write_source(
                 for index, url in enumerate(source_inputs(spec))]
         totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {},
                                   "records_recovered": 0, "unreadable_bytes": 0}
-        for stats in run_shard_jobs(jobs, write_source_input, num_workers, markers):
+        for stats in run_shard_jobs(jobs, write_source_input, engine, markers, f"source {spec.name}"):
             totals = merge_stats(totals, stats)
         totals["duplicate_ids"] = count_duplicates(_ids_of_finished(job) for job in jobs)
     summary = quarantine_summary(spec.name, totals, out_dir)

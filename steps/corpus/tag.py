@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from steps.common.documents import read_documents, write_jsonl_gz
+from steps.common.engine import Engine, LocalEngine
 from steps.corpus.shards import run_over_documents
 from steps.corpus.stats import total_stats
 from steps.corpus.taggers import TAGGERS, TagConfig
@@ -71,7 +72,7 @@ def tag_documents(
     documents_dir: str | Path,
     output_dir: str | Path,
     config: TagConfig,
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     markers: Path | None = None,
 ) -> dict[str, Any]:
     """Tag every shard of ``documents_dir`` into ``output_dir/attributes``.
@@ -83,5 +84,5 @@ def tag_documents(
     def job(source: str, shard: Path, stem: str) -> TagJob:
         return TagJob(source, str(shard), stem, str(output_dir), config)
 
-    per_source = run_over_documents(Path(documents_dir), job, tag_shard, num_workers, markers)
+    per_source = run_over_documents(Path(documents_dir), job, tag_shard, engine, markers, "tag")
     return {"sources": per_source, "total": total_stats(per_source)}

@@ -84,7 +84,7 @@ class TokenizeDocuments(ArtifactStep):
             tokenizer_file(tokenizer),
             out,
             eos_token_id=tokenizer.summary["eos_token_id"],
-            num_workers=execution.num_workers,
+            engine=execution.shard_engine(),
         )
         shutil.rmtree(out / DONE_DIR, ignore_errors=True)
         kept = ("path", "tokens", "documents", "empty_documents", "dtype")

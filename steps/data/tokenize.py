@@ -16,16 +16,14 @@ encoded, a document with nothing left is skipped and counted (``empty_documents`
 unless the document's last token already is EOS (a text ending in the literal ``<|endoftext|>``), so the
 token ids equal dolma's for the same documents and tokenizer.
 
-Shards are processed in parallel (``num_workers`` processes); the bytes written do not depend on it.
+Shards are processed in parallel on the step's engine (:mod:`steps.common.engine`); the bytes written do not depend on it.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
@@ -35,8 +33,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from steps.common.artifacts import TOKENIZER_DIR, Artifact
+from steps.common.engine import Engine, LocalEngine
 from steps.common.documents import list_shards, read_documents
 from steps.data.provenance import ProvenanceWriter, sidecar_paths
+from steps.corpus.shards import run_shard_jobs
 from steps.data.tokenizer import parse_tokenizer
 
 TOKENS_DIR = "tokens"
@@ -145,6 +145,8 @@ _TOKENIZERS: dict[str, Tokenizer] = {}
 
 def _cached_tokenizer(path: str) -> Tokenizer:
     if path not in _TOKENIZERS:
+        # jobs already run in parallel, one per worker: no threads of the tokenizer's own
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         _TOKENIZERS[path] = parse_tokenizer(Path(path).read_bytes(), path)
     return _TOKENIZERS[path]
 
@@ -212,17 +214,12 @@ def tokenize_shard(job: ShardJob) -> dict[str, Any]:
     return record
 
 
-def _single_threaded_worker() -> None:
-    """Worker processes already run in parallel; keep tokenizers from spawning threads of its own."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
 def tokenize_documents(
     documents_dir: str | Path,
     tokenizer_file: str | Path,
     output_dir: str | Path,
     eos_token_id: int,
-    num_workers: int = 1,
+    engine: Engine = LocalEngine(),
     batch_size: int = 512,
 ) -> dict[str, Any]:
     """Tokenize every shard of ``documents_dir`` into ``output_dir``; return (and write) the summary.
@@ -230,8 +227,8 @@ def tokenize_documents(
     ``batch_size`` is the number of documents encoded at once, which bounds memory per worker. The
     tokenizer file is copied to ``output_dir/tokenizer.json`` so the token files travel with it.
     """
-    if num_workers < 1 or batch_size < 1:
-        raise ValueError(f"num_workers and batch_size must be >= 1, got {num_workers} and {batch_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     documents_dir, output_dir = Path(documents_dir), Path(output_dir)
     with fsspec.open(str(tokenizer_file), "rb") as handle:
         tokenizer_bytes = handle.read()
@@ -254,16 +251,7 @@ def tokenize_documents(
         dtype=dtype,
         batch_size=batch_size,
     )
-    workers = min(num_workers, len(jobs))
-    if workers == 1:
-        records = [tokenize_shard(job) for job in jobs]
-    else:
-        # fork where the platform has it: spawn would re-import __main__, which fails for stdin/REPL callers
-        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(start_method)
-        # an executor, not a Pool: a worker that dies (killed, out of memory) fails the step instead of hanging it
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded_worker) as pool:
-            records = list(pool.map(tokenize_shard, jobs))
+    records = run_shard_jobs(jobs, tokenize_shard, engine, label="tokenize")
 
     summary = {
         "tokenizer_sha256": tokenizer_sha256,

@@ -16,6 +16,7 @@ from steps.corpus.filter import AttributeMismatchError, filter_documents
 from steps.corpus.layout import shard_stem
 from steps.corpus.tag import attribute_shard, read_attribute_rows, tag_documents
 from steps.corpus.taggers import EMPTIED_RULE, RULE_ORDER, TAGGERS, FilterConfig, TagConfig
+from steps.common.engine import LocalEngine
 
 SENTENCES = [
     "The committee met on Tuesday to discuss the budget for the coming year.",
@@ -277,9 +278,9 @@ def test_disabled_rules_keep_what_they_would_remove_and_edit_nothing(corpus, tag
 def test_two_workers_give_byte_identical_attributes_and_documents(corpus, tagged, filtered, tmp_path):
     attributes, tag_stats = tagged
     out, stats = filtered
-    assert tag_documents(corpus, tmp_path / "tagged", TAG_NO_MODELS, num_workers=2) == tag_stats
+    assert tag_documents(corpus, tmp_path / "tagged", TAG_NO_MODELS, engine=LocalEngine(2)) == tag_stats
     assert stats == filter_documents(corpus, tmp_path / "tagged" / "attributes", tmp_path / "filtered",
-                                     FilterConfig(), num_workers=2)
+                                     FilterConfig(), engine=LocalEngine(2))
     for ours, theirs in ((attributes, tmp_path / "tagged" / "attributes"), (out, tmp_path / "filtered")):
         assert {k: v[2] for k, v in file_states(ours).items()} == {k: v[2] for k, v in file_states(theirs).items()}
 

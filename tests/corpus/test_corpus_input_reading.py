@@ -14,6 +14,7 @@ from steps.common.compressed import compression_of
 from steps.common.documents import DocumentFormatError, list_shards, read_documents, read_records
 from steps.corpus.duplicate_ids import count_duplicates, id_digest, write_digests
 from steps.corpus.sources import validate_source, write_source
+from steps.common.engine import LocalEngine
 
 
 def jsonl(ids, **extra) -> bytes:
@@ -154,7 +155,7 @@ def test_duplicate_ids_across_the_files_of_a_source_are_kept_and_counted(tmp_pat
     one = write_source(source(tmp_path / "in"), tmp_path / "one")
     assert one["documents"] == 7 and one["duplicate_ids"] == 3  # y once more, x twice more: all kept
     assert sorted(kept_ids(tmp_path / "one")) == ["w", "x", "x", "x", "y", "y", "z"]
-    two = write_source(source(tmp_path / "in"), tmp_path / "two", num_workers=2, markers=tmp_path / "done",
+    two = write_source(source(tmp_path / "in"), tmp_path / "two", engine=LocalEngine(2), markers=tmp_path / "done",
                        ids_dir=tmp_path / "ids")
     assert two == one
     for leftover in (tmp_path / "ids").rglob("*.npy"):  # resumed without the digests: rebuilt from the output

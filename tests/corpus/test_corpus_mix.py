@@ -4,6 +4,7 @@ import pytest
 from steps.common.documents import list_shards, read_documents, write_jsonl_gz
 from olmo_model.config import ConfigError
 from steps.corpus.mix import MixConfig, mix_sources
+from steps.common.engine import LocalEngine
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_sources_mix_in_parallel_and_a_rerun_redoes_only_unfinished_sources(corp
     config = MixConfig.from_dict({"sampling": {"web": 1.5}, "seed": 4, "heldout_fraction": 0.05,
                                   "max_shard_bytes": 6000})
     one = mix_sources(corpus, tmp_path / "one", config)
-    two = mix_sources(corpus, tmp_path / "two", config, num_workers=2, markers=tmp_path / "done")
+    two = mix_sources(corpus, tmp_path / "two", config, engine=LocalEngine(2), markers=tmp_path / "done")
     assert one == two and _contents(tmp_path / "one") == _contents(tmp_path / "two")
 
     (tmp_path / "done" / "web.json").unlink()  # as if the run died while mixing web

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from steps.common.engine import LocalEngine
 from steps.corpus.shards import run_shard_jobs
 
 
@@ -41,22 +42,22 @@ def expected_stats():
 
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_stats_come_back_in_job_order(tmp_path, num_workers):
-    assert run_shard_jobs(make_jobs(tmp_path / "log"), log_and_measure, num_workers) == expected_stats()
+    assert run_shard_jobs(make_jobs(tmp_path / "log"), log_and_measure, LocalEngine(num_workers)) == expected_stats()
     assert sorted(runs(tmp_path / "log")) == sorted(KEYS)
 
 
 def test_num_workers_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="num_workers must be >= 1, got 0"):
-        run_shard_jobs(make_jobs(tmp_path / "log"), log_and_measure, 0)
+        run_shard_jobs(make_jobs(tmp_path / "log"), log_and_measure, LocalEngine(0))
 
 
 def test_finished_jobs_leave_markers_and_are_not_run_again(tmp_path):
     log, markers = tmp_path / "log", tmp_path / "markers"
-    first = run_shard_jobs(make_jobs(log), log_and_measure, 1, markers)
+    first = run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(1), markers)
     for key, stats in zip(KEYS, first):
         assert json.loads((markers / f"{key}.json").read_text()) == stats
     assert not list(markers.rglob("*.tmp"))
-    again = run_shard_jobs(make_jobs(log), log_and_measure, 1, markers)
+    again = run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(1), markers)
     assert again == first == expected_stats()
     assert runs(log) == KEYS  # the second run ran nothing
 
@@ -64,18 +65,18 @@ def test_finished_jobs_leave_markers_and_are_not_run_again(tmp_path):
 def test_a_crashed_run_resumes_with_only_the_unfinished_jobs(tmp_path):
     log, markers = tmp_path / "log", tmp_path / "markers"
     with pytest.raises(RuntimeError, match="simulated crash in web/sub/bb"):
-        run_shard_jobs(make_jobs(log, crash_on=KEYS[1]), log_and_measure, 1, markers)
+        run_shard_jobs(make_jobs(log, crash_on=KEYS[1]), log_and_measure, LocalEngine(1), markers)
     assert runs(log) == KEYS[:2]
     assert sorted(p.relative_to(markers).as_posix() for p in markers.rglob("*.json")) == ["web/a.json"]
 
-    resumed = run_shard_jobs(make_jobs(log), log_and_measure, 1, markers)
+    resumed = run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(1), markers)
     assert runs(log) == KEYS[:2] + KEYS[1:]  # the finished job was not run again
-    uninterrupted = run_shard_jobs(make_jobs(tmp_path / "other-log"), log_and_measure, 1)
+    uninterrupted = run_shard_jobs(make_jobs(tmp_path / "other-log"), log_and_measure, LocalEngine(1))
     assert resumed == uninterrupted == expected_stats()
 
 
 def test_two_workers_resume_from_markers_too(tmp_path):
     log, markers = tmp_path / "log", tmp_path / "markers"
-    run_shard_jobs(make_jobs(log)[:2], log_and_measure, 1, markers)
-    assert run_shard_jobs(make_jobs(log), log_and_measure, 2, markers) == expected_stats()
+    run_shard_jobs(make_jobs(log)[:2], log_and_measure, LocalEngine(1), markers)
+    assert run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(2), markers) == expected_stats()
     assert sorted(runs(log)) == sorted(KEYS)

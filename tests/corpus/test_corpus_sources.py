@@ -10,6 +10,7 @@ from steps.common.documents import DocumentFormatError, list_shards, read_docume
 from steps.corpus import embedded
 from olmo_model.config import ConfigError
 from steps.corpus.sources import iter_source_documents, source_fingerprint, validate_source, write_source
+from steps.common.engine import LocalEngine
 
 
 def docs_source(n=25, **extra):
@@ -155,7 +156,7 @@ def test_files_source_runs_shards_in_parallel_and_resumes(tmp_path):
                        [{"id": f"{index}-{i}", "text": f"document {i} of shard {index}."} for i in range(20)])
     spec = validate_source({"name": "web", "type": "files", "paths": [str(tmp_path / "in")]})
     one = write_source(spec, tmp_path / "one", max_shard_bytes=200)
-    two = write_source(spec, tmp_path / "two", max_shard_bytes=200, num_workers=2, markers=tmp_path / "done")
+    two = write_source(spec, tmp_path / "two", max_shard_bytes=200, engine=LocalEngine(2), markers=tmp_path / "done")
     assert one == two and one["inputs"] == 3 and one["documents"] == 60
 
     def contents(root):

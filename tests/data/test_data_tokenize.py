@@ -9,6 +9,7 @@ import pytest
 from steps.common.documents import read_documents
 from steps.data.tokenize import SUMMARY_FILE, token_dtype, tokenize_documents
 from steps.data.tokenizer import olmo_tokenizers_dir
+from steps.common.engine import LocalEngine
 
 OLMO_EOS = 50279
 
@@ -79,7 +80,7 @@ def test_provenance_points_back_to_the_documents(tokenized, corpus, olmo_tokeniz
 
 def test_worker_count_does_not_change_the_output(corpus, olmo_tokenizer_file, tmp_path):
     for workers in (1, 2):
-        tokenize_documents(corpus[0], olmo_tokenizer_file, tmp_path / str(workers), OLMO_EOS, num_workers=workers)
+        tokenize_documents(corpus[0], olmo_tokenizer_file, tmp_path / str(workers), OLMO_EOS, engine=LocalEngine(workers))
     one, two = all_output_bytes(tmp_path / "1"), all_output_bytes(tmp_path / "2")
     assert len(one) > 3 and one == two
 

@@ -1,0 +1,108 @@
+"""Where the per-shard jobs of the corpus and tokenization stages run: this machine's processes or a Ray cluster.
+
+An engine maps a module-level function over jobs and yields each result as it arrives. Jobs write their outputs
+themselves, to paths every worker sees (the step's work dir and output dir, source URLs), and return small stats,
+so the bytes a stage writes do not depend on the engine, nor on how many workers or nodes ran it.
+
+- :class:`LocalEngine`: ``num_workers`` spawned processes of this machine (one: this process).
+- :class:`RayEngine`: one Ray task per job on any node of a cluster (``address``: ``"auto"``, ``"host:port"`` or
+  ``"ray://host:port"``), or on a Ray runtime it starts on this machine (``address`` null). Ray re-runs a task
+  whose worker or node died, up to ``max_retries`` times.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from abc import ABC, abstractmethod
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+logger = logging.getLogger(__name__)
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+class Engine(ABC):
+    """Runs a module-level function over jobs, results in completion order."""
+
+    @property
+    @abstractmethod
+    def workers(self) -> int:
+        """How many jobs run at once (the default partition count of a partitioned stage)."""
+
+    @abstractmethod
+    def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
+        """``(index, work(jobs[index]))`` for every job, as each finishes. A job that fails raises here."""
+
+
+class LocalEngine(Engine):
+    """``num_workers`` processes of this machine, spawned (not forked); with one, jobs run in this process."""
+
+    def __init__(self, num_workers: int = 1):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.num_workers = num_workers
+
+    @property
+    def workers(self) -> int:
+        return self.num_workers
+
+    def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
+        if min(self.num_workers, len(jobs)) <= 1:
+            for index, job in enumerate(jobs):
+                yield index, work(job)
+            return
+        # an executor, not a Pool: a worker that dies (killed, out of memory) fails the stage instead of hanging it
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(self.num_workers, len(jobs)), mp_context=context) as pool:
+            pending = {pool.submit(work, job): index for index, job in enumerate(jobs)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=pending.__getitem__):
+                    yield pending.pop(future), future.result()
+
+    def __repr__(self) -> str:
+        return f"LocalEngine(num_workers={self.num_workers})"
+
+
+class RayEngine(Engine):
+    """One Ray task (one CPU) per job. Connects to the cluster at ``address`` on first use, or starts a Ray runtime
+    of ``num_cpus`` CPUs on this machine when ``address`` is None; the connection lasts as long as this process."""
+
+    def __init__(self, address: str | None = None, max_retries: int = 3, num_cpus: int | None = None):
+        self.address, self.max_retries, self.num_cpus = address, max_retries, num_cpus
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("execution.engine: the Ray engine needs Ray: pip install 'olmo-tango[ray]'") from None
+        if not ray.is_initialized():
+            if self.address is None:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+            logger.info("Ray: %d CPUs on %d nodes", int(ray.cluster_resources().get("CPU", 0)),
+                        len([node for node in ray.nodes() if node["Alive"]]))
+        return ray
+
+    @property
+    def workers(self) -> int:
+        return max(1, int(self._ray().cluster_resources().get("CPU", 1)))
+
+    def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
+        ray = self._ray()
+        task = ray.remote(work).options(num_cpus=1, max_retries=self.max_retries)
+        pending = {task.remote(job): index for index, job in enumerate(jobs)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    yield pending.pop(ref), ray.get(ref)
+        finally:
+            for ref in pending:  # the stage failed or was abandoned: stop what it started
+                ray.cancel(ref, force=True)
+
+    def __repr__(self) -> str:
+        return f"RayEngine(address={self.address!r})"
