@@ -46,7 +46,9 @@ class Execution(Config):
 
     ``device``: "auto" (the GPUs when there are any, else the CPU), "cpu" or "cuda". ``engine``: where the corpus
     and tokenization stages run their per-shard jobs: "local" (``num_workers`` processes of this machine) or
-    ``{ray: {address, max_retries}}`` (Ray tasks on a cluster, :mod:`steps.common.engine`). Training: ``world_size`` workers in all (one per device) over
+    ``{ray: {address, max_retries}}`` (Ray tasks on a cluster, :mod:`steps.common.engine`). ``dedup_partitions``:
+    how many parts the dedup stage splits its keys into, by hash, each decided by one job in memory bounded by
+    its part (null: one per worker of the engine). Training: ``world_size`` workers in all (one per device) over
     ``nnodes`` nodes meeting at ``rdzv_endpoint`` ("host:port", needed when ``nnodes`` > 1); the launcher
     restarts failed workers ``max_restarts`` times (they resume from the last checkpoint); ``sharding`` is
     FSDP2's (see ``SHARDING``); ``activation_checkpointing`` recomputes each block's activations in the backward
@@ -59,6 +61,7 @@ class Execution(Config):
     device: str = "auto"
     engine: Literal["local"] | OnRay = "local"
     num_workers: int = 2
+    dedup_partitions: int | None = None
     world_size: int = 1
     nnodes: int = 1
     rdzv_endpoint: str | None = None
@@ -74,7 +77,7 @@ class Execution(Config):
     WHERE = "execution"
 
     def check(self) -> None:
-        for key in ("num_workers", "world_size", "nnodes", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for key in ("num_workers", "dedup_partitions", "world_size", "nnodes", "log_every", "checkpoint_every", "keep_checkpoints"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"execution.{key}: expected a positive integer, got {value}")
