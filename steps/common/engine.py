@@ -66,9 +66,17 @@ class LocalEngine(Engine):
         return f"LocalEngine(num_workers={self.num_workers})"
 
 
+def _on_node(work: Callable[[Job], Result], job: Job) -> tuple[str, Result]:
+    """``work(job)`` in a Ray task, with the id of the node that ran it."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), work(job)
+
+
 class RayEngine(Engine):
     """One Ray task (one CPU) per job. Connects to the cluster at ``address`` on first use, or starts a Ray runtime
-    of ``num_cpus`` CPUs on this machine when ``address`` is None; the connection lasts as long as this process."""
+    of ``num_cpus`` CPUs on this machine when ``address`` is None; the connection lasts as long as this process.
+    Logs how many nodes ran a stage's tasks (their ids' first 8 digits)."""
 
     def __init__(self, address: str | None = None, max_retries: int = 3, num_cpus: int | None = None):
         self.address, self.max_retries, self.num_cpus = address, max_retries, num_cpus
@@ -93,16 +101,20 @@ class RayEngine(Engine):
 
     def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
         ray = self._ray()
-        task = ray.remote(work).options(num_cpus=1, max_retries=self.max_retries)
-        pending = {task.remote(job): index for index, job in enumerate(jobs)}
+        task = ray.remote(_on_node).options(num_cpus=1, max_retries=self.max_retries)
+        pending = {task.remote(work, job): index for index, job in enumerate(jobs)}
+        nodes: set[str] = set()
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    yield pending.pop(ref), ray.get(ref)
+                    node, result = ray.get(ref)
+                    nodes.add(node)
+                    yield pending.pop(ref), result
         finally:
             for ref in pending:  # the stage failed or was abandoned: stop what it started
                 ray.cancel(ref, force=True)
+        logger.info("Ray: %d tasks ran on %d nodes (%s)", len(jobs), len(nodes), ", ".join(n[:8] for n in sorted(nodes)))
 
     def __repr__(self) -> str:
         return f"RayEngine(address={self.address!r})"

@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import re
+import sys
 import sysconfig
 import zlib
 from collections import Counter
@@ -102,10 +103,16 @@ def _normalized_distribution_name(name: str) -> str:
 EXCLUDED_DISTRIBUTIONS = {"olmo-tango"}
 
 
+def _installed_paths() -> list[str]:
+    """``sys.path`` without folders inside a package: a package's vendored copies, not installed distributions
+    (``import ray`` puts ray/thirdparty_files first, so a Ray worker would also see its colorama)."""
+    return [entry for entry in sys.path if not (Path(entry or ".").resolve().parent / "__init__.py").exists()]
+
+
 def _package_candidates() -> list[Candidate]:
     """One candidate per installed distribution (the first on sys.path wins), sorted by name."""
     first: dict[str, importlib.metadata.Distribution] = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=_installed_paths()):
         name = dist.metadata["Name"] if dist.metadata else None
         if name and _normalized_distribution_name(name) not in EXCLUDED_DISTRIBUTIONS:
             first.setdefault(_normalized_distribution_name(name), dist)

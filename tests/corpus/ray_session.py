@@ -1,0 +1,84 @@
+"""What tests/corpus/test_ray_engine.py runs inside a two-node Ray cluster (integrations.ray_cluster), in one go.
+
+``python ray_session.py WORK``, with ``WORK/ray.jsonnet`` the micro corpus on ``execution.engine: {ray: ...}``:
+
+1. ``WORK/killed``: ``tango run -s tokenize``, one Ray worker SIGKILLed while it runs a tag task;
+2. ``WORK/resumed``: ``tango run -s tokenize`` SIGKILLed once some tag shards are done, then run again.
+
+Writes ``WORK/session.json``: each run's exit status and output, the killed worker's pid and command line, and
+how many tag shards were done when the driver died.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TANGO = Path(sys.executable).parent / "tango"
+TASK_TITLE = "ray::_on_node"  # a Ray worker's command line while it runs a task of steps.common.engine
+TIMEOUT_S = 300
+
+
+def start(work: Path, workspace: str) -> subprocess.Popen:
+    environment = {**os.environ, "OLMO_TANGO_LEASE_SECONDS": "3", "COLUMNS": "160"}
+    return subprocess.Popen([str(TANGO), "run", str(work / "ray.jsonnet"), "-s", "tokenize", "-w",
+                             str(work / workspace)], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def tag_markers(workspace: Path) -> list[Path]:
+    return list(workspace.glob("work/TagDocuments-*/done/*/*.json"))
+
+
+def busy_workers() -> dict[int, str]:
+    """``{pid: command line}`` of the Ray workers of this (process) namespace running a task now."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and command.startswith(TASK_TITLE):
+            found[int(proc.name)] = command
+    return found
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"never saw {what}; run output:\n{process.communicate()[0][-3000:]}")
+        time.sleep(0.02)
+
+
+def finish(process: subprocess.Popen) -> dict:
+    output, _ = process.communicate(timeout=TIMEOUT_S)
+    return {"status": process.returncode, "output": output}
+
+
+def kill_a_worker(work: Path) -> dict:
+    run = start(work, "killed")
+    wait_for(lambda: tag_markers(work / "killed") and busy_workers(), run, "a busy worker during tag")
+    pid, command = next(iter(busy_workers().items()))
+    os.kill(pid, signal.SIGKILL)
+    return {**finish(run), "killed_pid": pid, "killed_command": command}
+
+
+def kill_the_driver(work: Path) -> dict:
+    first = start(work, "resumed")
+    wait_for(lambda: len(tag_markers(work / "resumed")) >= 3, first, "3 tag shards done")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_at_kill = len(tag_markers(work / "resumed"))
+    return {"first_status": first.returncode, "done_at_kill": done_at_kill, **finish(start(work, "resumed"))}
+
+
+if __name__ == "__main__":
+    work = Path(sys.argv[1])
+    session = {"killed_worker": kill_a_worker(work), "killed_driver": kill_the_driver(work)}
+    (work / "session.json").write_text(json.dumps(session, indent=1))
