@@ -13,6 +13,8 @@ stage over the documents directory and prints its stats as one JSON line:
   ``{"gopher": {id: [rule, ...]}, "pii_spans": {id: count}}``;
 - ``pii`` (not timed): per document, the number of PII spans our PII tagger finds under the rule set
   ``rules`` (option), as ``{"rules": rules, "pii_spans": {id: count}}``.
+
+``filter``, ``dedup`` and ``mix`` run on the Ray cluster at the option ``ray`` (an address) when it is given.
 """
 from __future__ import annotations
 
@@ -33,29 +35,36 @@ from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
 from steps.corpus.spans import document_value  # noqa: E402
 from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
 from steps.corpus.taggers import TAGGERS, FilterConfig, TagConfig  # noqa: E402
-from steps.common.engine import LocalEngine  # noqa: E402
+from steps.common.engine import Engine, LocalEngine, RayEngine  # noqa: E402
 
 TAGGED = ("gopher", "c4", "pii")  # what dolma runs: gopher_v1, c4_v1, pii_regex_v1
+
+
+def engine(options: dict[str, Any]) -> Engine:
+    """Where a stage's jobs run: on the Ray cluster at ``options["ray"]`` (an address) when given, else in
+    ``options["workers"]`` local processes (default 1). Every stage takes these two options."""
+    return RayEngine(options["ray"]) if options.get("ray") else LocalEngine(options.get("workers", 1))
 
 
 def run_filter(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Everything our pipeline does for Gopher + C4 + PII: tag, apply the rules, write the kept documents."""
     tag_config = TagConfig.from_dict({name: {"enabled": name in TAGGED} for name in TAGGERS})
     start = time.perf_counter()
-    tag_documents(documents_dir, output_dir, tag_config, engine=LocalEngine(options["workers"]))
+    tag_documents(documents_dir, output_dir, tag_config, engine=engine(options))
     tagged = time.perf_counter()
     stats = filter_documents(documents_dir, output_dir / ATTRIBUTES_DIR, output_dir / "filtered", FilterConfig(),
-                             engine=LocalEngine(options["workers"]))["total"]
+                             engine=engine(options))["total"]
     return {**stats, "tag_s": tagged - start, "filter_s": time.perf_counter() - tagged}
 
 
 def run_dedup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     config = DedupConfig.from_dict(options["config"])
-    return deduplicate(documents_dir, output_dir, config, engine=LocalEngine(options["workers"]))["total"]
+    return deduplicate(documents_dir, output_dir, config, engine=engine(options))["total"]
 
 
 def run_mix(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return mix_sources(documents_dir, output_dir, MixConfig.from_dict(options))["total"]
+    config = MixConfig.from_dict({key: value for key, value in options.items() if key not in ("workers", "ray")})
+    return mix_sources(documents_dir, output_dir, config, engine(options))["total"]
 
 
 def startup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:

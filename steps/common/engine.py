@@ -114,7 +114,8 @@ class RayEngine(Engine):
         finally:
             for ref in pending:  # the stage failed or was abandoned: stop what it started
                 ray.cancel(ref, force=True)
-        logger.info("Ray: %d tasks ran on %d nodes (%s)", len(jobs), len(nodes), ", ".join(n[:8] for n in sorted(nodes)))
+        names = ", ".join(node[:8] for node in sorted(nodes))
+        logger.info("Ray: %d tasks ran on %d nodes (%s)", len(jobs), len(nodes), names)
 
     def __repr__(self) -> str:
         return f"RayEngine(address={self.address!r})"
