@@ -3,7 +3,9 @@
 ``cluster_command(command, nodes=2)`` is ``unshare -n -p -f --mount-proc sh -c '...'``: in fresh network and
 process namespaces it brings loopback up, starts a head node (``ray start --head --port P``) and ``nodes - 1``
 worker nodes joining it, ``--num-cpus 1`` each, dashboard off, then runs ``command`` with ``RAY_ADDRESS`` set to
-``127.0.0.1:P`` and stops the cluster (``ray stop --force``), exiting with the command's status.
+``127.0.0.1:P`` and stops the cluster (``ray stop --force``), exiting with the command's status. From a shell:
+``python -m integrations.ray_cluster [--nodes 2] -- tango run ...`` (the workflow's ``execution.engine`` being
+``{ray: {address: 'auto'}}``, or the address ``127.0.0.1:6379``).
 
 Why the namespaces: on Linux Ray puts the machine's interface address in place of 127.0.0.1, even with
 ``--node-ip-address 127.0.0.1``; where loopback is the only interface, every node reports 127.0.0.1 and nothing
@@ -13,6 +15,7 @@ root (or an unprivileged user namespace). Two nodes start in about 10 s on 2 cor
 """
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import subprocess
@@ -68,3 +71,21 @@ def run_on_cluster(command: str | Sequence[str], nodes: int = 2, cpus_per_node: 
         return subprocess.run(cluster_command(line, temp_dir, nodes, cpus_per_node, port), **run)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m integrations.ray_cluster",
+                                     description="Run a command on a fresh Ray cluster of this machine (loopback).")
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--cpus-per-node", type=int, default=1)
+    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command (after --)")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    return run_on_cluster(command, args.nodes, args.cpus_per_node, args.port).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
