@@ -1,9 +1,10 @@
 """A Ray cluster of several nodes on this machine, on loopback, for as long as one command runs (tests, benchmarks).
 
-``cluster_command(command, nodes=2)`` is ``unshare -n -p -f --mount-proc sh -c '...'``: in fresh network and
-process namespaces it brings loopback up, starts a head node (``ray start --head --port P``) and ``nodes - 1``
-worker nodes joining it, ``--num-cpus 1`` each, dashboard off, then runs ``command`` with ``RAY_ADDRESS`` set to
-``127.0.0.1:P`` and stops the cluster (``ray stop --force``), exiting with the command's status. From a shell:
+``cluster_command(command, nodes=2)`` is ``unshare --net --pid --fork --kill-child --mount-proc sh -c '...'``:
+in fresh network and process namespaces it brings loopback up, starts a head node (``ray start --head --port
+P``) and ``nodes - 1`` worker nodes joining it, ``--num-cpus 1`` each, dashboard off, then runs ``command`` with
+``RAY_ADDRESS`` set to ``127.0.0.1:P`` and stops the cluster (``ray stop --force``), exiting with the command's
+status. From a shell:
 ``python -m integrations.ray_cluster [--nodes 2] -- tango run ...`` (the workflow's ``execution.engine`` being
 ``{ray: {address: 'auto'}}``, or the address ``127.0.0.1:6379``).
 
@@ -11,7 +12,7 @@ Why the namespaces: on Linux Ray puts the machine's interface address in place o
 ``--node-ip-address 127.0.0.1``; where loopback is the only interface, every node reports 127.0.0.1 and nothing
 listens outside. In its own process namespace ``ray stop`` sees (and stops) this cluster only, never another
 Ray on the machine, and when the command ends the kernel ends whatever the cluster left running. Both need
-root (or an unprivileged user namespace). Two nodes start in about 10 s on 2 cores.
+root (or an unprivileged user namespace). Two nodes start and stop in about 10 s on 2 cores.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from typing import Any, Sequence
 RAY = Path(sys.executable).parent / "ray"  # this environment's: its workers import what it has installed
 PORT = 6379
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's least is 75 MiB; each node's store is a shared-memory file
-QUIET = "RAY_USAGE_STATS_ENABLED=0 RAY_DEDUP_LOGS=0"
 
 
 def cluster_script(command: str, temp_dir: Path, nodes: int = 2, cpus_per_node: int = 1, port: int = PORT,
@@ -44,7 +44,7 @@ def cluster_script(command: str, temp_dir: Path, nodes: int = 2, cpus_per_node: 
     started = " && ".join(f"{line} >>{log} 2>&1" for line in start)
     return "\n".join([
         "ip link set lo up || exit 1",
-        f"export {QUIET} RAY_ADDRESS=127.0.0.1:{port}",
+        f"export RAY_USAGE_STATS_ENABLED=0 RAY_ADDRESS=127.0.0.1:{port}",
         f"if ! ( {started} ); then cat {log} >&2; {shlex.quote(str(ray))} stop --force >/dev/null 2>&1; exit 1; fi",
         command,
         "status=$?",
