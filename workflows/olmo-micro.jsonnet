@@ -8,7 +8,6 @@ local params = tiny {
     { name: 'python-docs', type: 'embedded', kind: 'python-docs', max_documents: 60 },
     { name: 'package-metadata', type: 'embedded', kind: 'package-metadata', max_documents: 30 },
   ],
-  dedup+: { expected_items: 20000 },
   mix+: { sampling: {}, heldout_fraction: 0.2 },  // ~10 of ~55 documents: never none, whatever is installed
   seq_len: 64,
   data_order: { seed: 6198, global_batch_size: 4 },

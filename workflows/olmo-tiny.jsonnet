@@ -17,7 +17,7 @@ local params = {
   filter: {},
   // Decontamination: a document with a >= 13-word paragraph of a task's questions is removed (counted).
   dedup: {
-    url: true, exact: true, paragraph: true, expected_items: 200000, false_positive_rate: 1e-6,
+    url: true, exact: true, paragraph: true,
     decontaminate: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande'],
   },
   mix: { seed: 6198, sampling: { 'python-code': 0.5 }, heldout_fraction: 0.02, max_shard_bytes: 4194304 },

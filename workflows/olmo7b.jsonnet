@@ -23,7 +23,7 @@ local params = {
   tag: {},  // every tagger (language, code, Gopher, C4, toxicity, PII) on its default sources
   filter: {},  // Dolma v1.5 thresholds are the defaults
   dedup: {
-    url: true, exact: true, paragraph: true, expected_items: 60000000000, false_positive_rate: 1e-6,
+    url: true, exact: true, paragraph: true,
     decontaminate: ['arc_easy', 'arc_challenge', 'boolq', 'copa', 'hellaswag', 'openbookqa', 'piqa', 'sciq', 'winogrande',
                     'csqa', 'socialiqa', 'mmlu'],
   },

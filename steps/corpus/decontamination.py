@@ -1,10 +1,13 @@
 """Decontamination: the paragraphs of evaluation sets that pretraining documents must not contain.
 
-As in OLMo's data pipeline, a read-only Bloom filter holds every paragraph of at least
-``min_words`` words (13 by default) of the evaluation sets; a pretraining document with any such
-paragraph is removed whole by the dedup stage, and counted. A paragraph is a line of
-``text.split("\\n")``, stripped, on both sides. The evaluation sets are the downstream tasks'
-questions (every context and continuation of every choice) from the bundled data.
+As in OLMo's data pipeline, every paragraph of at least ``min_words`` words (13 by default) of the
+evaluation sets is looked for; a pretraining document with any such paragraph is removed whole by the
+dedup stage, and counted. The dedup's hash jobs hold the evaluation paragraphs' 128-bit digests, a
+sorted array replicated to every job (the sets are small), and look each long paragraph of a document
+up exactly (``np.isin``): unlike a Bloom filter, no document is ever removed for a paragraph the sets
+do not hold. A paragraph is a line of ``text.split("\\n")``, stripped, on both sides. The evaluation
+sets are the downstream tasks' questions (every context and continuation of every choice) from the
+bundled data.
 """
 from __future__ import annotations
 

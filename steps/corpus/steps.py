@@ -92,18 +92,20 @@ class FilterDocuments(ShardedStage):
 
 @Step.register("deduplicate_documents")
 class DeduplicateDocuments(ArtifactStep):
-    """URL, exact-text and paragraph dedup across all sources with a Bloom filter; first occurrence kept.
-    The filter and per-shard markers live in the work dir, so a re-run after a crash resumes.
-    ``config.decontaminate`` names tasks whose long paragraphs remove a document (their data is hashed)."""
+    """URL, exact-text and paragraph dedup across all sources, first occurrence kept: jobs on the shard engine,
+    rounds of ``execution.dedup_partitions`` partitions by key hash with exact digests (the output does not depend
+    on the engine or the partition count). The items and job markers live in the work dir, so a re-run after a
+    crash redoes only unfinished jobs. ``config.decontaminate`` names tasks whose long paragraphs remove a
+    document (their data is hashed)."""
 
-    VERSION = "003"
+    VERSION = "004"  # 004: exact digests by partition, not a Bloom filter; documents kept whole keep their line
     CONTENT_HASHED = {"config": ContentHash(lambda config: tasks_content_hash(config.get("decontaminate", ())))}
     CONFIGS = {"config": DedupConfig.from_dict}
 
     def run(self, documents: Artifact, config: DedupConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = deduplicate(documents_dir(documents), out, config, work_dir=self.work_dir / "dedup",
-                            num_workers=execution.num_workers)
+                            engine=execution.shard_engine(), partitions=execution.dedup_partitions)
         return self.artifact(out, stats)
 
 

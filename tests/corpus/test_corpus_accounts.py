@@ -51,7 +51,7 @@ def pipeline(tmp_path_factory):
     tag_documents(root / "sources" / "documents", root / "tag", tag_config)
     filtered = filter_documents(root / "sources" / "documents", root / "tag" / "attributes", root / "filter",
                                 FilterConfig())
-    deduped = deduplicate(root / "filter" / "documents", root / "dedup", DedupConfig.from_dict({"expected_items": 10_000}))
+    deduped = deduplicate(root / "filter" / "documents", root / "dedup", DedupConfig())
     return {**summaries, "filter": filtered, "dedup": deduped}
 
 

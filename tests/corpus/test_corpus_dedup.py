@@ -1,99 +1,33 @@
-"""Bloom filter sizing and accuracy; URL, exact and paragraph dedup across sources; determinism and resume."""
-import json
-import math
+"""URL, exact and paragraph dedup across sources, partitioned by key hash: decisions against a brute-force
+reference, bytes independent of the partition count and engine, decontamination, resume after a crash."""
+import gzip
 import random
 
 import numpy as np
 import pytest
 
-from steps.common.documents import list_shards, read_documents, write_jsonl_gz
-from steps.corpus import dedup
 from olmo_model.config import ConfigError
-from steps.corpus.decontamination import long_paragraphs
-from steps.corpus.dedup import BloomFilter, DedupConfig, bloom_size, deduplicate, item_digests
+from steps.common.documents import list_shards, read_documents, write_jsonl_gz
+from steps.common.engine import LocalEngine
 from steps.common.tasks import load_task
+from steps.corpus import dedup
+from steps.corpus.decontamination import is_long, long_paragraphs, task_paragraphs
+from steps.corpus.dedup import DedupConfig, deduplicate
+from steps.corpus.dedup_jobs import HashJob, contains, digest_set, first_occurrences, item_digests, load_array
 
 
-def add(bloom, digests):
-    """Add a batch of items the way the dedup stage does; return which were new."""
-    new = bloom.new_items(digests)
-    bloom.set_bits(digests[new], bloom.unset_bits(digests[new]))
-    return new
+def test_first_occurrences_keeps_the_first_of_equal_digests_in_array_order():
+    digests = np.array([[5, 1], [5, 2], [5, 1], [0, 2], [5, 2], [0, 2]], dtype=np.uint64)  # equal high halves
+    assert first_occurrences(digests).tolist() == [True, True, False, True, False, False]
 
 
-def test_bloom_size_formula():
-    bits, hashes = bloom_size(20_000, 1e-2)
-    assert bits == math.ceil(-20_000 * math.log(1e-2) / math.log(2) ** 2) == 191_702
-    assert hashes == math.ceil(bits / 20_000 * math.log(2)) == 7
-    assert bloom_size(60_000_000_000, 1e-6)[1] == 20  # Dolma's setting
-    with pytest.raises(ValueError):
-        bloom_size(10, 1.5)
-    with pytest.raises(ValueError, match="2\\*\\*63"):
-        bloom_size(10**18, 1e-6)
-
-
-def test_bloom_file_holds_ceil_bits_over_8_bytes(tmp_path):
-    bloom = BloomFilter.create(tmp_path / "f.bloom", 1_000, 1e-6)
-    assert bloom.bits % 8 != 0
-    assert (tmp_path / "f.bloom").stat().st_size == math.ceil(bloom.bits / 8)
-    params = json.loads((tmp_path / "f.bloom.json").read_text())
-    assert (params["bits"], params["hashes"]) == bloom_size(1_000, 1e-6)
-
-
-def test_positions_are_exact_double_hashing_without_overflow(tmp_path):
-    bloom = BloomFilter(tmp_path / "f.bloom", bits=64, hashes=20, mode="w+")
-    bloom.bits = 2**62 + 11  # positions only: h1 + i * h2 would overflow 64 bits without reduction
-    digests = np.array([[2**64 - 1, 2**64 - 2], [12345, 2**63 + 1], [0, 0]], dtype=np.uint64)
-    for row, (h1, h2) in zip(bloom.positions(digests).tolist(), digests.tolist()):
-        assert row == [(h1 + i * (h2 | 1)) % bloom.bits for i in range(20)]
-
-
-def test_bloom_false_positive_rate_is_as_configured(tmp_path):
-    bloom = BloomFilter.create(tmp_path / "f.bloom", 20_000, 1e-2)
-    members = item_digests([f"member-{i}" for i in range(20_000)], "paragraph")
-    for start in range(0, 20_000, 1_000):
-        add(bloom, members[start:start + 1_000])
-    assert bloom.contains(members).all()  # never a false negative
-    strangers = item_digests([f"stranger-{i}" for i in range(20_000)], "paragraph")
-    assert 0.005 < bloom.contains(strangers).mean() < 0.02
-
-
-def test_bloom_filter_is_a_reusable_file(tmp_path):
-    bloom = BloomFilter.create(tmp_path / "f.bloom", 100, 1e-6)
-    item = item_digests(["paragraph"], "paragraph")
-    assert add(bloom, item).tolist() == [True] and add(bloom, item).tolist() == [False]
-    bloom.flush()
-    reopened = BloomFilter.open(tmp_path / "f.bloom")
-    assert reopened.contains(np.concatenate([item, item_digests(["other"], "paragraph")])).tolist() == [True, False]
-    assert not reopened.contains(item_digests(["paragraph"], "url"))  # kinds never collide
-    assert (reopened.bits, reopened.hashes) == (bloom.bits, bloom.hashes)
-
-
-def test_an_overfull_filter_still_finds_every_repeat(tmp_path):
-    bloom = BloomFilter.create(tmp_path / "f.bloom", 500, 0.05)  # 10x overfull: many false positives
-    rng = random.Random(0)
-    items = [f"item-{rng.randrange(3_000)}" for _ in range(10_000)]
-    digests = item_digests(items, "text")
-    new = np.concatenate([add(bloom, digests[start:start + 700]) for start in range(0, len(items), 700)])
-    seen = set()
-    for item, is_new in zip(items, new.tolist()):
-        assert not (is_new and item in seen)  # a repeat, in the same batch or an earlier one, is never new
-        seen.add(item)
-    assert new.sum() < len(seen)  # the filter is overfull: some first occurrences were taken for repeats
-
-
-def test_clear_bits_undoes_set_bits(tmp_path):
-    bloom = BloomFilter.create(tmp_path / "f.bloom", 1_000, 1e-3)
-    add(bloom, item_digests([f"old-{i}" for i in range(300)], "url"))
-    before = np.fromfile(tmp_path / "f.bloom", dtype=np.uint8)
-    batch = item_digests([f"new-{i}" for i in range(300)] + [f"old-{i}" for i in range(10)], "url")
-    unset = bloom.unset_bits(batch)
-    bloom.set_bits(batch, unset)
-    bloom.flush()
-    assert not np.array_equal(np.fromfile(tmp_path / "f.bloom", dtype=np.uint8), before)
-    bloom.clear_bits(batch, unset)
-    bloom.flush()
-    assert np.array_equal(np.fromfile(tmp_path / "f.bloom", dtype=np.uint8), before)
+def test_membership_compares_all_128_bits():
+    members = digest_set(np.array([[1, 2], [3, 4], [1, 2]], dtype=np.uint64))
+    assert len(members) == 2
+    queries = np.array([[1, 2], [1, 4], [3, 2], [3, 4]], dtype=np.uint64)
+    assert contains(members, queries).tolist() == [True, False, False, True]
+    assert not contains(members, item_digests(["x"], "url")).any()
+    assert not np.array_equal(item_digests(["p"], "url"), item_digests(["p"], "paragraph"))  # kinds never collide
 
 
 def doc(doc_id, text, url=None):
@@ -129,21 +63,38 @@ def output_bytes(out):
             if path.is_file()}
 
 
+def balanced(stats):
+    return stats["documents_in"] == (stats["removed_contaminated"] + stats["removed_url"] + stats["removed_exact"]
+                                     + stats["documents_emptied"] + stats["documents_kept"])
+
+
 def test_first_occurrence_across_sources_is_kept(corpus, tmp_path):
     stats = deduplicate(corpus, tmp_path / "out", DedupConfig())
     assert kept_docs(tmp_path / "out", "a-books") == {
         "a1": "Shared paragraph one.\nShared paragraph two.", "a2": "A text that a-books also has."}
     assert kept_docs(tmp_path / "out", "b-web") == {"b4": "Fresh start.\nFresh end.", "b5": "Only in b1."}
     a, b = stats["sources"]["a-books"], stats["sources"]["b-web"]
-    assert a == {"documents_in": 3, "removed_contaminated": 0, "documents_without_url": 1, "removed_url": 0, "removed_exact": 1,
-                 "paragraphs_removed": 0, "documents_emptied": 0, "documents_kept": 2, "bytes_kept": 72}
-    assert b == {"documents_in": 5, "removed_contaminated": 0, "documents_without_url": 0, "removed_url": 1, "removed_exact": 1,
-                 "paragraphs_removed": 3, "documents_emptied": 1, "documents_kept": 2, "bytes_kept": 34}
-    for s in (a, b):
-        assert s["documents_in"] == (s["removed_contaminated"] + s["removed_url"] + s["removed_exact"]
-                                     + s["documents_emptied"] + s["documents_kept"])
-    assert stats["bloom"]["items"] > 0 and stats["bloom"]["hashes"] == 20
-    assert not list((tmp_path / "out").glob(".bloom-*"))  # the scratch filter is gone
+    assert a == {"documents_in": 3, "removed_contaminated": 0, "documents_without_url": 1, "removed_url": 0,
+                 "removed_exact": 1, "paragraphs_removed": 0, "documents_emptied": 0, "documents_kept": 2,
+                 "bytes_kept": 72}
+    assert b == {"documents_in": 5, "removed_contaminated": 0, "documents_without_url": 0, "removed_url": 1,
+                 "removed_exact": 1, "paragraphs_removed": 3, "documents_emptied": 1, "documents_kept": 2,
+                 "bytes_kept": 34}
+    assert balanced(a) and balanced(b)
+    # URLs of every document; texts of those not removed by URL; paragraphs of those not removed either
+    assert stats["distinct_items"] == {"url": 6, "text": 5, "paragraph": 6}
+    assert not list((tmp_path / "out").glob(".dedup-*"))  # the scratch folder is gone
+
+
+def test_documents_kept_whole_keep_their_line_and_the_others_are_written_as_every_stage_writes(corpus, tmp_path):
+    (corpus / "c-raw").mkdir()
+    (corpus / "c-raw" / "c.jsonl").write_text('{"text": "Kept whole.",  "id": "c1", "source": "s"}\n\n'
+                                              '{"text": "Fresh.\\nShared paragraph one.", "id": "c2", "source": "s"}\n')
+    deduplicate(corpus, tmp_path / "out", DedupConfig())
+    written = output_bytes(tmp_path / "out")["documents/c-raw/c.jsonl.gz"]
+    assert gzip.decompress(written).decode().splitlines() == [
+        '{"text": "Kept whole.",  "id": "c1", "source": "s"}',
+        '{"id": "c2", "source": "s", "text": "Fresh."}']
 
 
 def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and_counted(corpus, tmp_path):
@@ -152,18 +103,18 @@ def test_documents_holding_a_long_paragraph_of_an_evaluation_set_are_removed_and
     write_jsonl_gz(corpus / "c-forum" / "c-00000.jsonl.gz", [
         doc("c1", f"Intro line.\n  {leaked}  \nOutro.", "https://x/c1"),  # a 5+ word COPA paragraph: removed
         doc("c2", f"{leaked} and more words after it.", "https://x/c2"),  # not the same paragraph: kept
-        doc("c3", "Shared paragraph one.", "https://x/c3"),  # the URL of c1 is not seen: paragraph dedup as usual
+        doc("c3", "Intro line.", "https://x/c3"),  # c1 added nothing: its paragraph "Intro line." is new here
     ])
     config = DedupConfig.from_dict({"decontaminate": ["copa"], "decontamination_min_words": 5})
     stats = deduplicate(corpus, tmp_path / "out", config, work_dir=tmp_path / "work" / "dedup")
     c = stats["sources"]["c-forum"]
-    assert kept_docs(tmp_path / "out", "c-forum") == {"c2": f"{leaked} and more words after it."}
-    assert (c["removed_contaminated"], c["documents_emptied"], c["documents_kept"]) == (1, 1, 1)
+    assert kept_docs(tmp_path / "out", "c-forum") == {"c2": f"{leaked} and more words after it.", "c3": "Intro line."}
+    assert (c["removed_contaminated"], c["documents_emptied"], c["documents_kept"]) == (1, 0, 2) and balanced(c)
     assert stats["total"]["removed_contaminated"] == 1
     assert stats["decontamination"]["tasks"] == ["copa"] and stats["decontamination"]["paragraphs"] > 100
     plain = deduplicate(corpus, tmp_path / "plain", DedupConfig())
     assert plain["sources"]["c-forum"]["removed_contaminated"] == 0
-    assert plain["sources"]["c-forum"]["documents_kept"] == 2
+    assert kept_docs(tmp_path / "plain", "c-forum").keys() == {"c1", "c2"}  # c3 repeats c1's first line
     with pytest.raises(ConfigError, match="dedup.decontaminate: unknown task 'nope'"):
         DedupConfig.from_dict({"decontaminate": ["nope"]})
 
@@ -173,6 +124,7 @@ def test_each_dedup_kind_can_be_switched_off(corpus, tmp_path):
     b = stats["sources"]["b-web"]
     assert (b["removed_url"], b["removed_exact"], b["paragraphs_removed"], b["documents_kept"]) == (0, 1, 0, 4)
     assert kept_docs(tmp_path / "out", "b-web")["b1"] == "Shared paragraph one.\nOnly in b1."
+    assert stats["distinct_items"].keys() == {"text"}
 
 
 def test_paragraph_dedup_skips_code_sources_by_default(tmp_path):
@@ -186,27 +138,11 @@ def test_paragraph_dedup_skips_code_sources_by_default(tmp_path):
     assert kept_docs(tmp_path / "all", "python-code")["g"] == "# g\n"
 
 
-def test_every_exact_repeat_is_removed_and_the_first_kept(tmp_path):
-    rng = random.Random(1)
-    texts = [f"document number {i}\nwith a second line" for i in range(1_000)]
-    first_ids, removed = {}, 0
-    for source in ("a", "b"):
-        for shard in range(3):
-            rows = [doc(f"{source}{shard}-{i}", rng.choice(texts)) for i in range(500)]
-            write_jsonl_gz(tmp_path / "in" / source / f"{shard:05d}.jsonl.gz", rows)
-            for row in rows:
-                removed += row["text"] in first_ids
-                first_ids.setdefault(row["text"], row["id"])
-    stats = deduplicate(tmp_path / "in", tmp_path / "out", DedupConfig.from_dict({"url": False, "paragraph": False}))
-    assert stats["total"]["removed_exact"] == removed > 1_500
-    kept = {**kept_docs(tmp_path / "out", "a"), **kept_docs(tmp_path / "out", "b")}
-    assert kept == {doc_id: text for text, doc_id in first_ids.items()}
-
-
-def random_corpus(root, seed=0):
-    """Three sources of three shards with repeated URLs, texts, paragraphs, blank lines and blank documents."""
+def random_corpus(root, seed=0, leaked=()):
+    """Three sources of three shards with repeated URLs, texts and paragraphs across shards and sources, missing
+    URLs, blank lines, blank documents, a code source, and now and then a ``leaked`` paragraph."""
     rng = random.Random(seed)
-    pool = [f"paragraph {i} " + "word " * rng.randrange(1, 8) for i in range(300)]
+    pool = [f"paragraph {i} " + "word " * rng.randrange(1, 8) for i in range(300)] + list(leaked)
     made = []
     for source in ("a-web", "b-books", "c-code"):
         for shard in range(3):
@@ -222,8 +158,9 @@ def random_corpus(root, seed=0):
     return root
 
 
-def item_by_item(root, config):
-    """The stage's semantics with exact Python sets, document by document: kept texts and stats per source."""
+def reference(root, config):
+    """The stage's semantics with Python sets, document by document in global order: kept texts, stats."""
+    evaluation = set(task_paragraphs(config.decontaminate, config.decontamination_min_words))
     seen, kept, stats = set(), {}, {}
     for source in sorted(p.name for p in root.iterdir()):
         kept[source], s = {}, dedup._empty_stats()
@@ -231,9 +168,12 @@ def item_by_item(root, config):
             for _, d in read_documents(path):
                 s["documents_in"] += 1
                 url, text = (d.get("metadata") or {}).get("url"), d["text"]
-                if config.url and url is None:
-                    s["documents_without_url"] += 1
-                elif config.url:
+                s["documents_without_url"] += config.url and url is None  # contaminated or not
+                if any(is_long(line.strip(), config.decontamination_min_words) and line.strip() in evaluation
+                       for line in text.split("\n")):
+                    s["removed_contaminated"] += 1
+                    continue
+                if config.url and url is not None:
                     if ("url", url) in seen:
                         s["removed_url"] += 1
                         continue
@@ -263,119 +203,146 @@ def item_by_item(root, config):
     return kept, stats
 
 
-@pytest.mark.parametrize("settings", [{}, {"url": False}, {"exact": False, "paragraph_sources": "*"}])
-def test_shard_decisions_equal_item_by_item_decisions(tmp_path, settings):
-    root = random_corpus(tmp_path / "in")
+LEAKED = tuple(p for q in load_task("copa")[:40] for text in q.contexts for p in long_paragraphs(text, 4))
+
+
+@pytest.mark.parametrize("seed, settings", [
+    (0, {}),
+    (1, {"url": False}),
+    (2, {"exact": False, "paragraph_sources": "*"}),
+    (3, {"decontaminate": ["copa"], "decontamination_min_words": 4}),
+])
+def test_decisions_equal_a_brute_force_reference_for_any_partition_count(tmp_path, seed, settings):
+    root = random_corpus(tmp_path / "in", seed, LEAKED)
     config = DedupConfig.from_dict(settings)
-    stats = deduplicate(root, tmp_path / "out", config)
-    expected_kept, expected_stats = item_by_item(root, config)
-    assert stats["sources"] == expected_stats
-    assert {source: kept_docs(tmp_path / "out", source) for source in expected_kept} == expected_kept
+    expected_kept, expected_stats = reference(root, config)
+    runs = []
+    for partitions in (1, 2, 3, 7):
+        out = tmp_path / f"out{partitions}"
+        runs.append((deduplicate(root, out, config, partitions=partitions), output_bytes(out)))
+        assert {source: kept_docs(out, source) for source in expected_kept} == expected_kept
+    stats, written = runs[0]
+    assert stats["sources"] == expected_stats and all(balanced(s) for s in expected_stats.values())
+    assert all(run == runs[0] for run in runs[1:])  # stats and bytes
     total = stats["total"]
     assert total["paragraphs_removed"] > 100 and total["removed_url"] + total["removed_exact"] > 20
+    assert total["removed_contaminated"] > 5 if settings.get("decontaminate") else total["removed_contaminated"] == 0
 
 
-def test_output_is_deterministic_whatever_the_number_of_workers(tmp_path):
-    root = random_corpus(tmp_path / "in", seed=1)
-    runs = [deduplicate(root, tmp_path / f"out{i}", DedupConfig(), num_workers=workers)
-            for i, workers in enumerate((1, 1, 2))]
-    assert runs[0] == runs[1] == runs[2]
-    assert output_bytes(tmp_path / "out0") == output_bytes(tmp_path / "out1") == output_bytes(tmp_path / "out2")
-    assert len(output_bytes(tmp_path / "out0")) == 9
+def test_every_exact_repeat_is_removed_and_the_first_kept(tmp_path):
+    rng = random.Random(1)
+    texts = [f"document number {i}\nwith a second line" for i in range(1_000)]
+    first_ids, removed = {}, 0
+    for source in ("a", "b"):
+        for shard in range(3):
+            rows = [doc(f"{source}{shard}-{i}", rng.choice(texts)) for i in range(500)]
+            write_jsonl_gz(tmp_path / "in" / source / f"{shard:05d}.jsonl.gz", rows)
+            for row in rows:
+                removed += row["text"] in first_ids
+                first_ids.setdefault(row["text"], row["id"])
+    stats = deduplicate(tmp_path / "in", tmp_path / "out", DedupConfig.from_dict({"url": False, "paragraph": False}),
+                        partitions=4)
+    assert stats["total"]["removed_exact"] == removed > 1_500
+    kept = {**kept_docs(tmp_path / "out", "a"), **kept_docs(tmp_path / "out", "b")}
+    assert kept == {doc_id: text for text, doc_id in first_ids.items()}
 
 
-class Crash(Exception):
-    pass
+def test_output_is_the_same_on_one_process_or_two(tmp_path):
+    root = random_corpus(tmp_path / "in", seed=4)
+    one = deduplicate(root, tmp_path / "one", DedupConfig(), engine=LocalEngine(1))
+    two = deduplicate(root, tmp_path / "two", DedupConfig(), engine=LocalEngine(2))  # partitions: 2 by default
+    assert one == two
+    assert output_bytes(tmp_path / "one") == output_bytes(tmp_path / "two")
+    assert len(output_bytes(tmp_path / "one")) == 9
 
 
-def crash_on(monkeypatch, name, count, when="before", folder=None):
-    """Make module function ``name`` raise on its ``count``-th call (for files under ``folder`` if given)."""
-    original, calls = getattr(dedup, name), []
-
-    def wrapped(path, *args):
-        counted = folder is None or folder in path.parts
-        calls.extend([path] if counted else [])
-        crash = counted and len(calls) == count
-        if crash and when == "before":
-            raise Crash(path)
-        result = original(path, *args)
-        if crash:
-            raise Crash(path)
-        return result
-
-    monkeypatch.setattr(dedup, name, wrapped)
+def test_a_partition_job_holds_only_its_keys(tmp_path):
+    root = random_corpus(tmp_path / "in", seed=5)
+    deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work", partitions=3)
+    run = dedup.DedupRun(tmp_path / "work", 3, DedupConfig().kinds)
+    for key in run.shard_keys():
+        for kind in run.kinds:
+            everything = load_array(run.items(key, kind))
+            parts = [run.partition_items(key, kind, p) for p in range(3)]
+            assert sum(len(part) for part in parts) == len(everything)
+            for p, part in enumerate(parts):
+                assert (part["digest"][:, 0] % 3 == p).all()
+                assert (np.diff(part["doc"].astype(np.int64) * 100 + part["line"]) > 0).all()  # document order
 
 
-def count_reads(monkeypatch):
-    reads = []
-    original = dedup._read_shard
-    monkeypatch.setattr(dedup, "_read_shard", lambda job, config: reads.append(job.key) or original(job, config))
-    return reads
+PHASES = {"hash": "hash_shard", "url": "decide_partition", "text": "decide_partition",
+          "paragraph": "decide_partition", "write": "write_shard"}
 
 
-@pytest.mark.parametrize("crash, workers", [
-    (("_write_file", "before", "undo"), 1),  # while saving the undo log: no bit set yet
-    (("_write_output", "before", None), 1),  # bits set, no output
-    (("_write_file", "before", "done"), 1),  # output written, no marker
-    (("_write_file", "after", "done"), 1),  # marker written, undo log not deleted
-    (("_write_file", "before", "done"), 2),  # later shards may have set their bits already
-    (("_write_file", "after", "done"), 2),
+def count_jobs(monkeypatch):
+    """Record the phase and key of every job run (in this process: LocalEngine(1))."""
+    calls = []
+    for name in set(PHASES.values()):
+        original = getattr(dedup, name)
+
+        def counted(job, original=original):
+            calls.append((getattr(job, "kind", None) or ("hash" if isinstance(job, HashJob) else "write"), job.key))
+            return original(job)
+
+        monkeypatch.setattr(dedup, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("phase, when", [
+    ("hash", "before"), ("url", "after"), ("text", "before"), ("paragraph", "after"), ("write", "before"),
+    ("write", "after"),
 ])
-def test_rerun_after_a_crash_skips_finished_shards_and_matches_an_uninterrupted_run(
-        tmp_path, monkeypatch, crash, workers):
-    root = random_corpus(tmp_path / "in", seed=2)
-    expected = deduplicate(root, tmp_path / "clean", DedupConfig())
-    name, when, folder = crash
+def test_a_rerun_after_a_failed_job_redoes_only_unfinished_jobs_and_writes_the_same_bytes(
+        tmp_path, monkeypatch, phase, when):
+    root = random_corpus(tmp_path / "in", seed=6)
+    config, partitions = DedupConfig(), 3
+    expected = deduplicate(root, tmp_path / "clean", config, partitions=partitions)
+    name, original, calls = PHASES[phase], getattr(dedup, PHASES[phase]), []
+
+    def failing(job):
+        if phase in ("hash", "write") or job.kind == phase:
+            calls.append(job.key)
+            if len(calls) == 2:  # the second job of the phase fails, before or after writing its outputs
+                if when == "after":
+                    original(job)
+                raise RuntimeError("worker died")
+        return original(job)
+
     with monkeypatch.context() as patch:
-        crash_on(patch, name, 4, when, folder)  # in this process: the filter's, not the workers' side
-        with pytest.raises(Crash):
-            deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work", num_workers=workers)
-    finished = len(list((tmp_path / "work" / "done").rglob("*.json")))
-    assert finished == (4 if when == "after" else 3)
-    reads = count_reads(monkeypatch)
-    assert deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work") == expected
-    assert len(reads) == 9 - finished
+        patch.setattr(dedup, name, failing)
+        with pytest.raises(RuntimeError, match="worker died"):
+            deduplicate(root, tmp_path / "out", config, tmp_path / "work", partitions=partitions)
+    jobs = count_jobs(monkeypatch)
+    assert deduplicate(root, tmp_path / "out", config, tmp_path / "work", partitions=partitions) == expected
     assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")
-    assert not list((tmp_path / "work" / "undo").rglob("*.npz"))
-    reads.clear()
-    assert deduplicate(root, tmp_path / "out", DedupConfig(), work_dir=tmp_path / "work") == expected
-    assert reads == []  # a finished run reads nothing again
+    phases = list(PHASES)
+    for other in phases:
+        ran = [key for ran_phase, key in jobs if ran_phase == other]
+        total = 9 if other in ("hash", "write") else partitions
+        done_before = total if phases.index(other) < phases.index(phase) else 1 if other == phase else 0
+        assert len(ran) == total - done_before, other
+    jobs.clear()
+    assert deduplicate(root, tmp_path / "out", config, tmp_path / "work", partitions=partitions) == expected
+    assert jobs == []  # a finished run runs no job again
 
 
-def test_reopening_a_work_dir_clears_the_bits_of_every_unfinished_shard(tmp_path):
-    config = DedupConfig(expected_items=1_000)
-    jobs = [dedup.ShardJob("s", tmp_path / f"{i}.jsonl.gz", f"{i:05d}") for i in range(3)]
-    items = [item_digests([f"{i}-{j}" for j in range(200)], "paragraph") for i in range(3)]
-    work = dedup._WorkFolder(tmp_path / "work", config, durable=True)
-    seen = work.open_filter(jobs)
-    work.add(jobs[0], seen, items[0])
-    work.finish(jobs[0], seen, {"stats": {}, "items": 200})
-    after_first = (tmp_path / "work" / "seen.bloom").read_bytes()
-    work.add(jobs[1], seen, items[1])  # two shards in flight, as with several workers
-    work.add(jobs[2], seen, items[2])
-    seen.flush()
-    assert (tmp_path / "work" / "seen.bloom").read_bytes() != after_first
-    dedup._WorkFolder(tmp_path / "work", config, durable=True).open_filter(jobs)
-    assert (tmp_path / "work" / "seen.bloom").read_bytes() == after_first
-    assert not list((tmp_path / "work" / "undo").rglob("*.npz"))
+def test_a_work_dir_of_other_settings_starts_over(tmp_path, caplog):
+    root = random_corpus(tmp_path / "in", seed=7)
+    deduplicate(root, tmp_path / "out", DedupConfig.from_dict({"paragraph": False}), tmp_path / "work", partitions=2)
+    expected = deduplicate(root, tmp_path / "clean", DedupConfig())
+    for partitions in (2, 3):  # another config, then another partition count
+        with caplog.at_level("WARNING"):
+            stats = deduplicate(root, tmp_path / "out", DedupConfig(), tmp_path / "work", partitions=partitions)
+        assert "starting over" in caplog.text
+        caplog.clear()
+        assert stats == expected
+        assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")
 
 
-def test_other_settings_in_the_work_dir_start_over(tmp_path, caplog):
-    root = random_corpus(tmp_path / "in", seed=3)
-    deduplicate(root, tmp_path / "out", DedupConfig.from_dict({"paragraph": False}), work_dir=tmp_path / "work")
-    config = DedupConfig.from_dict({"expected_items": 5_000})
-    expected = deduplicate(root, tmp_path / "clean", config)
-    with caplog.at_level("WARNING"):
-        stats = deduplicate(root, tmp_path / "out", config, work_dir=tmp_path / "work")
-    assert "starting over" in caplog.text
-    assert stats == expected
-    assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")
-
-
-def test_dedup_config_errors():
+def test_dedup_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"dedup: unknown key\(s\) 'urls'"):
         DedupConfig.from_dict({"urls": True})
-    with pytest.raises(ConfigError, match=r"dedup\.false_positive_rate"):
-        DedupConfig.from_dict({"false_positive_rate": 0})
     with pytest.raises(ConfigError, match=r"dedup\.paragraph_sources"):
         DedupConfig.from_dict({"paragraph_sources": "code"})
+    with pytest.raises(ValueError, match="partitions must be >= 1, got 0"):
+        deduplicate(tmp_path, tmp_path / "out", DedupConfig(), partitions=0)
