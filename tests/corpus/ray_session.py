@@ -17,11 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 TANGO = Path(sys.executable).parent / "tango"
 TASK_TITLE = "ray::_on_node"  # a Ray worker's command line while it runs a task of steps.common.engine
 TIMEOUT_S = 300
+T = TypeVar("T")
 
 
 def start(work: Path, workspace: str) -> subprocess.Popen:
@@ -48,12 +50,14 @@ def busy_workers() -> dict[int, str]:
     return found
 
 
-def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+def wait_for(condition: Callable[[], T], process: subprocess.Popen, what: str) -> T:
+    """The first true value of ``condition()``, polled while ``process`` runs."""
     deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
+    while not (value := condition()):
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"never saw {what}; run output:\n{process.communicate()[0][-3000:]}")
         time.sleep(0.02)
+    return value
 
 
 def finish(process: subprocess.Popen) -> dict:
@@ -62,9 +66,13 @@ def finish(process: subprocess.Popen) -> dict:
 
 
 def kill_a_worker(work: Path) -> dict:
+    """Kill a worker in its first tag task (seconds long: it imports the taggers), as soon as tag starts."""
     run = start(work, "killed")
-    wait_for(lambda: tag_markers(work / "killed") and busy_workers(), run, "a busy worker during tag")
-    pid, command = next(iter(busy_workers().items()))
+
+    def busy_in_tag() -> dict[int, str]:
+        return busy_workers() if any((work / "killed").glob("work/TagDocuments-*/inputs")) else {}
+
+    pid, command = next(iter(wait_for(busy_in_tag, run, "a busy worker during tag").items()))
     os.kill(pid, signal.SIGKILL)
     return {**finish(run), "killed_pid": pid, "killed_command": command}
 
