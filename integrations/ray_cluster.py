@@ -12,7 +12,9 @@ Why the namespaces: on Linux Ray puts the machine's interface address in place o
 ``--node-ip-address 127.0.0.1``; where loopback is the only interface, every node reports 127.0.0.1 and nothing
 listens outside. In its own process namespace ``ray stop`` sees (and stops) this cluster only, never another
 Ray on the machine, and when the command ends the kernel ends whatever the cluster left running. Both need
-root (or an unprivileged user namespace). Two nodes start and stop in about 10 s on 2 cores.
+root (or an unprivileged user namespace). Two nodes start and stop in about 10 s on 2 cores. Token
+authentication is off (``RAY_AUTH_MODE=disabled``): nothing outside the namespace can reach the cluster, and Ray 2.60
+would otherwise turn it on for the head alone whenever a ``~/.ray/auth_token`` exists, which the workers then fail.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def cluster_script(command: str, temp_dir: Path, nodes: int = 2, cpus_per_node: 
     started = " && ".join(f"{line} >>{log} 2>&1" for line in start)
     return "\n".join([
         "ip link set lo up || exit 1",
-        f"export RAY_USAGE_STATS_ENABLED=0 RAY_ADDRESS=127.0.0.1:{port}",
+        f"export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ADDRESS=127.0.0.1:{port}",
         f"if ! ( {started} ); then cat {log} >&2; {shlex.quote(str(ray))} stop --force >/dev/null 2>&1; exit 1; fi",
         command,
         "status=$?",
