@@ -10,14 +10,15 @@ The work folder of a run (:class:`DedupRun`, every path below it):
   :data:`KINDS` order) ``partitions + 1`` offsets, partition ``p`` being rows ``offsets[k, p]:offsets[k, p + 1]``;
   ``items/<shard>/text_bytes.npy``: each document's UTF-8 text size;
 - ``repeats/<kind>/<p>.npy``: partition ``p``'s items that repeat an earlier one, :data:`REPEAT` records in global order;
-- ``fates/<stage>/<shard>.npy``: each document's fate (:data:`ALIVE` or why it was removed) after the hash phase,
-  the url round and the text round;
+- ``fates/<stage>/<shard>.npy``: each document's fate (:data:`ALIVE` or why it was removed) after the hash phase
+  (``hash``), the url round and the text round;
 - ``done/<phase>/...``: the markers of finished jobs.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
 from contextlib import contextmanager
@@ -34,7 +35,6 @@ from steps.corpus.decontamination import is_long
 KINDS = ("url", "text", "paragraph")  # the rounds, in cascade order; also the digests' personalisation
 ALIVE, CONTAMINATED, REMOVED_URL, REMOVED_EXACT = range(4)  # a document's fate (uint8)
 REMOVED_BY = {"url": REMOVED_URL, "text": REMOVED_EXACT}  # the rounds that remove whole documents
-FATE_STAGES = ("hash", "url", "text")  # the stages after which fates are written, in order
 ITEM = np.dtype([("digest", "<u8", (2,)), ("doc", "<u4"), ("line", "<u4")])  # line: of a paragraph, else 0
 REPEAT = np.dtype([("shard", "<u4"), ("doc", "<u4"), ("line", "<u4")])  # shard: its index in global order
 
@@ -42,10 +42,13 @@ REPEAT = np.dtype([("shard", "<u4"), ("doc", "<u4"), ("line", "<u4")])  # shard:
 def item_digests(items: Sequence[str], kind: str) -> np.ndarray:
     """The items' 128-bit blake2b digests as an ``(n, 2)`` uint64 array, personalised by ``kind``
     (so a URL never equals a paragraph); the same on every process and machine."""
-    person, blake2b = kind.encode(), hashlib.blake2b
-    packed = b"".join([blake2b(item.encode("utf-8", "surrogatepass"), digest_size=16, person=person).digest()
-                       for item in items])
-    return np.frombuffer(packed, dtype="<u8").reshape(-1, 2)
+    fresh = hashlib.blake2b(digest_size=16, person=kind.encode()).copy  # a copy is cheaper than a new hash
+    digests = []
+    for item in items:
+        digest = fresh()
+        digest.update(item.encode("utf-8", "surrogatepass"))
+        digests.append(digest.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
 
 
 def first_occurrences(digests: np.ndarray) -> np.ndarray:
@@ -119,9 +122,10 @@ class DedupRun:
         return self.root / "done" / phase
 
     def fates_before(self, stage: str) -> str:
-        """The stage whose fates ``stage`` (a kind or "write") starts from: the last one run before it."""
-        order = ("hash", *KINDS, "write")
-        return [s for s in order[:order.index(stage)] if s in FATE_STAGES and (s == "hash" or s in self.kinds)][-1]
+        """Whose fates ``stage`` (a kind or "write") starts from: the last round before it that removes documents,
+        else the hash phase."""
+        earlier = KINDS[:KINDS.index(stage)] if stage in KINDS else KINDS
+        return next((kind for kind in reversed(earlier) if kind in REMOVED_BY and kind in self.kinds), "hash")
 
     def partition_items(self, key: str, kind: str, partition: int) -> np.ndarray:
         """Partition ``partition`` of a shard's items of ``kind`` (read alone, from a memory map)."""
@@ -154,14 +158,13 @@ def _records(digests: np.ndarray, docs: Sequence[int], lines: Sequence[int] | in
 
 def _paragraph_items(paragraph_lines: list[list[str]]) -> np.ndarray:
     """Every non-blank paragraph of the documents (their stripped lines), as items."""
-    docs, lines, paragraphs = [], [], []
-    for doc, stripped in enumerate(paragraph_lines):
-        for line, paragraph in enumerate(stripped):
-            if paragraph:
-                docs.append(doc)
-                lines.append(line)
-                paragraphs.append(paragraph)
-    return _records(item_digests(paragraphs, "paragraph"), docs, lines)
+    counts = np.array([len(stripped) for stripped in paragraph_lines], dtype=np.int64)
+    paragraphs = [paragraph for stripped in paragraph_lines for paragraph in stripped]
+    present = np.array([bool(paragraph) for paragraph in paragraphs], dtype=bool)
+    docs = np.repeat(np.arange(len(counts)), counts)
+    lines = np.arange(len(paragraphs)) - np.repeat(np.cumsum(counts) - counts, counts)
+    digests = item_digests(list(itertools.compress(paragraphs, present)), "paragraph")
+    return _records(digests, docs[present], lines[present])
 
 
 def _contaminated(run: DedupRun, paragraph_lines: list[list[str]], min_words: int) -> np.ndarray:
