@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "workflows" / "olmo-micro.jsonnet"
 PORT = 6391  # the cluster's own network namespace: no other process can hold it
 CORPUS = ("source_python_docs", "source_package_metadata", "tag", "filter", "dedup", "mix", "tokenize")
-SHARD_BYTES = 8192  # 43 source shards: every sharded stage has work for both nodes
-PROGRESS = re.compile(r"tag: 43/43 shards, [\d,]+ documents/s, ETA \d\d:\d\d:\d\d")
+SHARD_BYTES = 8192  # some 40 source shards: every sharded stage has work for both nodes
 
 
 def write_workflows(directory: Path, address: str) -> tuple[Path, Path]:
@@ -63,6 +62,8 @@ def test_corpus_steps_on_a_two_node_cluster_survive_killed_workers_and_drivers(t
     expected = result_bytes(tmp_path / "local")
     unique_ids = {StepGraph.from_file(local)[name].unique_id for name in CORPUS}
     assert unique_ids <= {path.split("/")[0] for path in expected}
+    shards = len(list((tmp_path / "local" / "results").glob("CorpusSource-*/data/documents/*/*.jsonl.gz")))
+    assert shards > 10
 
     session = run_on_cluster([sys.executable, str(Path(__file__).with_name("ray_session.py")), str(tmp_path)],
                              port=PORT, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -77,15 +78,15 @@ def test_corpus_steps_on_a_two_node_cluster_survive_killed_workers_and_drivers(t
     assert f"Worker PID: {killed['killed_pid']}" in killed["output"] and "the task will be retried" in killed["output"]
     assert result_bytes(tmp_path / "killed") == expected
     output = killed["output"]
-    assert PROGRESS.search(output), output[-4000:]
-    assert "Ray: 43 tasks ran on 2 nodes" in output  # tag (or filter, whose tasks are quicker): both nodes worked
+    assert re.search(rf"tag: {shards}/{shards} shards, [\d,]+ documents/s, ETA \d\d:\d\d:\d\d", output), output[-4000:]
+    assert f"Ray: {shards} tasks ran on 2 nodes" in output  # tag (or filter, with quicker tasks): both nodes
     for stage in ("dedup: [a-z]+", "mix", "tokenize"):  # on Ray too (its log line follows the stage's last one)
         assert re.search(rf"{stage}: \d+/\d+ shards, [^\n]*\n[^\n]*Ray: \d+ tasks ran on", output), stage
 
     # The driver killed after some tag shards: the run again redoes only the others, and writes the same bytes.
     resumed = found["killed_driver"]
     assert resumed["first_status"] == -9 and resumed["status"] == 0, resumed["output"][-4000:]
-    done = int(re.search(r"tag: resuming, (\d+) of 43 shards already done", resumed["output"])[1])
-    assert 3 <= resumed["done_at_kill"] == done < 43
-    assert f"Ray: {43 - done} tasks ran on" in resumed["output"]
+    done = int(re.search(rf"tag: resuming, (\d+) of {shards} shards already done", resumed["output"])[1])
+    assert 3 <= resumed["done_at_kill"] == done < shards
+    assert f"Ray: {shards - done} tasks ran on" in resumed["output"]
     assert result_bytes(tmp_path / "resumed") == expected
