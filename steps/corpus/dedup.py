@@ -26,7 +26,7 @@ the work folder's layout), so it scales past one machine:
 
 Each partition decides "first occurrence kept" in global order over all the items of its keys, so the decisions
 are those of one process walking the corpus in order, for any partition count; a job's memory is bounded by its
-partition (24 bytes per item: digest, document, line). The items are exact digests, sorted per partition, not a
+partition (24 bytes per item: digest, document, line; about twice that while it sorts). The items are exact digests, sorted per partition, not a
 Bloom filter: a Bloom filter's false positives depend on which items share it, so only exact digests make the
 bytes provably independent of the partition count; they make no false positive (two distinct items collide with
 probability about n² / 2¹²⁹), at 16 bytes per item, and partitions bound the memory that costs.

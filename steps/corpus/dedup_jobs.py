@@ -37,6 +37,7 @@ ALIVE, CONTAMINATED, REMOVED_URL, REMOVED_EXACT = range(4)  # a document's fate 
 REMOVED_BY = {"url": REMOVED_URL, "text": REMOVED_EXACT}  # the rounds that remove whole documents
 ITEM = np.dtype([("digest", "<u8", (2,)), ("doc", "<u4"), ("line", "<u4")])  # line: of a paragraph, else 0
 REPEAT = np.dtype([("shard", "<u4"), ("doc", "<u4"), ("line", "<u4")])  # shard: its index in global order
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)  # as steps.common.documents writes documents
 
 
 def item_digests(items: Sequence[str], kind: str) -> np.ndarray:
@@ -232,38 +233,38 @@ class PartitionJob:
 def decide_partition(job: PartitionJob) -> dict[str, int]:
     """Decide first occurrences among one partition's items of one kind, over the documents still alive, in
     global order; save the repeats. Returns the partition's items and how many are distinct."""
-    run, kind, parts = job.run, job.kind, []
+    run, kind, parts, shards = job.run, job.kind, [], []
     for shard, key in enumerate(run.shard_keys()):
         items = run.partition_items(key, kind, job.partition)
-        fates = load_array(run.fates(run.fates_before(kind), key))
-        items = items[fates[items["doc"]] == ALIVE]
-        repeat = np.empty(len(items), dtype=REPEAT)
-        repeat["shard"], repeat["doc"], repeat["line"] = shard, items["doc"], items["line"]
-        parts.append((items["digest"], repeat))
-    digests = np.concatenate([digest for digest, _ in parts])
-    first = first_occurrences(digests)
-    save_array(run.repeats(kind, job.partition), np.concatenate([repeat for _, repeat in parts])[~first])
-    return {"items": len(first), "distinct": int(np.count_nonzero(first))}
+        items = items[load_array(run.fates(run.fates_before(kind), key))[items["doc"]] == ALIVE]
+        parts.append(items)
+        shards.append(np.full(len(items), shard, dtype=np.uint32))
+    items, shard_of = np.concatenate(parts), np.concatenate(shards)
+    repeat = ~first_occurrences(items["digest"])
+    repeats = np.empty(np.count_nonzero(repeat), dtype=REPEAT)
+    repeats["shard"], repeats["doc"], repeats["line"] = shard_of[repeat], items["doc"][repeat], items["line"][repeat]
+    save_array(run.repeats(kind, job.partition), repeats)
+    return {"items": len(items), "distinct": len(items) - len(repeats)}
 
 
-def shard_repeats(run: DedupRun, kind: str, shard: int) -> list[np.ndarray]:
-    """A shard's repeats of ``kind``, from every partition."""
-    found = []
-    for partition in range(run.partitions):
-        repeats = load_array(run.repeats(kind, partition), mmap=True)
-        start, end = np.searchsorted(repeats["shard"], [shard, shard + 1])
-        found.append(np.array(repeats[start:end]))
-    return found
+def all_repeats(run: DedupRun, kind: str) -> list[np.ndarray]:
+    """Every partition's repeats of ``kind``, memory-mapped."""
+    return [load_array(run.repeats(kind, partition), mmap=True) for partition in range(run.partitions)]
+
+
+def shard_repeats(repeats: list[np.ndarray], shard: int) -> np.ndarray:
+    """One shard's repeats, from every partition's (:func:`all_repeats`)."""
+    bounds = [np.searchsorted(part["shard"], [shard, shard + 1]) for part in repeats]
+    return np.concatenate([part[start:end] for part, (start, end) in zip(repeats, bounds)])
 
 
 def settle_fates(run: DedupRun, kind: str) -> None:
     """Save each shard's fates after the ``kind`` round: those before it, with the documents whose item repeats
     marked removed. Derived from the round's outputs alone, so it may be redone."""
-    before = run.fates_before(kind)
+    before, repeats = run.fates_before(kind), all_repeats(run, kind)
     for shard, key in enumerate(run.shard_keys()):
         fates = load_array(run.fates(before, key))
-        for repeats in shard_repeats(run, kind, shard):
-            fates[repeats["doc"]] = REMOVED_BY[kind]
+        fates[shard_repeats(repeats, shard)["doc"]] = REMOVED_BY[kind]
         save_array(run.fates(kind, key), fates)
 
 
@@ -289,9 +290,9 @@ def _removed_lines(run: DedupRun, job: WriteJob) -> dict[int, set[int]]:
     """The lines each document loses to paragraph dedup."""
     removed: dict[int, set[int]] = {}
     if job.paragraphs and "paragraph" in run.kinds:
-        for repeats in shard_repeats(run, "paragraph", job.shard):
-            for doc, line in zip(repeats["doc"].tolist(), repeats["line"].tolist()):
-                removed.setdefault(doc, set()).add(line)
+        repeats = shard_repeats(all_repeats(run, "paragraph"), job.shard)
+        for doc, line in zip(repeats["doc"].tolist(), repeats["line"].tolist()):
+            removed.setdefault(doc, set()).add(line)
     return removed
 
 
@@ -299,7 +300,7 @@ def _without_lines(line: bytes, drop: set[int]) -> tuple[bytes, int]:
     """A document's jsonl line without the text lines ``drop``, serialised as every stage writes; its text size."""
     doc = json.loads(line)
     doc["text"] = "\n".join(text for number, text in enumerate(doc["text"].split("\n")) if number not in drop)
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8"), len(doc["text"].encode("utf-8"))
+    return _ENCODER.encode(doc).encode("utf-8"), len(doc["text"].encode("utf-8"))
 
 
 def _write_gz(path: Path, lines: list[bytes]) -> None:
