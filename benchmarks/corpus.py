@@ -1,26 +1,32 @@
-"""Corpus benchmark: this project's tag/filter, dedup and mix stages against the dolma toolkit.
+"""Corpus benchmark: this project's tag/filter, dedup and mix stages against the dolma toolkit and datatrove.
 
-``python benchmarks/corpus.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma``
-(once), writes a seeded input (:mod:`corpus_input`: 20,000 documents, 4,000 with ``--quick``, in
-8 shards over two sources), then runs each stage on it with both tools, 2 processes each where the
-tool has a setting for it, one command after the other. docs/s = documents / (wall clock − the
-command's fixed start-up, measured by dry runs); wall-clock and CPU-second figures come along:
+``python benchmarks/corpus.py [--quick]`` installs dolma 1.2.1 into ``benchmarks/.venv-dolma`` and
+datatrove 0.10.1 into ``benchmarks/.venv-datatrove`` (once each), writes a seeded input
+(:mod:`corpus_input`: 20,000 documents, 4,000 with ``--quick``, in 8 shards over two sources), then
+runs each stage on it with each tool, 2 processes each where the tool has a setting for it, one
+command after the other. docs/s = documents / (wall clock − the command's fixed start-up, measured by
+dry runs); wall-clock and CPU-second figures come along:
 
 - tagging: ``dolma tag`` with gopher_v1, c4_v1, pii_regex_v1 against our tag + filter with
   Gopher, C4 and PII (tagging, applying the rules and writing the kept documents);
+- the same tag + filter against datatrove (:mod:`corpus_datatrove`): its Gopher quality and
+  repetition filters, C4 quality filter and PII formatter in a ``LocalPipelineExecutor``, reading
+  the same shards and writing the kept documents;
 - dedup: three ``dolma dedupe`` runs (URL, exact text, paragraphs; it does one kind per run)
   against our one URL + exact + paragraph pass;
 - mixing: ``dolma mix`` passing every document through against our ``mix_sources`` at factor 1;
   also ``dolma mix`` with the Dolma v1.5 Gopher rules, whose kept count checks the peer decisions.
 
 Then it compares the Gopher decisions, document by document: dolma's gopher_v1 attributes judged by
-the Dolma v1.5 thresholds against ours judged by our default thresholds; and the PII span counts of
+the Dolma v1.5 thresholds against ours judged by our default thresholds, and datatrove's (the filter
+that dropped each document, from its exclusion writers) against ours; and the PII span counts of
 dolma's pii_regex_v1 against our PII tagger's under each of its rule sets (``tag.pii.rules``): of the
 documents where either tool finds PII, the fraction where the counts are equal, and of all documents,
 the fraction where both make the same "more than 5 spans: remove" decision.
 It appends the figures to ``benchmarks/RESULTS.md`` (its "corpus" section) and prints one JSON
-line, last. How the two tools' work differs is written down in RESULTS.md. :func:`ours_only` runs this
-project's side alone, untimed, at any size (the smoke test's toy run).
+line, last. How the tools' work differs is written down in RESULTS.md. :func:`ours_only` runs this
+project's side alone, untimed, at any size (the smoke test's toy run); :func:`datatrove_only` the
+same for datatrove's side.
 """
 from __future__ import annotations
 
@@ -51,6 +57,15 @@ DOLMA_VERSION = "1.2.1"
 # dolma pins s3fs 2023.6.0, whose aiobotocore pins botocore; with boto3 unpinned pip backtracks
 # through hundreds of boto3 releases (tens of minutes). s3fs's boto3 extra names the matching one.
 DOLMA_REQUIREMENTS = (f"dolma=={DOLMA_VERSION}", "s3fs[boto3]==2023.6.0")
+DATATROVE_VENV = BENCHMARKS / ".venv-datatrove"
+DATATROVE_VERSION = "0.10.1"
+# datatrove without extras, and what its steps here need: spaCy (its English word and sentence tokenizer is
+# spacy.blank("en"), whose rules ship in the wheel: nothing to download), regex (its text utilities) and orjson
+# (JsonlReader, JsonlWriter).
+DATATROVE_REQUIREMENTS = (f"datatrove=={DATATROVE_VERSION}", "spacy==3.8.18", "regex==2026.12.2", "orjson==3.13.0")
+DATATROVE_PROBE = (f"import importlib.metadata as m; assert m.version('datatrove') == {DATATROVE_VERSION!r}; "
+                   "import spacy, regex, orjson; spacy.blank('en')")
+TARGET_DATATROVE_RATIO = 2.0  # ours at >= 2x datatrove's docs/s, tag + filter
 EXPERIMENT = "bench"
 PEER_TAGGERS = ("gopher_v1", "c4_v1", "pii_regex_v1")
 MAX_SHARD_BYTES = 16 * 2**20
@@ -115,16 +130,8 @@ def run(command: list[str], log_file: Path) -> Measured:
     return Measured(seconds, cpu, result.stdout)
 
 
-def dolma_python_ok(python: Path) -> bool:
-    if not python.exists():
-        return False
-    check = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('dolma'))"],
-                           capture_output=True, text=True)
-    return check.returncode == 0 and check.stdout.strip() == DOLMA_VERSION
-
-
 def base_python() -> str:
-    """An interpreter dolma 1.2.1 supports (3.10 to 3.12) to make its virtualenv with."""
+    """An interpreter the peers support (dolma 1.2.1: 3.10 to 3.12) to make their virtualenvs with."""
     if (3, 10) <= sys.version_info[:2] <= (3, 12):
         return sys.executable
     for name in ("python3.12", "python3.11", "python3.10"):
@@ -133,16 +140,33 @@ def base_python() -> str:
     raise RuntimeError("dolma 1.2.1 needs Python 3.10 to 3.12; none found")
 
 
+def peer_ready(venv: Path, probe: str) -> bool:
+    """Whether ``venv``'s python exists and runs ``probe`` without error."""
+    python = venv / "bin" / "python"
+    return python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+
+
+def ensure_peer_venv(venv: Path, requirements: tuple[str, ...], probe: str) -> Path:
+    """The python of ``venv``, with ``requirements`` installed from PyPI (once) when ``probe`` fails in it."""
+    if not peer_ready(venv, probe):
+        log(f"installing {', '.join(requirements)} into {venv} (once; a minute or two)")
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([base_python(), "-m", "venv", str(venv)], check=True)
+        run([str(venv / "bin" / "pip"), "install", *requirements], venv / "install.log")
+        if not peer_ready(venv, probe):
+            raise RuntimeError(f"{venv}: installed {', '.join(requirements)}, but `{probe}` fails there")
+    return venv / "bin" / "python"
+
+
 def ensure_dolma() -> Path:
     """The ``dolma`` executable of ``benchmarks/.venv-dolma``, installed from PyPI when missing."""
-    if not dolma_python_ok(DOLMA_VENV / "bin" / "python"):
-        log(f"installing dolma {DOLMA_VERSION} into {DOLMA_VENV} (once; about a minute)")
-        shutil.rmtree(DOLMA_VENV, ignore_errors=True)
-        subprocess.run([base_python(), "-m", "venv", str(DOLMA_VENV)], check=True)
-        run([str(DOLMA_VENV / "bin" / "pip"), "install", *DOLMA_REQUIREMENTS], DOLMA_VENV / "install.log")
-        if not dolma_python_ok(DOLMA_VENV / "bin" / "python"):
-            raise RuntimeError(f"dolma {DOLMA_VERSION} did not install into {DOLMA_VENV}")
-    return DOLMA_VENV / "bin" / "dolma"
+    probe = f"import importlib.metadata as m; assert m.version('dolma') == {DOLMA_VERSION!r}"
+    return ensure_peer_venv(DOLMA_VENV, DOLMA_REQUIREMENTS, probe).parent / "dolma"
+
+
+def ensure_datatrove() -> Path:
+    """The python of ``benchmarks/.venv-datatrove``, installed from PyPI when missing."""
+    return ensure_peer_venv(DATATROVE_VENV, DATATROVE_REQUIREMENTS, DATATROVE_PROBE)
 
 
 def startup_seconds(command: list[str], log_file: Path) -> float:
@@ -183,6 +207,18 @@ def run_ours(stage: str, documents: Path, output: Path, options: dict[str, Any],
     startup = startup_seconds(ours_command("startup", documents, output, {}), work / "logs" / "ours-startup.log")
     measured = run(ours_command(stage, documents, output, options), work / "logs" / f"ours-{stage}.log")
     return Timing(measured.seconds, startup, measured.cpu), json.loads(measured.stdout.strip().splitlines()[-1])
+
+
+def datatrove_command(python: Path, mode: str, documents: Path, output: Path, options: dict[str, Any]) -> list[str]:
+    return [str(python), str(BENCHMARKS / "corpus_datatrove.py"), mode, str(documents), str(output),
+            json.dumps(options)]
+
+
+def run_datatrove(python: Path, mode: str, documents: Path, work: Path, workers: int) -> tuple[Measured, Any]:
+    """Run one mode of ``corpus_datatrove.py`` in datatrove's virtualenv; return its measure and output."""
+    command = datatrove_command(python, mode, documents, work / "datatrove" / mode, {"workers": workers})
+    measured = run(command, work / "logs" / f"datatrove-{mode}.log")
+    return measured, json.loads(measured.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +317,14 @@ def ours_only(work: Path, num_documents: int, seed: int = 0, workers: int = 1) -
     return found
 
 
+def datatrove_only(python: Path, work: Path, num_documents: int, seed: int = 0, workers: int = 1) -> dict[str, Any]:
+    """datatrove's side alone, untimed, with the benchmark's commands: the seeded input, then
+    ``corpus_datatrove.py`` filter and decisions. Returns the input's counts and each mode's output."""
+    documents, counts = write_input(work, num_documents, seed)
+    return {"input": counts, **{mode: run_datatrove(python, mode, documents, work, workers)[1]
+                                for mode in ("filter", "decisions")}}
+
+
 def ours_pii_spans(work: Path, documents: Path, rules: str) -> dict[str, int]:
     """``{id: PII spans}`` of our PII tagger under ``rules`` (``corpus_ours.py pii``, untimed)."""
     command = ours_command("pii", documents, work / "ours" / "pii", {"rules": rules})
@@ -309,6 +353,15 @@ def tagging(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
     ours, stats = run_ours("filter", documents, work / "ours" / OURS_OUTPUT["filter"],
                            ours_options("filter", workers, {}), work)
     return Stage(ours, peer, stats, {})
+
+
+def tagging_datatrove(python: Path, work: Path, documents: Path, workers: int, ours: Stage) -> Stage:
+    """datatrove's Gopher, C4 and PII steps (``corpus_datatrove.py filter``) against our tag + filter, whose run
+    is the one ``ours`` (the tag stage) measured. Its start-up: the least of three pipeline builds, not run."""
+    startup = startup_seconds(datatrove_command(python, "startup", documents, work / "datatrove" / "startup", {}),
+                              work / "logs" / "datatrove-startup.log")
+    measured, stats = run_datatrove(python, "filter", documents, work, workers)
+    return Stage(ours.ours, Timing(measured.seconds, startup, measured.cpu), ours.ours_stats, stats)
 
 
 DEDUPE_KINDS = {  # dolma dedupes one kind per run
@@ -359,18 +412,45 @@ def gopher_mixing(dolma: Path, work: Path, documents: Path, workers: int) -> tup
     return timing, count_documents(output)
 
 
-def agreement(work: Path, documents: Path, kinds: dict[str, str]) -> dict[str, Any]:
-    """Gopher decisions and PII span counts (those of our filter's run, and under each PII rule set) of
+def ours_decisions(work: Path, documents: Path) -> dict[str, Any]:
+    """Our Gopher decisions and PII span counts, per document, from our filter's run (``corpus_ours.py decisions``)."""
+    return run_ours("decisions", documents, work / "ours" / OURS_OUTPUT["decisions"], {}, work)[1]
+
+
+def disagreements(kinds: dict[str, str], peer: dict[str, list[str] | str | None],
+                  ours: dict[str, list[str]]) -> Counter:
+    """``(document kind, the peer's first rule, our first rule)`` of each document only one tool removes."""
+    def first(rules: list[str] | str | None) -> str:
+        if not rules:
+            return "kept"
+        return rules if isinstance(rules, str) else rules[0]
+
+    if set(ours) != set(peer):
+        raise RuntimeError(f"the two tools judged different documents ({len(ours)} vs {len(peer)})")
+    return Counter((kinds[doc_id], first(peer[doc_id]), first(ours[doc_id]))
+                   for doc_id in peer if bool(peer[doc_id]) != bool(ours[doc_id]))
+
+
+def datatrove_agreement(python: Path, work: Path, documents: Path, kinds: dict[str, str], workers: int,
+                        ours: dict[str, list[str]]) -> dict[str, Any]:
+    """Gopher decisions of datatrove (its two Gopher filters' exclusion writers: the reason of the one that dropped
+    a document) against ours (our default rules, all Gopher rules), document by document."""
+    peer = run_datatrove(python, "decisions", documents, work, workers)[1]["gopher"]
+    classes = disagreements(kinds, peer, ours)
+    return {"gopher_agreement": 1 - sum(classes.values()) / len(peer), "disagreements": classes,
+            "gopher_removed_datatrove": sum(map(bool, peer.values())),
+            "gopher_removed_ours": sum(map(bool, ours.values()))}
+
+
+def agreement(work: Path, documents: Path, kinds: dict[str, str], ours: dict[str, Any]) -> dict[str, Any]:
+    """Gopher decisions and PII span counts (``ours``: those of our filter's run; and under each PII rule set) of
     both tools, document by document."""
-    _, ours = run_ours("decisions", documents, work / "ours" / OURS_OUTPUT["decisions"], {}, work)
     peer = peer_gopher_decisions(work / "attributes" / EXPERIMENT)
     peer_pii = peer_pii_spans(work / "attributes" / EXPERIMENT)
-    if set(ours["gopher"]) != set(peer) or set(ours["pii_spans"]) != set(peer_pii):
-        raise RuntimeError(f"the two tools judged different documents ({len(ours['gopher'])} vs {len(peer)})")
-    classes = Counter(
-        (kinds[doc_id], (peer[doc_id] or ["kept"])[0], (ours["gopher"][doc_id] or ["kept"])[0])
-        for doc_id in peer if bool(peer[doc_id]) != bool(ours["gopher"][doc_id])
-    )
+    if set(ours["pii_spans"]) != set(peer_pii):
+        raise RuntimeError(f"the two tools' PII counts cover different documents ({len(ours['pii_spans'])} vs "
+                           f"{len(peer_pii)})")
+    classes = disagreements(kinds, peer, ours["gopher"])
     crowded = {"ours": {i for i, n in ours["pii_spans"].items() if n > 5}, "peer": {i for i, n in peer_pii.items() if n > 5}}
     return {
         "gopher_agreement": 1 - sum(classes.values()) / len(peer), "disagreements": classes,
@@ -393,8 +473,9 @@ def machine() -> dict[str, Any]:
 
 
 def figures(stages: dict[str, Stage], documents: int) -> dict[str, float]:
-    """docs/s of each stage and tool, steady (start-up cost taken out) and wall clock; ratios ours / dolma,
-    and dolma's CPU seconds over ours (the work each did, whatever else ran on the machine)."""
+    """docs/s of each stage and tool, steady (start-up cost taken out) and wall clock; ratios ours / the stage's peer
+    (dolma; datatrove for the ``datatrove_`` keys), and the peer's CPU seconds over ours (the work each did, whatever
+    else ran on the machine)."""
     result: dict[str, float] = {}
     for name, stage in stages.items():
         prefix = "" if name == "tag" else f"{name}_"
@@ -406,8 +487,43 @@ def figures(stages: dict[str, Stage], documents: int) -> dict[str, float]:
     return result
 
 
-STAGE_TITLES = {"tag": "tag + filter: Gopher, C4, PII", "dedup": "dedup: URL + exact + paragraph",
-                "mix": "mix: pass-through"}
+STAGE_TITLES = {"tag": "tag + filter: Gopher, C4, PII; dolma `tag`", "datatrove": "tag + filter: Gopher, C4, PII; "
+                "datatrove", "dedup": "dedup: URL + exact + paragraph; dolma", "mix": "mix: pass-through; dolma"}
+DATATROVE_STEPS = {"read": "read", "gopher_quality": "Gopher quality", "gopher_repetition": "Gopher repetition",
+                   "c4_quality": "C4 quality", "pii": "PII", "write": "write"}  # corpus_datatrove.FILTER_STEPS
+
+
+def datatrove_lines(report: dict[str, Any]) -> list[str]:
+    """The datatrove paragraph of the results: ratio and goal, its steps' seconds, kept documents, Gopher agreement."""
+    stage, found, n = report["stages"]["datatrove"], report["datatrove"], report["documents"]
+    ratio, steps = report["figures"]["datatrove_ratio"], stage.peer_stats["steps"]
+    dropped = {name: {reason.removeprefix("dropped_"): count for reason, count in steps[name].items()
+                      if reason.startswith("dropped_")}
+               for name in ("gopher_quality", "gopher_repetition", "c4_quality")}
+    forwarded = steps["gopher_repetition"]["forwarded"]
+    kept_here = n - found["gopher_removed_datatrove"]
+    lines = [
+        f"datatrove {DATATROVE_VERSION}: ours / datatrove {ratio:.2f} (goal ≥ {TARGET_DATATROVE_RATIO:g}: "
+        f"{'met' if ratio >= TARGET_DATATROVE_RATIO else 'NOT met'}). Its steps' seconds, summed over its "
+        f"{report['workers']} tasks: " + ", ".join(f"{title} {steps[name]['seconds']:.1f}"
+                                                   for name, title in DATATROVE_STEPS.items()) + ".",
+        f"Documents kept: ours {stage.ours_stats['documents_kept']}, datatrove {stage.peer_stats['documents_kept']} of "
+        f"{n}. datatrove dropped: " + "; ".join(
+            f"{DATATROVE_STEPS[name]} {steps[name].get('dropped', 0)} ("
+            + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")"
+            for name, reasons in dropped.items()) + ".",
+        "",
+        f"Gopher agreement with datatrove: {found['gopher_agreement']:.2%} ({sum(found['disagreements'].values())} of "
+        f"{n} documents differ); removed by Gopher: ours {found['gopher_removed_ours']}, datatrove "
+        f"{found['gopher_removed_datatrove']} (its exclusion writers' run; its timed run kept {forwarded} after its "
+        f"Gopher filters: {'the same' if forwarded == kept_here else 'NOT the same'} decisions).",
+    ]
+    if found["disagreements"]:
+        lines += ["", "| document kind | datatrove (its reason) | ours (first rule) | documents |",
+                  "|---|---|---|---:|"]
+        lines += [f"| {kind} | {peer} | {ours} | {count} |"
+                  for (kind, peer, ours), count in found["disagreements"].most_common(12)]
+    return lines
 
 
 def results_block(command: str, report: dict[str, Any]) -> str:
@@ -416,15 +532,17 @@ def results_block(command: str, report: dict[str, Any]) -> str:
     lines = [
         f"### {report['date']}: `{command}`",
         "",
-        f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, dolma {DOLMA_VERSION}; load average "
+        f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, dolma {DOLMA_VERSION}, datatrove "
+        f"{DATATROVE_VERSION}; load average "
         f"{report['load'][0]:.2f} before, {report['load'][1]:.2f} after. Input: {n} documents "
         f"({', '.join(f'{k} {v}' for k, v in report['input']['sources'].items())}), "
         f"{report['input']['characters'] / n:.0f} characters on average, 8 shards; {report['workers']} processes "
         "(our mix runs in one). docs/s = documents / (wall clock − start-up); start-up = least of three "
-        "runs of the same command with `--dryrun` (dolma) or of the bare imports (ours).",
+        "runs of the same command with `--dryrun` (dolma), of building datatrove's pipeline without running it, "
+        "or of the bare imports (ours).",
         "",
-        "| stage | ours docs/s | dolma docs/s | ours / dolma | wall clock: ours | dolma | ours / dolma "
-        "| ours s (start-up) | dolma s (start-up) | CPU s: ours | dolma |",
+        "| stage; peer | ours docs/s | peer docs/s | ours / peer | wall clock: ours | peer | ours / peer "
+        "| ours s (start-up) | peer s (start-up) | CPU s: ours | peer |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, stage in stages.items():
@@ -442,6 +560,8 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         "",
         f"Ours, tag + filter: tagging {stages['tag'].ours_stats['tag_s']:.1f} s, filtering "
         f"{stages['tag'].ours_stats['filter_s']:.1f} s (in-process clocks).",
+        "",
+        *datatrove_lines(report),
         "",
         f"Gopher agreement: {found['gopher_agreement']:.2%} ({sum(found['disagreements'].values())} of {n} documents "
         f"differ); removed by Gopher: ours {found['gopher_removed_ours']}, dolma {found['gopher_removed_peer']} "
@@ -529,16 +649,36 @@ def parse_arguments(script: str, description: str) -> tuple[argparse.Namespace, 
     return args, args.documents or (4_000 if args.quick else 20_000), command
 
 
+def json_line(report: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's JSON line: every stage's figures, then the decision comparisons."""
+    found, dt_found, n = report["agreement"], report["datatrove"], report["documents"]
+    tag, datatrove = report["stages"]["tag"], report["stages"]["datatrove"]
+    return {"benchmark": "corpus", "unit": "docs/s", **figures(report["stages"], n),
+            "gopher_agreement": round(found["gopher_agreement"], 5),
+            "mix_peer_gopher_rules": report["gopher_mix"][0].docs_per_s(n),
+            **{key: value for key, value in found.items()
+               if key not in ("gopher_agreement", "disagreements", "pii_by_rules")},
+            **{f"pii_{name}_{rules}": round(pii[name], 5) for rules, pii in found["pii_by_rules"].items()
+               for name in ("count_agreement", "over_5_agreement")},
+            "datatrove_version": DATATROVE_VERSION, "datatrove_target_ratio": TARGET_DATATROVE_RATIO,
+            "kept_ours": tag.ours_stats["documents_kept"], "kept_datatrove": datatrove.peer_stats["documents_kept"],
+            "gopher_agreement_datatrove": round(dt_found["gopher_agreement"], 5),
+            "gopher_removed_datatrove": dt_found["gopher_removed_datatrove"],
+            "documents": n, "workers": report["workers"]}
+
+
 def main() -> None:
     args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0])
 
-    dolma = ensure_dolma()
+    dolma, datatrove = ensure_dolma(), ensure_datatrove()
     with work_directory("corpus-bench-", args.keep) as work:
         documents, counts = write_input(work, num_documents, args.seed)
         kinds = {row["id"]: row["metadata"]["kind"] for row in rows(documents)}
         load_before = os.getloadavg()[0]
         log("tagging: dolma, then ours")
         stages = {"tag": tagging(dolma, work, documents, args.workers)}
+        log("tag + filter: datatrove")
+        stages["datatrove"] = tagging_datatrove(datatrove, work, documents, args.workers, stages["tag"])
         log("dedup: dolma, then ours")
         stages["dedup"] = dedup(dolma, work, documents, args.workers, counts)
         log("mix: dolma, then ours")
@@ -547,21 +687,16 @@ def main() -> None:
         gopher_mix = gopher_mixing(dolma, work, documents, args.workers)
         load = (load_before, os.getloadavg()[0])
         log("comparing decisions")
-        found = agreement(work, documents, kinds)
+        ours = ours_decisions(work, documents)
+        found = agreement(work, documents, kinds, ours)
+        found_datatrove = datatrove_agreement(datatrove, work, documents, kinds, args.workers, ours["gopher"])
 
-    result = {"benchmark": "corpus", "unit": "docs/s", **figures(stages, num_documents),
-              "gopher_agreement": round(found["gopher_agreement"], 5),
-              "mix_peer_gopher_rules": gopher_mix[0].docs_per_s(num_documents),
-              **{key: value for key, value in found.items()
-                 if key not in ("gopher_agreement", "disagreements", "pii_by_rules")},
-              **{f"pii_{name}_{rules}": round(pii[name], 5) for rules, pii in found["pii_by_rules"].items()
-                 for name in ("count_agreement", "over_5_agreement")},
-              "documents": num_documents, "workers": args.workers}
-    report = {"stages": stages, "agreement": found, "documents": num_documents, "machine": machine(),
-              "input": counts, "workers": args.workers, "load": load, "gopher_mix": gopher_mix, "figures": result,
+    report = {"stages": stages, "agreement": found, "datatrove": found_datatrove, "documents": num_documents,
+              "machine": machine(), "input": counts, "workers": args.workers, "load": load, "gopher_mix": gopher_mix,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    report["figures"] = json_line(report)
     append_results("corpus", results_block(command, report))
-    print(json.dumps(result))
+    print(json.dumps(report["figures"]))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,19 @@ def test_corpus_benchmark_runs_our_stages_at_toy_size(tmp_path):
     assert len(found["decisions"]["gopher"]) == len(found["decisions"]["pii_spans"]) == 40
 
 
+def test_corpus_benchmark_runs_datatrove_at_toy_size(tmp_path):
+    """datatrove's side, when ``benchmarks/.venv-datatrove`` is installed (``benchmarks/corpus.py`` installs it)."""
+    from benchmarks import corpus
+
+    if not corpus.peer_ready(corpus.DATATROVE_VENV, corpus.DATATROVE_PROBE):
+        pytest.skip("benchmarks/.venv-datatrove is not installed (python benchmarks/corpus.py installs it)")
+    found = corpus.datatrove_only(corpus.DATATROVE_VENV / "bin" / "python", tmp_path, num_documents=40)
+    filtered, decisions = found["filter"], found["decisions"]["gopher"]
+    assert filtered["documents_in"] == 40 and 0 < filtered["documents_kept"] <= 40 and len(decisions) == 40
+    # the exclusion writers' run keeps what the timed run's Gopher filters forwarded
+    assert sum(reason is None for reason in decisions.values()) == filtered["steps"]["gopher_repetition"]["forwarded"]
+
+
 def test_tokenization_benchmark_runs_our_modes_at_toy_size(tmp_path):
     from benchmarks import tokenization
 
