@@ -291,9 +291,7 @@ def ours_options(stage: str, workers: int, counts: dict[str, Any]) -> dict[str, 
     if stage == "filter":
         return {"workers": workers}
     if stage == "dedup":
-        num_documents = sum(counts["sources"].values())
-        return {"config": {"url": True, "exact": True, "paragraph": True, "false_positive_rate": FALSE_POSITIVE_RATE,
-                           "expected_items": 2 * num_documents + counts["paragraphs"]}, "workers": workers}
+        return {"config": {"url": True, "exact": True, "paragraph": True}, "workers": workers}
     if stage == "mix":
         return {"max_shard_bytes": MAX_SHARD_BYTES}
     return {}

@@ -61,9 +61,7 @@ def run_filter(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -
 
 
 def run_dedup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    # corpus.py still sends a Bloom filter's size (expected_items, false_positive_rate): exact dedup has no filter
-    config = DedupConfig.from_dict({key: value for key, value in options["config"].items()
-                                    if key not in ("expected_items", "false_positive_rate")})
+    config = DedupConfig.from_dict(options["config"])
     return deduplicate(documents_dir, output_dir, config, engine=engine(options))["total"]
 
 
