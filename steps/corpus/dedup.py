@@ -21,15 +21,16 @@ the work folder's layout), so it scales past one machine:
    every shard's items, for the documents still alive, in global order; keep the first of each digest; save the
    repeats. After the url and text rounds this process marks the documents with a repeat removed, shard by
    shard (it derives this from the round's outputs alone, so a re-run redoes it the same);
-3. write, one job per shard: copy the lines of the documents kept whole, serialise again the few that lost
+3. write, one job per shard: copy the lines of the documents kept whole, serialise again those that lost
    paragraphs, and count.
 
 Each partition decides "first occurrence kept" in global order over all the items of its keys, so the decisions
 are those of one process walking the corpus in order, for any partition count; a job's memory is bounded by its
-partition (24 bytes per item: digest, document, line; about twice that while it sorts). The items are exact digests, sorted per partition, not a
-Bloom filter: a Bloom filter's false positives depend on which items share it, so only exact digests make the
-bytes provably independent of the partition count; they make no false positive (two distinct items collide with
-probability about n² / 2¹²⁹), at 16 bytes per item, and partitions bound the memory that costs.
+partition (24 bytes per item: digest, document, line; about twice that while it sorts). The items are exact
+digests, sorted per partition, not a Bloom filter: a Bloom filter's false positives depend on which items share
+it, so only exact digests make the bytes provably independent of the partition count; they make no false
+positive (two distinct items collide with probability about n² / 2¹²⁹), at 16 bytes per item, and partitions
+bound the memory that costs.
 
 Every phase's jobs go through :func:`steps.corpus.shards.run_shard_jobs` with markers in the work folder: a
 re-run after a crash redoes only the unfinished jobs (another partition count or config starts over). Output
@@ -53,7 +54,8 @@ from steps.common.tasks import get_task_spec
 from steps.corpus.config import Selector, check_selector, not_code, selects
 from steps.corpus.decontamination import DEFAULT_MIN_WORDS, task_paragraphs
 from steps.corpus.dedup_jobs import (KINDS, REMOVED_BY, DedupRun, HashJob, PartitionJob, WriteJob, decide_partition,
-                                     digest_set, hash_shard, item_digests, save_array, settle_fates, write_shard)
+                                     digest_set, hash_shard, item_digests, save_array, save_json, settle_fates,
+                                     write_shard)
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import merge_stats, total_stats
@@ -95,8 +97,8 @@ class DedupConfig(Config):
 
 
 def _empty_stats() -> dict[str, int]:
-    return dict.fromkeys(("documents_in", "removed_contaminated", "documents_without_url", "removed_url", "removed_exact",
-                          "paragraphs_removed", "documents_emptied", "documents_kept", "bytes_kept"), 0)
+    return dict.fromkeys(("documents_in", "removed_contaminated", "documents_without_url", "removed_url",
+                          "removed_exact", "paragraphs_removed", "documents_emptied", "documents_kept", "bytes_kept"), 0)
 
 
 def _start(run: DedupRun, config: DedupConfig, shard_keys: list[str], evaluation: list[str]) -> None:
@@ -110,8 +112,7 @@ def _start(run: DedupRun, config: DedupConfig, shard_keys: list[str], evaluation
     if not run.identity.exists():
         for folder in WORK_FOLDERS:
             shutil.rmtree(run.root / folder, ignore_errors=True)
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.identity.write_text(json.dumps(identity))
+        save_json(run.identity, identity)
     if config.decontaminate:
         save_array(run.evaluation, digest_set(item_digests(evaluation, "paragraph")))
 

@@ -9,7 +9,8 @@ The work folder of a run (:class:`DedupRun`, every path below it):
   grouped by partition, in document order within each; ``items/<shard>/offsets.npy``: per kind (in
   :data:`KINDS` order) ``partitions + 1`` offsets, partition ``p`` being rows ``offsets[k, p]:offsets[k, p + 1]``;
   ``items/<shard>/text_bytes.npy``: each document's UTF-8 text size;
-- ``repeats/<kind>/<p>.npy``: partition ``p``'s items that repeat an earlier one, :data:`REPEAT` records in global order;
+- ``repeats/<kind>/<p>.npy``: partition ``p``'s items that repeat an earlier one, as :data:`REPEAT` records, in
+  global order;
 - ``fates/<stage>/<shard>.npy``: each document's fate (:data:`ALIVE` or why it was removed) after the hash phase
   (``hash``), the url round and the text round;
 - ``done/<phase>/...``: the markers of finished jobs.
@@ -84,6 +85,11 @@ def _replacing(path: Path) -> Iterator[BinaryIO]:
 def save_array(path: Path, array: np.ndarray) -> None:
     with _replacing(path) as handle:
         np.save(handle, array, allow_pickle=False)
+
+
+def save_json(path: Path, data: Any) -> None:
+    with _replacing(path) as handle:
+        handle.write(json.dumps(data).encode("utf-8"))
 
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
