@@ -98,7 +98,8 @@ class DedupConfig(Config):
 
 def _empty_stats() -> dict[str, int]:
     return dict.fromkeys(("documents_in", "removed_contaminated", "documents_without_url", "removed_url",
-                          "removed_exact", "paragraphs_removed", "documents_emptied", "documents_kept", "bytes_kept"), 0)
+                          "removed_exact", "paragraphs_removed", "documents_emptied", "documents_kept",
+                          "bytes_kept"), 0)
 
 
 def _start(run: DedupRun, config: DedupConfig, shard_keys: list[str], evaluation: list[str]) -> None:
