@@ -26,19 +26,16 @@ from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The worker processes a stage spawns run this file again, as __mp_main__, before their jobs: they need none of
-# the stages (a job imports its own module), and each would spend seconds importing them all (torch among them).
-if __name__ != "__mp_main__":
-    from steps.common.documents import read_documents  # noqa: E402
-    from steps.corpus.dedup import DedupConfig, deduplicate  # noqa: E402
-    from steps.corpus.filter import filter_documents  # noqa: E402
-    from steps.corpus.layout import shard_stem, source_shards  # noqa: E402
-    from steps.corpus.mix import MixConfig, mix_sources  # noqa: E402
-    from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
-    from steps.corpus.spans import document_value  # noqa: E402
-    from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
-    from steps.corpus.taggers import TAGGERS, FilterConfig, TagConfig  # noqa: E402
-    from steps.common.engine import Engine, LocalEngine, RayEngine  # noqa: E402
+from steps.common.documents import read_documents  # noqa: E402
+from steps.corpus.dedup import DedupConfig, deduplicate  # noqa: E402
+from steps.corpus.filter import filter_documents  # noqa: E402
+from steps.corpus.layout import shard_stem, source_shards  # noqa: E402
+from steps.corpus.mix import MixConfig, mix_sources  # noqa: E402
+from steps.corpus.pii import PiiTagging, tag_pii  # noqa: E402
+from steps.corpus.spans import document_value  # noqa: E402
+from steps.corpus.tag import ATTRIBUTES_DIR, attribute_shard, read_attribute_rows, tag_documents  # noqa: E402
+from steps.corpus.taggers import TAGGERS, FilterConfig, TagConfig  # noqa: E402
+from steps.common.engine import Engine, LocalEngine, RayEngine  # noqa: E402
 
 TAGGED = ("gopher", "c4", "pii")  # what dolma runs: gopher_v1, c4_v1, pii_regex_v1
 
