@@ -634,9 +634,14 @@ def write_input(work: Path, num_documents: int, seed: int) -> tuple[Path, dict[s
     return documents, json.loads(out.strip().splitlines()[-1])
 
 
-def parse_arguments(script: str, description: str) -> tuple[argparse.Namespace, int, str]:
-    """The options every document benchmark takes; returns them, the document count and the command line."""
+def parse_arguments(script: str, description: str, engines: bool = False) -> tuple[argparse.Namespace, int, str]:
+    """The options every document benchmark takes (with ``engines``, also ``--engine``); returns them, the
+    document count and the command line."""
     parser = argparse.ArgumentParser(description=description)
+    if engines:
+        parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                            help="ray: our stages on the local engine against the Ray engine on a loopback cluster "
+                                 "of --workers one-CPU nodes (benchmarks/corpus_ray.py), instead of the peers")
     parser.add_argument("--quick", action="store_true", help="4,000 documents instead of 20,000")
     parser.add_argument("--documents", type=int, help="number of documents (overrides --quick)")
     parser.add_argument("--workers", type=int, default=2, help="processes for each tool (default 2)")
@@ -666,7 +671,12 @@ def json_line(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0])
+    args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0], engines=True)
+    if args.engine == "ray":
+        from benchmarks.corpus_ray import compare_engines  # it imports this module
+
+        compare_engines(args, num_documents, command)
+        return
 
     dolma, datatrove = ensure_dolma(), ensure_datatrove()
     with work_directory("corpus-bench-", args.keep) as work:

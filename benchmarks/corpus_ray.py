@@ -10,7 +10,7 @@ start-up being the least of three runs of the bare imports, as in ``corpus.py``:
 connecting to the cluster and each job's workers starting. Both engines must write the same bytes (checked).
 The goal: Ray's time at most 1.3 × the local engine's (on one machine it has nothing to gain). It appends its
 figures to ``benchmarks/RESULTS.md`` ("corpus: engines") and prints one JSON line, last.
-:func:`engine_comparison` does the same on a given input (``corpus.py --engine ray``).
+``python benchmarks/corpus.py --engine ray`` runs the same (:func:`compare_engines`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent))
 
+import argparse  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -109,8 +110,8 @@ def results_block(command: str, found: dict[str, Any], load: tuple[float, float]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    args, num_documents, command = parse_arguments("corpus_ray.py", __doc__.split("\n\n")[0])
+def compare_engines(args: argparse.Namespace, num_documents: int, command: str) -> None:
+    """The engine comparison on a fresh seeded input, appended to RESULTS.md; its JSON line printed last."""
     with work_directory("corpus-ray-bench-", args.keep) as work:
         documents, counts = write_input(work, num_documents, args.seed)
         load_before = os.getloadavg()[0]
@@ -122,6 +123,10 @@ def main() -> None:
     print(json.dumps({"benchmark": "corpus_ray", "unit": "docs/s", "ours": found["total"]["ray_docs_per_s"],
                       "peer": found["total"]["local_docs_per_s"], "ratio": round(1 / found["total"]["ratio"], 3),
                       "goal_met": found["total"]["ratio"] <= GOAL, **found}))
+
+
+def main() -> None:
+    compare_engines(*parse_arguments("corpus_ray.py", __doc__.split("\n\n")[0]))
 
 
 if __name__ == "__main__":
