@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -37,30 +39,53 @@ class Engine(ABC):
 
 
 class LocalEngine(Engine):
-    """``num_workers`` processes of this machine, spawned (not forked); with one, jobs run in this process."""
+    """``num_workers`` processes of this machine, spawned (not forked); with one, jobs run in this process.
+
+    The processes start with the first job and serve every later call (a stage's phases pay their start-up once);
+    they end with :meth:`close`, or when the engine is garbage-collected.
+    """
 
     def __init__(self, num_workers: int = 1):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def workers(self) -> int:
         return self.num_workers
+
+    def _processes(self) -> ProcessPoolExecutor:
+        # an executor, not a Pool: a worker that dies (killed, out of memory) fails the stage instead of hanging it
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("spawn"))
+            weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
+        return self._pool
+
+    def close(self) -> None:
+        """End the worker processes (the next call starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
         if min(self.num_workers, len(jobs)) <= 1:
             for index, job in enumerate(jobs):
                 yield index, work(job)
             return
-        # an executor, not a Pool: a worker that dies (killed, out of memory) fails the stage instead of hanging it
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(self.num_workers, len(jobs)), mp_context=context) as pool:
-            pending = {pool.submit(work, job): index for index, job in enumerate(jobs)}
+        pool = self._processes()
+        pending = {pool.submit(work, job): index for index, job in enumerate(jobs)}
+        try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=pending.__getitem__):
                     yield pending.pop(future), future.result()
+        except BrokenProcessPool:
+            self.close()  # a worker died: the pool cannot take more work
+            raise
+        finally:
+            for future in pending:  # the stage failed or was abandoned: drop what has not started
+                future.cancel()
 
     def __repr__(self) -> str:
         return f"LocalEngine(num_workers={self.num_workers})"
