@@ -47,6 +47,21 @@ def test_corpus_benchmark_runs_our_stages_at_toy_size(tmp_path):
     assert len(found["decisions"]["gopher"]) == len(found["decisions"]["pii_spans"]) == 40
 
 
+def test_corpus_scale_benchmark_measures_every_stage_at_toy_size(tmp_path):
+    from benchmarks import corpus_scale
+    from benchmarks.corpus_input import write_corpus
+
+    write_corpus(tmp_path / "documents", 40)
+    stages = corpus_scale.run_stages(tmp_path, tmp_path / "documents", 40)
+    assert list(stages) == ["tag", "filter", "dedup", "mix", "tokenize"]
+    assert stages["tag"]["documents"] == stages["filter"]["documents"] == 40
+    assert all(stage["cpu_s"] > 0 and stage["written_bytes"] > 0 for stage in stages.values())
+    plan = corpus_scale.projection(stages, [1, 2], cores=4)
+    tag = plan["stages"]["tag"]
+    assert tag["hours"][1] == pytest.approx(2 * tag["hours"][2]) == pytest.approx(tag["cpu_hours"] / 4)
+    assert plan["stages"]["dedup"]["partitions"] >= 1 and plan["stages"]["tokenize"]["tokens_per_cpu_s"] > 0
+
+
 def test_corpus_benchmark_runs_datatrove_at_toy_size(tmp_path):
     """datatrove's side, when ``benchmarks/.venv-datatrove`` is installed (``benchmarks/corpus.py`` installs it)."""
     from benchmarks import corpus
