@@ -259,10 +259,15 @@ def peer_pii_spans(attributes: Path) -> dict[str, int]:
             for row in rows(attributes)}
 
 
+def peer_flagged(attributes: Path) -> dict[str, set[str]]:
+    """``{"url": ids, "text": ids}``: the documents dolma's document-level dedupe runs flagged as duplicates."""
+    return {kind: {row["id"] for row in rows(attributes / f"dup_{kind}") if row["attributes"].get(f"dup_{kind}")}
+            for kind in DUPLICATE_DOCUMENT_KINDS}
+
+
 def peer_dedup_counts(attributes: Path) -> dict[str, int]:
     """Documents flagged by URL and by exact text; duplicate paragraphs, all and in unflagged documents."""
-    flagged = {kind: {row["id"] for row in rows(attributes / f"dup_{kind}") if row["attributes"].get(f"dup_{kind}")}
-               for kind in ("url", "text")}
+    flagged = peer_flagged(attributes)
     paragraphs = paragraphs_in_kept = 0
     for row in rows(attributes / "dup_paragraphs"):
         count = len(row["attributes"].get("dup_paragraphs", []))
@@ -274,6 +279,23 @@ def peer_dedup_counts(attributes: Path) -> dict[str, int]:
 
 def count_documents(directory: Path) -> int:
     return sum(1 for _ in rows(directory))
+
+
+def non_blank_lines(text: str) -> int:
+    """The paragraphs of ``text`` either tool may remove: its lines that are not blank."""
+    return sum(1 for line in text.split("\n") if line.strip())
+
+
+def peer_applied_counts(documents: Path, mixed: Path, excluded: set[str]) -> dict[str, int]:
+    """What dolma's mix did with the dedupe attributes, measured on its output: documents kept, paragraphs removed
+    (non-blank lines gone from the documents not ``excluded``) and documents emptied (left blank, so dropped)."""
+    kept = {row["id"]: non_blank_lines(row["text"]) for row in rows(mixed)}
+    removed = emptied = 0
+    for row in rows(documents):
+        if row["id"] not in excluded:
+            removed += non_blank_lines(row["text"]) - kept.get(row["id"], 0)
+            emptied += row["id"] not in kept
+    return {"documents_kept": len(kept), "paragraphs_removed": removed, "documents_emptied": emptied}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +389,12 @@ DEDUPE_KINDS = {  # dolma dedupes one kind per run
     "text": {"documents": {"attribute_name": "dup_text", "key": "$.text"}},
     "paragraphs": {"paragraphs": {"attribute_name": "dup_paragraphs"}},
 }
+DUPLICATE_DOCUMENT_KINDS = ("url", "text")  # their attribute flags a whole document: [[0, length, 1]]
+# Applying the dedupe attributes as Dolma v1.5's mixing configs do: exclude the flagged documents (a jsonpath rule on
+# the first span's score) and replace each duplicate paragraph's span (its line and "\n") with "".
+DEDUP_EXCLUDE = [f"$.attributes[?(@.dup_{kind} && @.dup_{kind}[0] && @.dup_{kind}[0][2] >= 1)]"
+                 for kind in DUPLICATE_DOCUMENT_KINDS]
+DEDUP_SPAN_REPLACEMENT = ({"span": "$.attributes.dup_paragraphs", "min_score": 0.5, "replacement": ""},)
 
 
 def dedup(dolma: Path, work: Path, documents: Path, workers: int, counts: dict[str, Any]) -> Stage:
@@ -385,13 +413,29 @@ def dedup(dolma: Path, work: Path, documents: Path, workers: int, counts: dict[s
     return Stage(ours, peer, stats, peer_dedup_counts(work / "attributes"))
 
 
-def mix_config(documents: Path, output: Path, workers: int, exclude: list[str], attributes: list[str]) -> dict:
+def mix_config(documents: Path, output: Path, workers: int, exclude: list[str], attributes: list[str],
+               span_replacement: tuple[dict[str, Any], ...] = (), min_text_length: int = 0) -> dict:
+    """A ``dolma mix`` config: one stream per source, ``exclude`` jsonpath rules over the named ``attributes``, spans
+    replaced as ``span_replacement`` says, documents shorter than ``min_text_length`` (stripped) dropped."""
     streams = [{"name": source.name, "documents": [str(source / "*.jsonl.gz")], "attributes": attributes,
                 "output": {"path": str(output / source.name), "max_size_in_bytes": MAX_SHARD_BYTES,
-                           "discard_fields": ["attributes"]},
-                "filter": {"exclude": exclude}}
+                           "discard_fields": ["attributes"], "min_text_length": min_text_length},
+                "filter": {"exclude": exclude}, "span_replacement": list(span_replacement)}
                for source in sorted(p for p in documents.iterdir() if p.is_dir())]
     return {"streams": streams, "processes": workers}
+
+
+def dedup_apply(dolma: Path, work: Path, documents: Path, workers: int, deduped: Stage) -> Stage:
+    """dolma's three dedupe runs (``deduped``'s peer) plus one ``dolma mix`` applying their attributes: URL and
+    exact-text duplicates excluded, duplicate paragraphs replaced with "", documents left blank dropped (as ours
+    drops its emptied ones); against our dedup stage, which does all of that (``deduped``'s run)."""
+    output = work / "peer" / "mix-dedup"
+    config = mix_config(documents, output, workers, DEDUP_EXCLUDE, [f"dup_{kind}" for kind in DEDUPE_KINDS],
+                        DEDUP_SPAN_REPLACEMENT, min_text_length=1)
+    applied = run_dolma(dolma, "mix", config, work, "mix-dedup")
+    excluded = set().union(*peer_flagged(work / "attributes").values())
+    stats = {**peer_applied_counts(documents, output, excluded), "apply": applied}
+    return Stage(deduped.ours, deduped.peer + applied, deduped.ours_stats, stats)
 
 
 def mixing(dolma: Path, work: Path, documents: Path, workers: int) -> Stage:
@@ -486,7 +530,9 @@ def figures(stages: dict[str, Stage], documents: int) -> dict[str, float]:
 
 
 STAGE_TITLES = {"tag": "tag + filter: Gopher, C4, PII; dolma `tag`", "datatrove": "tag + filter: Gopher, C4, PII; "
-                "datatrove", "dedup": "dedup: URL + exact + paragraph; dolma", "mix": "mix: pass-through; dolma"}
+                "datatrove", "dedup": "dedup: URL + exact + paragraph; dolma `dedupe` ×3, writing attributes only",
+                "dedup_apply": "dedup + apply: URL + exact + paragraph, documents written; dolma `dedupe` ×3 + `mix` "
+                "applying them", "mix": "mix: pass-through; dolma"}
 DATATROVE_STEPS = {"read": "read", "gopher_quality": "Gopher quality", "gopher_repetition": "Gopher repetition",
                    "c4_quality": "C4 quality", "pii": "PII", "write": "write"}  # corpus_datatrove.FILTER_STEPS
 
@@ -572,6 +618,7 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         lines += [f"| {kind} | {peer} | {ours} | {count} |"
                   for (kind, peer, ours), count in found["disagreements"].most_common(12)]
     ours_dedup, peer_dedup = stages["dedup"].ours_stats, stages["dedup"].peer_stats
+    applied, apply_timing = stages["dedup_apply"].peer_stats, stages["dedup_apply"].peer_stats["apply"]
     filtered = stages["tag"].ours_stats
     lines += [
         "",
@@ -580,6 +627,11 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         f"{ours_dedup['paragraphs_removed']} / {peer_dedup['paragraphs']} "
         f"({peer_dedup['paragraphs_in_unflagged_documents']} in documents flagged neither by URL nor by text); "
         f"documents emptied by paragraph dedup (ours) {ours_dedup['documents_emptied']}.",
+        f"Dedup + apply, ours / dolma's mix (its output measured): documents kept {ours_dedup['documents_kept']} / "
+        f"{applied['documents_kept']}; paragraphs removed {ours_dedup['paragraphs_removed']} / "
+        f"{applied['paragraphs_removed']}; documents emptied {ours_dedup['documents_emptied']} / "
+        f"{applied['documents_emptied']}. dolma's mix alone: {apply_timing.seconds:.1f} s ({apply_timing.startup:.1f} "
+        f"start-up), {apply_timing.cpu:.1f} CPU s.",
         f"PII spans found, ours / dolma: {found['pii_spans_ours']} / {found['pii_spans_peer']}; documents with more "
         f"than five: {found['pii_over_5_ours']} / {found['pii_over_5_peer']} (same decision on "
         f"{found['pii_over_5_agreement']:.2%}). Our filter kept {filtered['documents_kept']} of "
@@ -659,6 +711,8 @@ def json_line(report: dict[str, Any]) -> dict[str, Any]:
     return {"benchmark": "corpus", "unit": "docs/s", **figures(report["stages"], n),
             "gopher_agreement": round(found["gopher_agreement"], 5),
             "mix_peer_gopher_rules": report["gopher_mix"][0].docs_per_s(n),
+            **{f"dedup_{name}_{side}": getattr(report["stages"]["dedup_apply"], f"{side}_stats")[name]
+               for name in ("documents_kept", "paragraphs_removed") for side in ("ours", "peer")},
             **{key: value for key, value in found.items()
                if key not in ("gopher_agreement", "disagreements", "pii_by_rules")},
             **{f"pii_{name}_{rules}": round(pii[name], 5) for rules, pii in found["pii_by_rules"].items()
@@ -673,6 +727,7 @@ def json_line(report: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     args, num_documents, command = parse_arguments("corpus.py", __doc__.split("\n\n")[0], engines=True)
     if args.engine == "ray":
+        sys.path.insert(0, str(REPO))  # run as a script, this folder is on the path, not the repository
         from benchmarks.corpus_ray import compare_engines  # it imports this module
 
         compare_engines(args, num_documents, command)
@@ -689,6 +744,8 @@ def main() -> None:
         stages["datatrove"] = tagging_datatrove(datatrove, work, documents, args.workers, stages["tag"])
         log("dedup: dolma, then ours")
         stages["dedup"] = dedup(dolma, work, documents, args.workers, counts)
+        log("dedup + apply: dolma's mix applying its dedupe attributes")
+        stages["dedup_apply"] = dedup_apply(dolma, work, documents, args.workers, stages["dedup"])
         log("mix: dolma, then ours")
         stages["mix"] = mixing(dolma, work, documents, args.workers)
         log("mix with the Gopher rules: dolma")

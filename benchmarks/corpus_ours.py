@@ -71,6 +71,18 @@ def startup(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> d
     return {}
 
 
+def pipeline(documents_dir: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The stages ``options`` names (``{stage: its options}``) one after the other in this one process, as
+    ``tango run`` runs a workflow's steps, each into ``output_dir/<stage>``: each one's wall-clock seconds
+    (imports excluded; an engine's start, e.g. connecting to Ray, included) and stats."""
+    found = {}
+    for stage, stage_options in options.items():
+        start = time.perf_counter()
+        stats = STAGES[stage](documents_dir, output_dir / stage, stage_options)
+        found[stage] = {"seconds": time.perf_counter() - start, "stats": stats}
+    return found
+
+
 def _attributes(documents_dir: Path, output_dir: Path, tagger: str) -> Iterator[tuple[dict, dict[str, Any]]]:
     """Each document with its attributes from ``tagger`` (names without the tagger prefix)."""
     for source, shards in source_shards(documents_dir).items():
@@ -104,7 +116,7 @@ def pii_spans(documents_dir: Path, output_dir: Path, options: dict[str, Any]) ->
 
 STAGES: dict[str, Callable[[Path, Path, dict[str, Any]], dict[str, Any]]] = {
     "filter": run_filter, "dedup": run_dedup, "mix": run_mix, "startup": startup, "decisions": decisions,
-    "pii": pii_spans,
+    "pii": pii_spans, "pipeline": pipeline,
 }
 
 if __name__ == "__main__":

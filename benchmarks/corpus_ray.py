@@ -2,12 +2,13 @@
 
 ``python benchmarks/corpus_ray.py [--quick]`` writes the corpus benchmark's seeded input (:mod:`corpus_input`:
 20,000 documents, 4,000 with ``--quick``, in 8 shards over two sources) and runs each of our stages on it
-(``corpus_ours.py``: tag + filter with Gopher, C4 and PII; URL + exact + paragraph dedup; mix at factor 1)
-twice, one command after the other: on the local engine (``--workers`` spawned processes, default 2) and on the
-Ray engine (one task per shard) on a cluster of as many one-CPU nodes on this machine, on loopback
-(:mod:`integrations.ray_cluster`; its start and stop are not timed). docs/s = documents / (wall clock − start-up),
-start-up being the least of three runs of the bare imports, as in ``corpus.py``: the Ray figures include
-connecting to the cluster and each job's workers starting. Both engines must write the same bytes (checked).
+(``corpus_ours.py pipeline``: tag + filter with Gopher, C4 and PII; URL + exact + paragraph dedup; mix at factor
+1), one stage after the other in one process, as ``tango run`` runs steps, twice: on the local engine
+(``--workers`` spawned processes, default 2) and on the Ray engine (one task per shard) on a cluster of as many
+one-CPU nodes on this machine, on loopback (:mod:`integrations.ray_cluster`; its start and stop are not timed).
+docs/s = documents / the stage's wall clock in that process (imports excluded): the Ray figures include
+connecting to the cluster and its workers starting, the local ones the processes starting. Both engines must
+write the same bytes (checked).
 The goal: Ray's time at most 1.3 × the local engine's (on one machine it has nothing to gain). It appends its
 figures to ``benchmarks/RESULTS.md`` ("corpus: engines") and prints one JSON line, last.
 ``python benchmarks/corpus.py --engine ray`` runs the same (:func:`compare_engines`).
@@ -28,8 +29,8 @@ import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks.corpus import (  # noqa: E402
-    PROJECT_PYTHON, append_results, log, machine, ours_command, ours_options, parse_arguments, run,
-    startup_seconds, work_directory, write_input,
+    PROJECT_PYTHON, append_results, log, machine, ours_command, ours_options, parse_arguments, run, work_directory,
+    write_input,
 )
 from integrations.ray_cluster import run_on_cluster  # noqa: E402
 
@@ -48,16 +49,15 @@ def output_digest(directory: Path) -> str:
 
 
 def time_stages(work: Path, engine: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each stage of ``corpus_ours.py`` on ``work/documents`` with ``options`` (the engine's), outputs under
-    ``work/<engine>``: its wall-clock seconds and its outputs' digest."""
+    """The stages of ``corpus_ours.py`` on ``work/documents`` in one process (``pipeline``) with ``options`` (the
+    engine's), outputs under ``work/<engine>``: each one's wall-clock seconds and its outputs' digest."""
     counts = json.loads((work / "counts.json").read_text())
-    found = {}
-    for stage in STAGES:
-        output = work / engine / stage
-        command = ours_command(stage, work / "documents", output, {**ours_options(stage, 1, counts), **options})
-        measured = run(command, work / "logs" / f"{engine}-{stage}.log")
-        found[stage] = {"seconds": measured.seconds, "digest": output_digest(output)}
-    return found
+    stages = {stage: {**ours_options(stage, 1, counts), **options} for stage in STAGES}
+    measured = run(ours_command("pipeline", work / "documents", work / engine, stages),
+                   work / "logs" / f"{engine}.log")
+    timed = json.loads(measured.stdout.strip().splitlines()[-1])
+    return {stage: {"seconds": timed[stage]["seconds"], "digest": output_digest(work / engine / stage)}
+            for stage in STAGES}
 
 
 def engine_comparison(work: Path, documents: Path, counts: dict[str, Any], workers: int = 2) -> dict[str, Any]:
@@ -68,7 +68,6 @@ def engine_comparison(work: Path, documents: Path, counts: dict[str, Any], worke
         (work / "documents").symlink_to(documents.resolve(), target_is_directory=True)
     (work / "counts.json").write_text(json.dumps(counts))
     num_documents = sum(counts["sources"].values())
-    startup = startup_seconds(ours_command("startup", documents, work / "startup", {}), work / "logs" / "startup.log")
     log(f"engines: local ({workers} processes)")
     local = time_stages(work, "local", {"workers": workers})
     log(f"engines: Ray ({workers} nodes)")
@@ -77,14 +76,13 @@ def engine_comparison(work: Path, documents: Path, counts: dict[str, Any], worke
     if cluster.returncode != 0:
         raise RuntimeError(f"the Ray side failed ({cluster.returncode}):\n{cluster.stderr[-3000:]}")
     ray = json.loads((work / "ray.json").read_text())
-    result: dict[str, Any] = {"documents": num_documents, "workers": workers, "startup_s": round(startup, 2)}
+    result: dict[str, Any] = {"documents": num_documents, "workers": workers}
     for stage in [*STAGES, "total"]:
         seconds = {name: (sum(s["seconds"] for s in side.values()) if stage == "total" else side[stage]["seconds"])
                    for name, side in (("local", local), ("ray", ray))}
-        steady = {name: value - startup * (len(STAGES) if stage == "total" else 1) for name, value in seconds.items()}
         result[stage] = {**{f"{name}_s": round(value, 2) for name, value in seconds.items()},
-                         **{f"{name}_docs_per_s": round(num_documents / value, 1) for name, value in steady.items()},
-                         "ratio": round(steady["ray"] / steady["local"], 3)}
+                         **{f"{name}_docs_per_s": round(num_documents / value, 1) for name, value in seconds.items()},
+                         "ratio": round(seconds["ray"] / seconds["local"], 3)}
     result["same_output"] = all(local[stage]["digest"] == ray[stage]["digest"] for stage in STAGES)
     return result
 
@@ -97,7 +95,7 @@ def results_block(command: str, found: dict[str, Any], load: tuple[float, float]
         f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}; load average {load[0]:.2f} before, "
         f"{load[1]:.2f} after. Input: {found['documents']} documents (corpus_input.py), 8 shards. Local engine: "
         f"{found['workers']} processes; Ray: {found['workers']} nodes of one CPU on this machine (loopback). "
-        f"docs/s = documents / (wall clock − start-up {found['startup_s']:.1f} s). Same output bytes: "
+        f"The stages run one after the other in one process per engine, as `tango run` runs steps; docs/s = documents / the stage's wall clock in that process (imports excluded, the engine's start included). Same output bytes: "
         f"{'yes' if found['same_output'] else 'NO'}. Goal: Ray time / local time ≤ {GOAL}.",
         "",
         "| stage | local docs/s | Ray docs/s | Ray time / local time | wall clock s: local | Ray |",
