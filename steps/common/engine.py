@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import uuid
 import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class Engine(ABC):
     @abstractmethod
     def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
         """``(index, work(jobs[index]))`` for every job, as each finishes. A job that fails raises here."""
+
+    def check_shared(self, folder: Path) -> None:
+        """Raise unless every worker sees ``folder`` (where a stage's jobs write); this machine's workers do."""
 
 
 class LocalEngine(Engine):
@@ -91,6 +96,14 @@ class LocalEngine(Engine):
         return f"LocalEngine(num_workers={self.num_workers})"
 
 
+def _read_probe(probe: str) -> str | None:
+    """The probe file's text as a Ray node sees it (None: the node does not see it)."""
+    try:
+        return Path(probe).read_text()
+    except OSError:
+        return None
+
+
 def _on_node(work: Callable[[Job], Result], job: Job) -> tuple[str, Result]:
     """``work(job)`` in a Ray task, with the id of the node that ran it."""
     import ray
@@ -123,6 +136,27 @@ class RayEngine(Engine):
     @property
     def workers(self) -> int:
         return max(1, int(self._ray().cluster_resources().get("CPU", 1)))
+
+    def check_shared(self, folder: Path) -> None:
+        """Reads a probe file written to ``folder`` on every alive node, before any job runs there."""
+        ray = self._ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        token = uuid.uuid4().hex
+        probe = folder / f".engine-probe-{token}"
+        probe.write_text(token)
+        try:
+            nodes = [node for node in ray.nodes() if node["Alive"]]
+            seen = ray.get([ray.remote(_read_probe).options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(str(probe)) for node in nodes])
+        finally:
+            probe.unlink()
+        blind = [node["NodeManagerAddress"] for node, text in zip(nodes, seen) if text != token]
+        if blind:
+            raise RuntimeError(f"execution.engine.ray: node(s) {', '.join(blind)} do not see {folder}; put the "
+                               "workspace (with an object-store workspace: OLMO_TANGO_CACHE) on a filesystem every "
+                               "node mounts at the same path")
 
     def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
         ray = self._ray()

@@ -18,6 +18,7 @@ from tango.format import Format
 
 from olmo_model.config import Config
 from steps.common.artifacts import DATA_DIR, MANIFEST_FILE, Artifact, build_manifest, link_or_copy_tree
+from steps.common.engine import Engine
 from steps.common.execution import Execution
 
 # Arguments that say where, how fast and how observably a step runs, never what it computes, so they stay out
@@ -155,6 +156,13 @@ class ArtifactStep(Step[Artifact]):
     def content_hash(self, argument: str) -> str:
         """The content hash that went into this step's fingerprint for a ``CONTENT_HASHED`` argument."""
         return hashed_as(self.kwargs[argument]).content_hash
+
+    def shard_engine(self, execution: Execution) -> Engine:
+        """The engine of this step's per-shard jobs, checked to reach its work dir (and so its output) from
+        every worker before any job runs."""
+        engine = execution.shard_engine()
+        engine.check_shared(self.work_dir)
+        return engine
 
     def output_dir(self, fresh: bool = True) -> Path:
         """The directory in this step's work dir for the artifact's files; emptied first when ``fresh``

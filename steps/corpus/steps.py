@@ -56,7 +56,7 @@ class CorpusSource(ShardedStage):
 
     def run(self, source: SourceSpec, max_shard_bytes: int = 64 * 2**20, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)  # inputs finished before a crash are not read again
-        stats = write_source(source, out, max_shard_bytes, execution.shard_engine(), self.markers,
+        stats = write_source(source, out, max_shard_bytes, self.shard_engine(execution), self.markers,
                              ids_dir=self.work_dir / "ids")
         return self.artifact(out, {"source": source.name, "content_hash": self.content_hash("source"), **stats})
 
@@ -70,7 +70,7 @@ class TagDocuments(ShardedStage):
 
     def run(self, sources: list[Artifact], config: TagConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)
-        stats = tag_documents(self.merged_sources(sources), out, config, execution.shard_engine(), self.markers)
+        stats = tag_documents(self.merged_sources(sources), out, config, self.shard_engine(execution), self.markers)
         return self.artifact(out, stats)
 
 
@@ -86,7 +86,7 @@ class FilterDocuments(ShardedStage):
     ) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = filter_documents(self.merged_sources(sources), attributes.path / ATTRIBUTES_DIR, out, config,
-                                 execution.shard_engine(), self.markers)
+                                 self.shard_engine(execution), self.markers)
         return self.artifact(out, stats)
 
 
@@ -105,7 +105,7 @@ class DeduplicateDocuments(ArtifactStep):
     def run(self, documents: Artifact, config: DedupConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)
         stats = deduplicate(documents_dir(documents), out, config, work_dir=self.work_dir / "dedup",
-                            engine=execution.shard_engine(), partitions=execution.dedup_partitions)
+                            engine=self.shard_engine(execution), partitions=execution.dedup_partitions)
         return self.artifact(out, stats)
 
 
@@ -118,5 +118,5 @@ class MixSources(ShardedStage):
 
     def run(self, documents: Artifact, config: MixConfig, execution: Execution = Execution()) -> Artifact:
         out = self.output_dir(fresh=False)  # sources finished before a crash are kept
-        stats = mix_sources(documents_dir(documents), out, config, execution.shard_engine(), self.markers)
+        stats = mix_sources(documents_dir(documents), out, config, self.shard_engine(execution), self.markers)
         return self.artifact(out, stats)

@@ -84,7 +84,7 @@ class TokenizeDocuments(ArtifactStep):
             tokenizer_file(tokenizer),
             out,
             eos_token_id=tokenizer.summary["eos_token_id"],
-            engine=execution.shard_engine(),
+            engine=self.shard_engine(execution),
         )
         shutil.rmtree(out / DONE_DIR, ignore_errors=True)
         kept = ("path", "tokens", "documents", "empty_documents", "dtype")

@@ -3,10 +3,12 @@
 ``python ray_session.py WORK``, with ``WORK/ray.jsonnet`` the micro corpus on ``execution.engine: {ray: ...}``:
 
 1. ``WORK/killed``: ``tango run -s tokenize``, one Ray worker SIGKILLed while it runs a tag task;
-2. ``WORK/resumed``: ``tango run -s tokenize`` SIGKILLed once some tag shards are done, then run again.
+2. ``WORK/resumed``: ``tango run -s tokenize`` SIGKILLed once some tag shards are done, then run again;
+3. a folder no Ray node sees (a tmpfs mounted in a mount namespace of the driver's own) given to the Ray engine's
+   check that every node sees a step's work dir.
 
-Writes ``WORK/session.json``: each run's exit status and output, the killed worker's pid and command line, and
-how many tag shards were done when the driver died.
+Writes ``WORK/session.json``: each run's exit status and output, the killed worker's pid and command line, how
+many tag shards were done when the driver died, and the check's error.
 """
 from __future__ import annotations
 
@@ -86,7 +88,28 @@ def kill_the_driver(work: Path) -> dict:
     return {"first_status": first.returncode, "done_at_kill": done_at_kill, **finish(start(work, "resumed"))}
 
 
+CHECK_PRIVATE = """
+import os, sys
+from pathlib import Path
+from steps.common.engine import RayEngine
+try:
+    RayEngine(os.environ["RAY_ADDRESS"]).check_shared(Path(sys.argv[1]))
+except RuntimeError as error:
+    print(error)
+"""
+
+
+def check_a_private_folder(work: Path) -> str:
+    """The Ray engine's check on a folder only this driver sees: its error (empty: none)."""
+    private = work / "private"
+    private.mkdir()
+    script = f"mount -t tmpfs tmpfs {private} && {sys.executable} -c '{CHECK_PRIVATE}' {private}"
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=True).stdout.strip()
+
+
 if __name__ == "__main__":
     work = Path(sys.argv[1])
-    session = {"killed_worker": kill_a_worker(work), "killed_driver": kill_the_driver(work)}
+    session = {"killed_worker": kill_a_worker(work), "killed_driver": kill_the_driver(work),
+               "private_folder": check_a_private_folder(work)}
     (work / "session.json").write_text(json.dumps(session, indent=1))

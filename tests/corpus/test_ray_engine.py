@@ -90,3 +90,8 @@ def test_corpus_steps_on_a_two_node_cluster_survive_killed_workers_and_drivers(t
     assert 3 <= resumed["done_at_kill"] == done < shards
     assert f"Ray: {shards - done} tasks ran on" in resumed["output"]
     assert result_bytes(tmp_path / "resumed") == expected
+
+    # A work dir the nodes cannot see stops a step before any job, naming the nodes.
+    assert found["private_folder"] == (f"execution.engine.ray: node(s) 127.0.0.1, 127.0.0.1 do not see "
+                                       f"{tmp_path / 'private'}; put the workspace (with an object-store workspace: "
+                                       "OLMO_TANGO_CACHE) on a filesystem every node mounts at the same path")
