@@ -56,7 +56,8 @@ def documents_read(stats: dict[str, Any]) -> int:
 
 class Progress:
     """Logs ``<label>: <done>/<total> shards, <documents/s> documents/s, ETA <h:mm:ss>`` as shards finish, at most
-    every ``every`` seconds, and once at the end. The rate counts the shards of this run only."""
+    every ``every`` seconds, and once at the end. The rate counts the shards of this run only, and is left out
+    for jobs that read no documents (dedup's partitions)."""
 
     def __init__(self, label: str, total: int, done: int, every: float = PROGRESS_EVERY):
         self.label, self.total, self.done, self.every = label, total, done, every
@@ -69,7 +70,8 @@ class Progress:
         left = self.total - self.done
         eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-        return f"{self.label}: {self.done}/{self.total} shards, {rate:,.0f} documents/s, ETA {eta_text}"
+        documents = f", {rate:,.0f} documents/s" if self.documents else ""  # jobs that read no documents: none
+        return f"{self.label}: {self.done}/{self.total} shards{documents}, ETA {eta_text}"
 
     def shard_finished(self, stats: dict[str, Any]) -> None:
         self.done += 1

@@ -1,12 +1,14 @@
 """Running a stage shard by shard: stats in job order, in parallel, resumable after a crash."""
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from steps.common.engine import LocalEngine
-from steps.corpus.shards import run_shard_jobs
+from steps.corpus.shards import Progress, run_shard_jobs
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,16 @@ def test_two_workers_resume_from_markers_too(tmp_path):
     run_shard_jobs(make_jobs(log)[:2], log_and_measure, LocalEngine(1), markers)
     assert run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(2), markers) == expected_stats()
     assert sorted(runs(log)) == sorted(KEYS)
+
+
+def test_progress_lines_count_shards_documents_and_time_left(caplog):
+    caplog.set_level(logging.INFO, logger="steps.corpus.shards")
+    progress = Progress("tag", total=4, done=1, every=0)
+    progress.shard_finished({"documents": 30})
+    progress.shard_finished({"documents_in": 10})
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["tag: 2/4 shards", "tag: 3/4 shards"]
+    assert all(re.fullmatch(r"tag: \d/4 shards, [\d,]+ documents/s, ETA \d\d:\d\d:\d\d", line) for line in lines)
+    rounds = Progress("dedup: url", total=1, done=0, every=0)
+    rounds.shard_finished({"items": 5, "distinct": 4})  # a partition's stats: no documents read
+    assert caplog.records[-1].getMessage() == "dedup: url: 1/1 shards, ETA 00:00:00"
