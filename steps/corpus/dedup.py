@@ -62,8 +62,8 @@ from steps.corpus.stats import merge_stats, total_stats
 
 logger = logging.getLogger(__name__)
 
-WORK_FORMAT = 2  # of a work folder; a change starts the run over
-WORK_FOLDERS = ("items", "repeats", "fates", "done")
+WORK_FORMAT = 3  # of a work folder; a change starts the run over
+WORK_FOLDERS = ("items", "repeats", "fates", "alive", "done")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ The work folder of a run (:class:`DedupRun`, every path below it):
 - ``repeats/<kind>/<p>.npy``: partition ``p``'s items that repeat an earlier one, as :data:`REPEAT` records, in
   global order;
 - ``fates/<stage>/<shard>.npy``: each document's fate (:data:`ALIVE` or why it was removed) after the hash phase
-  (``hash``), the url round and the text round;
+  (``hash``), the url round and the text round; ``alive/<stage>/<shard>.npy``: the same as one bit per document
+  (alive or not), all a partition job reads of every shard (an eighth of the fates);
 - ``done/<phase>/...``: the markers of finished jobs.
 """
 from __future__ import annotations
@@ -125,6 +126,19 @@ class DedupRun:
     def fates(self, stage: str, key: str) -> Path:
         return self.root / "fates" / stage / f"{key}.npy"
 
+    def alive(self, stage: str, key: str) -> Path:
+        return self.root / "alive" / stage / f"{key}.npy"
+
+    def save_fates(self, stage: str, key: str, fates: np.ndarray) -> None:
+        """A shard's fates after ``stage``, and which documents are alive, packed in bits."""
+        save_array(self.alive(stage, key), np.packbits(fates == ALIVE))
+        save_array(self.fates(stage, key), fates)
+
+    def alive_documents(self, stage: str, key: str, documents: np.ndarray) -> np.ndarray:
+        """Whether each of a shard's ``documents`` (indices) is alive after ``stage``."""
+        packed = load_array(self.alive(stage, key))
+        return (packed[documents >> 3] >> (7 - (documents & 7)).astype(np.uint8)) & 1 == 1
+
     def markers(self, phase: str) -> Path:
         return self.root / "done" / phase
 
@@ -218,7 +232,7 @@ def hash_shard(job: HashJob) -> dict[str, int]:
         items["paragraph"] = _paragraph_items(paragraph_lines if job.paragraphs else [])
     _save_by_partition(run, job.key, items)
     save_array(run.items(job.key, "text_bytes"), np.array([len(text.encode("utf-8")) for text in texts], np.int64))
-    save_array(run.fates("hash", job.key), fates)
+    run.save_fates("hash", job.key, fates)
     return {"documents_in": len(docs), "documents_without_url": without_url}
 
 
@@ -242,7 +256,7 @@ def decide_partition(job: PartitionJob) -> dict[str, int]:
     run, kind, parts, shards = job.run, job.kind, [], []
     for shard, key in enumerate(run.shard_keys()):
         items = run.partition_items(key, kind, job.partition)
-        items = items[load_array(run.fates(run.fates_before(kind), key))[items["doc"]] == ALIVE]
+        items = items[run.alive_documents(run.fates_before(kind), key, items["doc"])]
         parts.append(items)
         shards.append(np.full(len(items), shard, dtype=np.uint32))
     items, shard_of = np.concatenate(parts), np.concatenate(shards)
@@ -271,7 +285,7 @@ def settle_fates(run: DedupRun, kind: str) -> None:
     for shard, key in enumerate(run.shard_keys()):
         fates = load_array(run.fates(before, key))
         fates[shard_repeats(repeats, shard)["doc"]] = REMOVED_BY[kind]
-        save_array(run.fates(kind, key), fates)
+        run.save_fates(kind, key, fates)
 
 
 # --- the write phase: one job per shard ---------------------------------------------------------------
