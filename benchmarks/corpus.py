@@ -12,8 +12,10 @@ dry runs); wall-clock and CPU-second figures come along:
 - the same tag + filter against datatrove (:mod:`corpus_datatrove`): its Gopher quality and
   repetition filters, C4 quality filter and PII formatter in a ``LocalPipelineExecutor``, reading
   the same shards and writing the kept documents;
-- dedup: three ``dolma dedupe`` runs (URL, exact text, paragraphs; it does one kind per run)
-  against our one URL + exact + paragraph pass;
+- dedup: three ``dolma dedupe`` runs (URL, exact text, paragraphs; it does one kind per run), which write
+  attributes only, against our one URL + exact + paragraph pass, which writes the deduplicated documents;
+- dedup + apply: the same three runs plus one ``dolma mix`` applying their attributes (duplicate documents
+  excluded, duplicate paragraphs replaced with "") against the same pass of ours: equal work;
 - mixing: ``dolma mix`` passing every document through against our ``mix_sources`` at factor 1;
   also ``dolma mix`` with the Dolma v1.5 Gopher rules, whose kept count checks the peer decisions.
 
@@ -619,6 +621,7 @@ def results_block(command: str, report: dict[str, Any]) -> str:
                   for (kind, peer, ours), count in found["disagreements"].most_common(12)]
     ours_dedup, peer_dedup = stages["dedup"].ours_stats, stages["dedup"].peer_stats
     applied, apply_timing = stages["dedup_apply"].peer_stats, stages["dedup_apply"].peer_stats["apply"]
+    spans_applied = applied["paragraphs_removed"] == peer_dedup["paragraphs_in_unflagged_documents"]
     filtered = stages["tag"].ours_stats
     lines += [
         "",
@@ -630,8 +633,9 @@ def results_block(command: str, report: dict[str, Any]) -> str:
         f"Dedup + apply, ours / dolma's mix (its output measured): documents kept {ours_dedup['documents_kept']} / "
         f"{applied['documents_kept']}; paragraphs removed {ours_dedup['paragraphs_removed']} / "
         f"{applied['paragraphs_removed']}; documents emptied {ours_dedup['documents_emptied']} / "
-        f"{applied['documents_emptied']}. dolma's mix alone: {apply_timing.seconds:.1f} s ({apply_timing.startup:.1f} "
-        f"start-up), {apply_timing.cpu:.1f} CPU s.",
+        f"{applied['documents_emptied']} (dolma's paragraphs: {'the same as' if spans_applied else 'NOT the same as'} "
+        "the spans its attributes flag in the documents it does not exclude). dolma's mix alone: "
+        f"{apply_timing.seconds:.1f} s ({apply_timing.startup:.1f} start-up), {apply_timing.cpu:.1f} CPU s.",
         f"PII spans found, ours / dolma: {found['pii_spans_ours']} / {found['pii_spans_peer']}; documents with more "
         f"than five: {found['pii_over_5_ours']} / {found['pii_over_5_peer']} (same decision on "
         f"{found['pii_over_5_agreement']:.2%}). Our filter kept {filtered['documents_kept']} of "
