@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -63,14 +64,15 @@ class LocalEngine(Engine):
     def _processes(self) -> ProcessPoolExecutor:
         # an executor, not a Pool: a worker that dies (killed, out of memory) fails the stage instead of hanging it
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("spawn"))
-            weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=single_threaded)
+            self._ending = weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
         return self._pool
 
     def close(self) -> None:
         """End the worker processes (the next call starts new ones)."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._ending()
             self._pool = None
 
     def map_unordered(self, work: Callable[[Job], Result], jobs: Sequence[Job]) -> Iterator[tuple[int, Result]]:
@@ -78,22 +80,29 @@ class LocalEngine(Engine):
             for index, job in enumerate(jobs):
                 yield index, work(job)
             return
-        pool = self._processes()
-        pending = {pool.submit(work, job): index for index, job in enumerate(jobs)}
+        pending: dict[Future, int] = {}
         try:
+            pool = self._processes()
+            pending = {pool.submit(work, job): index for index, job in enumerate(jobs)}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=pending.__getitem__):
                     yield pending.pop(future), future.result()
         except BrokenProcessPool:
-            self.close()  # a worker died: the pool cannot take more work
+            self.close()  # a worker died (in a job or idle): the pool cannot take more work
             raise
         finally:
-            for future in pending:  # the stage failed or was abandoned: drop what has not started
+            for future in pending:  # the stage failed or was abandoned: drop what has not started,
                 future.cancel()
+            wait(pending)  # and let what has started finish, so that nothing still writes its files
 
     def __repr__(self) -> str:
         return f"LocalEngine(num_workers={self.num_workers})"
+
+
+def single_threaded() -> None:
+    """A worker runs one job per core: libraries it calls must not start thread pools of their own."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _read_probe(probe: str) -> str | None:
@@ -108,6 +117,7 @@ def _on_node(work: Callable[[Job], Result], job: Job) -> tuple[str, Result]:
     """``work(job)`` in a Ray task, with the id of the node that ran it."""
     import ray
 
+    single_threaded()
     return ray.get_runtime_context().get_node_id(), work(job)
 
 
@@ -152,7 +162,8 @@ class RayEngine(Engine):
             ).remote(str(probe)) for node in nodes])
         finally:
             probe.unlink()
-        blind = [node["NodeManagerAddress"] for node, text in zip(nodes, seen) if text != token]
+        blind = [f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node, text in zip(nodes, seen)
+                 if text != token]
         if blind:
             raise RuntimeError(f"execution.engine.ray: node(s) {', '.join(blind)} do not see {folder}; put the "
                                "workspace (with an object-store workspace: OLMO_TANGO_CACHE) on a filesystem every "
@@ -165,7 +176,9 @@ class RayEngine(Engine):
         nodes: set[str] = set()
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                refs = list(pending)
+                done, rest = ray.wait(refs, num_returns=1)
+                done += ray.wait(rest, num_returns=len(rest), timeout=0)[0] if rest else []  # and all others ready
                 for ref in done:
                     node, result = ray.get(ref)
                     nodes.add(node)

@@ -399,7 +399,7 @@ def write_source(
     skipped: {reason: count}, records_recovered, unreadable_bytes, duplicate_ids}``; ``skipped`` counts
     embedded candidates that make no document; ``duplicate_ids`` the documents (kept) whose id an earlier
     document of the source has. The jobs' id digests go to ``ids_dir`` (keep it with ``markers`` to resume;
-    a temporary folder when not given).
+    a temporary folder of this machine when not given: on a cluster, give one every node sees).
     """
     with tempfile.TemporaryDirectory(prefix="source-ids-") as scratch:
         ids = str(ids_dir if ids_dir is not None else scratch)
@@ -407,7 +407,10 @@ def write_source(
                 for index, url in enumerate(source_inputs(spec))]
         totals: dict[str, Any] = {"records_in": 0, "documents": 0, "bytes": 0, "quarantined": {}, "skipped": {},
                                   "records_recovered": 0, "unreadable_bytes": 0}
-        for stats in run_shard_jobs(jobs, write_source_input, engine, markers, f"source {spec.name}"):
+        # a source of files runs on the engine; any other is one job, run here, where its fingerprint was taken
+        # (an embedded source reads this machine's files, which another node may not have)
+        here = engine if isinstance(spec, FilesSource) else LocalEngine()
+        for stats in run_shard_jobs(jobs, write_source_input, here, markers, f"source {spec.name}"):
             totals = merge_stats(totals, stats)
         totals["duplicate_ids"] = count_duplicates(_ids_of_finished(job) for job in jobs)
     summary = quarantine_summary(spec.name, totals, out_dir)

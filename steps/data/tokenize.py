@@ -145,8 +145,6 @@ _TOKENIZERS: dict[str, Tokenizer] = {}
 
 def _cached_tokenizer(path: str) -> Tokenizer:
     if path not in _TOKENIZERS:
-        # jobs already run in parallel, one per worker: no threads of the tokenizer's own
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         _TOKENIZERS[path] = parse_tokenizer(Path(path).read_bytes(), path)
     return _TOKENIZERS[path]
 

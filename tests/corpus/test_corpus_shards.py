@@ -48,11 +48,6 @@ def test_stats_come_back_in_job_order(tmp_path, num_workers):
     assert sorted(runs(tmp_path / "log")) == sorted(KEYS)
 
 
-def test_num_workers_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match="num_workers must be >= 1, got 0"):
-        run_shard_jobs(make_jobs(tmp_path / "log"), log_and_measure, LocalEngine(0))
-
-
 def test_finished_jobs_leave_markers_and_are_not_run_again(tmp_path):
     log, markers = tmp_path / "log", tmp_path / "markers"
     first = run_shard_jobs(make_jobs(log), log_and_measure, LocalEngine(1), markers)

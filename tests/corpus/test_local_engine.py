@@ -37,7 +37,27 @@ def test_one_worker_runs_jobs_in_this_process():
 
 def test_a_dead_worker_fails_its_call_and_the_next_call_gets_new_workers():
     engine = LocalEngine(2)
+    before = pids(engine)
     with pytest.raises(BrokenProcessPool):
         list(engine.map_unordered(die, [1, 2]))
-    assert len(pids(engine)) >= 1
+    assert pids(engine) and not pids(engine) & before  # new workers
+    engine.close()
+
+
+def test_num_workers_must_be_positive():
+    with pytest.raises(ValueError, match="num_workers must be >= 1, got 0"):
+        LocalEngine(0)
+
+
+def fail_on_odd(job: int) -> int:
+    if job % 2:
+        raise ValueError(f"job {job} failed")
+    return os.getpid()
+
+
+def test_a_failed_job_fails_its_call_and_leaves_the_workers_to_the_next():
+    engine = LocalEngine(2)
+    with pytest.raises(ValueError, match="job [13] failed"):
+        list(engine.map_unordered(fail_on_odd, [0, 1, 2, 3, 4]))
+    assert pids(engine) and engine._pool is not None  # the same pool serves the next call
     engine.close()
