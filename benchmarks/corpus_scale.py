@@ -42,7 +42,7 @@ from steps.data.tokenizer import olmo_tokenizers_dir  # noqa: E402
 # Dolma v1.5 (the corpus of OLMo-7B): ~5e9 documents, ~3e12 tokens (the Dolma paper and OLMo's report), 6.4 TB
 # gzipped (the allenai/dolma dataset card).
 DOLMA_V1_5 = {"documents": 5e9, "tokens": 3e12, "gzip_bytes": 6.4e12}
-PARTITION_BYTES = 2 * 2**30  # dedup items one job holds (twice that while sorting): 64 jobs on a 256 GiB node
+PARTITION_BYTES = 2**30  # dedup items one job holds (three times that while sorting): 64 jobs on a 256 GiB node
 TOKENIZER = "allenai_gpt-neox-olmo-dolma-v1_5.json"
 EOS_TOKEN_ID = 50279
 

@@ -1,6 +1,6 @@
 """A Ray cluster of several nodes on this machine, on loopback, for as long as one command runs (tests, benchmarks).
 
-``cluster_command(command, nodes=2)`` is ``unshare --net --pid --fork --kill-child --mount-proc sh -c '...'``:
+``cluster_command(command, temp_dir, nodes=2)`` is ``unshare --net --pid --fork --kill-child --mount-proc sh -c '...'``:
 in fresh network and process namespaces it brings loopback up, starts a head node (``ray start --head --port
 P``) and ``nodes - 1`` worker nodes joining it, ``--num-cpus 1`` each, dashboard off, then runs ``command`` with
 ``RAY_ADDRESS`` set to ``127.0.0.1:P`` and stops the cluster (``ray stop --force``), exiting with the command's

@@ -104,6 +104,7 @@ local params = {
   execution: {
     device: 'auto', num_workers: 16, world_size: 256, nnodes: 32, rdzv_endpoint: 'olmo-node-0:29400', sharding: 'full',
     log_every: 10, checkpoint_every: 1000,
+    dedup_partitions: 1536,  // Dolma v1.5's 1.5 TB of dedup items in 1 GiB shares (docs/scale.md)
   },
 };
 

@@ -26,7 +26,7 @@ the work folder's layout), so it scales past one machine:
 
 Each partition decides "first occurrence kept" in global order over all the items of its keys, so the decisions
 are those of one process walking the corpus in order, for any partition count; a job's memory is bounded by its
-partition (24 bytes per item: digest, document, line; about twice that while it sorts). The items are exact
+partition (24 bytes per item: digest, document, line; about three times that while it sorts). The items are exact
 digests, sorted per partition, not a Bloom filter: a Bloom filter's false positives depend on which items share
 it, so only exact digests make the bytes provably independent of the partition count; they make no false
 positive (two distinct items collide with probability about n² / 2¹²⁹), at 16 bytes per item, and partitions
@@ -102,6 +102,14 @@ def _empty_stats() -> dict[str, int]:
                           "bytes_kept"), 0)
 
 
+def _recorded_partitions(run: DedupRun) -> int | None:
+    """The partition count of the run recorded in ``run``'s work folder, if there is one."""
+    try:
+        return int(json.loads(run.identity.read_text())["partitions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _start(run: DedupRun, config: DedupConfig, shard_keys: list[str], evaluation: list[str]) -> None:
     """Make the work folder ready: kept if it holds this run (same config, partitions and shards), else cleared;
     the evaluation paragraphs' digests saved for the hash jobs."""
@@ -135,12 +143,11 @@ def deduplicate(
     with documents_in == removed_contaminated + removed_url + removed_exact + documents_emptied + documents_kept.
     distinct_items: per enabled kind, the distinct items among the documents that reached its round.
 
-    The jobs run on ``engine``, in ``partitions`` partitions per round (default: one per worker); the result does
-    not depend on either. With ``work_dir``, the work folder lives there and a re-run after a crash redoes only
+    The jobs run on ``engine``, in ``partitions`` partitions per round (default: those of the unfinished run in
+    ``work_dir``, else one per worker of the engine); the result does not depend on either. With ``work_dir``, the work folder lives there and a re-run after a crash redoes only
     unfinished jobs; without it, in a scratch folder under ``output_dir``, removed at the end.
     """
-    partitions = engine.workers if partitions is None else partitions
-    if partitions < 1:
+    if partitions is not None and partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     shards = [(source, path, shard_stem(path, input_dir / source))
@@ -150,6 +157,8 @@ def deduplicate(
     min_words = config.decontamination_min_words if config.decontaminate else None
     folder = nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory(dir=output_dir, prefix=".dedup-")
     with folder as root:
+        if partitions is None:  # a resumed run keeps its partitions (and its work) whatever the engine's size now
+            partitions = _recorded_partitions(DedupRun(Path(root), 1, config.kinds)) or engine.workers
         run = DedupRun(Path(root), partitions, config.kinds)
         hash_jobs = [HashJob(run, source, path, stem, config.dedups_paragraphs(source), min_words)
                      for source, path, stem in shards]
@@ -158,7 +167,8 @@ def deduplicate(
         distinct = {}
         for kind in run.kinds:
             jobs = [PartitionJob(run, kind, partition) for partition in range(partitions)]
-            decided = run_shard_jobs(jobs, decide_partition, engine, run.markers(kind), f"dedup: {kind}")
+            decided = run_shard_jobs(jobs, decide_partition, engine, run.markers(kind), f"dedup: {kind}",
+                                     unit="partitions")
             distinct[kind] = sum(stats["distinct"] for stats in decided)
             if kind in REMOVED_BY:
                 settle_fates(run, kind)

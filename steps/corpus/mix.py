@@ -160,6 +160,7 @@ def mix_sources(
     factors = sampling_factors(config, sources)
     jobs = [MixJob(source, tuple(map(str, shards)), str(output_dir), config, factors[source])
             for source, shards in sources.items()]
-    per_source = {job.source: stats for job, stats in zip(jobs, run_shard_jobs(jobs, mix_source, engine, markers, "mix"))}
+    stats = run_shard_jobs(jobs, mix_source, engine, markers, "mix", "sources")
+    per_source = {job.source: source_stats for job, source_stats in zip(jobs, stats)}
     return {"sources": {source: {**stats, "factor": factors[source]} for source, stats in per_source.items()},
             "total": total_stats(per_source)}

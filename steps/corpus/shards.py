@@ -55,12 +55,12 @@ def documents_read(stats: dict[str, Any]) -> int:
 
 
 class Progress:
-    """Logs ``<label>: <done>/<total> shards, <documents/s> documents/s, ETA <h:mm:ss>`` as shards finish, at most
+    """Logs ``<label>: <done>/<total> <unit>, <documents/s> documents/s, ETA <hh:mm:ss>`` as jobs finish, at most
     every ``every`` seconds, and once at the end. The rate counts the shards of this run only, and is left out
     for jobs that read no documents (dedup's partitions)."""
 
-    def __init__(self, label: str, total: int, done: int, every: float = PROGRESS_EVERY):
-        self.label, self.total, self.done, self.every = label, total, done, every
+    def __init__(self, label: str, total: int, done: int, every: float = PROGRESS_EVERY, unit: str = "shards"):
+        self.label, self.total, self.done, self.every, self.unit = label, total, done, every, unit
         self.started = self.last = time.monotonic()
         self.finished_here = self.documents = 0
 
@@ -69,9 +69,9 @@ class Progress:
         rate = self.documents / elapsed
         left = self.total - self.done
         eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        eta_text = "{:02d}:{:02d}:{:02d}".format(*_hours_minutes_seconds(eta)) if eta == eta else "?"
         documents = f", {rate:,.0f} documents/s" if self.documents else ""  # jobs that read no documents: none
-        return f"{self.label}: {self.done}/{self.total} shards{documents}, ETA {eta_text}"
+        return f"{self.label}: {self.done}/{self.total} {self.unit}{documents}, ETA {eta_text}"
 
     def shard_finished(self, stats: dict[str, Any]) -> None:
         self.done += 1
@@ -83,12 +83,18 @@ class Progress:
             logger.info(self.line())
 
 
+def _hours_minutes_seconds(seconds: float) -> tuple[int, int, int]:
+    minutes, second = divmod(round(seconds), 60)
+    return minutes // 60, minutes % 60, second
+
+
 def run_shard_jobs(
     jobs: Sequence[Job],
     work: Callable[[Job], dict[str, Any]],
     engine: Engine = LocalEngine(),
     markers: Path | None = None,
     label: str = "shards",
+    unit: str = "shards",
 ) -> list[dict[str, Any]]:
     """``work(job)`` for every job on ``engine``; the stats in job order.
 
@@ -103,7 +109,7 @@ def run_shard_jobs(
         if results:
             logger.info("%s: resuming, %d of %d shards already done", label, len(results), len(jobs))
     pending = [index for index in range(len(jobs)) if index not in results]
-    progress = Progress(label, len(jobs), len(results))
+    progress = Progress(label, len(jobs), len(results), unit=unit)
     for position, stats in engine.map_unordered(work, [jobs[index] for index in pending]):
         index = pending[position]
         results[index] = stats

@@ -4,7 +4,7 @@ For each shard ``<documents>/<source>/<stem>.jsonl.gz`` and each tagger that app
 this writes ``attributes/<tagger>/<source>/<stem>.jsonl.gz``: one row per document, in document
 order, ``{id, source, attributes: {"<tagger>__<name>": [[start, end, value], ...]}}`` with spans
 into the document's text. Nothing is removed here; :mod:`steps.corpus.filter` applies the rules.
-Shards run in parallel; the output does not depend on ``num_workers``.
+Shards run in parallel on an engine (:mod:`steps.common.engine`); the output does not depend on it.
 """
 from __future__ import annotations
 

@@ -326,6 +326,26 @@ def test_a_rerun_after_a_failed_job_redoes_only_unfinished_jobs_and_writes_the_s
     assert jobs == []  # a finished run runs no job again
 
 
+def test_a_rerun_without_a_partition_count_keeps_the_unfinished_runs(tmp_path, monkeypatch, caplog):
+    """The default count follows the engine's size, which may differ after a crash: the work done is kept."""
+    root = random_corpus(tmp_path / "in", seed=8)
+    expected = deduplicate(root, tmp_path / "clean", DedupConfig())
+
+    def failing(job):
+        raise RuntimeError("worker died")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dedup, "write_shard", failing)
+        with pytest.raises(RuntimeError, match="worker died"):
+            deduplicate(root, tmp_path / "out", DedupConfig(), tmp_path / "work", partitions=3)
+    jobs = count_jobs(monkeypatch)
+    with caplog.at_level("WARNING"):
+        assert deduplicate(root, tmp_path / "out", DedupConfig(), tmp_path / "work", LocalEngine(1)) == expected
+    assert "starting over" not in caplog.text
+    assert {phase for phase, _ in jobs} == {"write"}  # not one hash or partition job again
+    assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "clean")
+
+
 def test_a_work_dir_of_other_settings_starts_over(tmp_path, caplog):
     root = random_corpus(tmp_path / "in", seed=7)
     deduplicate(root, tmp_path / "out", DedupConfig.from_dict({"paragraph": False}), tmp_path / "work", partitions=2)
