@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.corpus import machine  # noqa: E402
 from benchmarks.corpus_input import write_corpus  # noqa: E402
 from steps.common.engine import LocalEngine  # noqa: E402
 from steps.corpus.dedup import DedupConfig, deduplicate  # noqa: E402
@@ -121,11 +121,11 @@ def projection(stages: dict[str, dict[str, Any]], nodes: list[int], cores: int) 
 
 
 def report(stages: dict[str, Any], plan: dict[str, Any], command: str) -> str:
-    nodes, cores = plan["nodes"], plan["cores"]
+    nodes, cores, m = plan["nodes"], plan["cores"], machine()
     head = " | ".join(f"h on {n}×{cores}" for n in nodes)
     lines = [
-        f"`{command}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
+        f"`{command}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {m['nproc']} cores "
+        f"({m['cpu']}), Python {m['python']}, load average "
         f"{os.getloadavg()[0]:.2f}; input {stages['tag']['documents']:,} documents, "
         f"{stages['tag']['read_bytes'] / 1e6:.1f} MB gzipped. Every stage is projected onto Dolma v1.5's "
         f"{DOLMA_V1_5['documents']:.0e} documents ({DOLMA_V1_5['gzip_bytes'] / 1e12:.1f} TB gzipped).",

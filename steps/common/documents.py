@@ -222,6 +222,11 @@ def read_documents(path: str | Path) -> Iterator[tuple[DocumentLocation, dict[st
 # --- writing -------------------------------------------------------------------------------------
 
 
+def encode_document(row: dict[str, Any]) -> str:
+    """A row as one jsonl line (without its newline), as every stage writes it: keys sorted, text as is."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True)
+
+
 class JsonlGzWriter:
     """Streams rows into a deterministic jsonl.gz file (no timestamp in the gzip header).
 
@@ -239,7 +244,7 @@ class JsonlGzWriter:
         self._text = io.TextIOWrapper(gz, encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
-        self._text.write(json.dumps(row, ensure_ascii=False, sort_keys=True))
+        self._text.write(encode_document(row))
         self._text.write("\n")
         self.count += 1
 

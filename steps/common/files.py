@@ -1,11 +1,15 @@
 """What stands for a file in a hash: the sha256 of its bytes, or, for a file behind an fsspec URL, its identity
-(sha256 of a local file's bytes; a remote one's URL with its ETag-like keys, size and modification time)."""
+(sha256 of a local file's bytes; a remote one's URL with its ETag-like keys, size and modification time). And
+:func:`replacing`, how a job writes a file that must never be seen half-written."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import fsspec
 
@@ -14,6 +18,16 @@ logger = logging.getLogger(__name__)
 # fs.info keys that identify a remote file's content, most specific first.
 CONTENT_INFO_KEYS = ("sha256", "ETag", "etag", "e_tag", "md5Hash", "md5", "blob_id", "checksum")
 TIME_INFO_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A handle on ``<path>.tmp`` (folders made), renamed to ``path`` when the block ends without an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "wb") as handle:
+        yield handle
+    os.replace(partial, path)
 
 
 def file_sha256(path: Path, chunk_size: int = 2**22) -> str:

@@ -54,8 +54,8 @@ from steps.common.tasks import get_task_spec
 from steps.corpus.config import Selector, check_selector, not_code, selects
 from steps.corpus.decontamination import DEFAULT_MIN_WORDS, task_paragraphs
 from steps.corpus.dedup_jobs import (KINDS, REMOVED_BY, DedupRun, HashJob, PartitionJob, WriteJob, decide_partition,
-                                     digest_set, hash_shard, item_digests, save_array, save_json, settle_fates,
-                                     write_shard)
+                                     digest_set, hash_shard, item_digests, run_file, save_array, save_json,
+                                     settle_fates, write_shard)
 from steps.corpus.layout import DOCUMENTS_DIR, shard_stem, source_shards
 from steps.corpus.shards import run_shard_jobs
 from steps.corpus.stats import merge_stats, total_stats
@@ -102,10 +102,10 @@ def _empty_stats() -> dict[str, int]:
                           "bytes_kept"), 0)
 
 
-def _recorded_partitions(run: DedupRun) -> int | None:
-    """The partition count of the run recorded in ``run``'s work folder, if there is one."""
+def _recorded_partitions(root: Path) -> int | None:
+    """The partition count of the run recorded in the work folder ``root``, if there is one."""
     try:
-        return int(json.loads(run.identity.read_text())["partitions"])
+        return int(json.loads(run_file(root).read_text())["partitions"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -158,7 +158,7 @@ def deduplicate(
     folder = nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory(dir=output_dir, prefix=".dedup-")
     with folder as root:
         if partitions is None:  # a resumed run keeps its partitions (and its work) whatever the engine's size now
-            partitions = _recorded_partitions(DedupRun(Path(root), 1, config.kinds)) or engine.workers
+            partitions = _recorded_partitions(Path(root)) or engine.workers
         run = DedupRun(Path(root), partitions, config.kinds)
         hash_jobs = [HashJob(run, source, path, stem, config.dedups_paragraphs(source), min_words)
                      for source, path, stem in shards]
@@ -172,8 +172,7 @@ def deduplicate(
             distinct[kind] = sum(stats["distinct"] for stats in decided)
             if kind in REMOVED_BY:
                 settle_fates(run, kind)
-        write_jobs = [WriteJob(run, index, job.source, job.path, job.stem, job.paragraphs,
-                               output_dir / DOCUMENTS_DIR / job.source / f"{job.stem}.jsonl.gz")
+        write_jobs = [WriteJob(job, index, output_dir / DOCUMENTS_DIR / job.source / f"{job.stem}.jsonl.gz")
                       for index, job in enumerate(hash_jobs)]
         written = run_shard_jobs(write_jobs, write_shard, engine, run.markers("write"), "dedup: write")
     per_source: dict[str, dict[str, int]] = {}

@@ -22,16 +22,15 @@ import gzip
 import hashlib
 import itertools
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from steps.common.compressed import open_shard
-from steps.common.documents import GZIP_LEVEL, read_documents
+from steps.common.documents import GZIP_LEVEL, encode_document, read_documents
+from steps.common.files import replacing
 from steps.corpus.decontamination import is_long
 
 KINDS = ("url", "text", "paragraph")  # the rounds, in cascade order; also the digests' personalisation
@@ -39,7 +38,6 @@ ALIVE, CONTAMINATED, REMOVED_URL, REMOVED_EXACT = range(4)  # a document's fate 
 REMOVED_BY = {"url": REMOVED_URL, "text": REMOVED_EXACT}  # the rounds that remove whole documents
 ITEM = np.dtype([("digest", "<u8", (2,)), ("doc", "<u4"), ("line", "<u4")])  # line: of a paragraph, else 0
 REPEAT = np.dtype([("shard", "<u4"), ("doc", "<u4"), ("line", "<u4")])  # shard: its index in global order
-_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)  # as steps.common.documents writes documents
 
 
 def item_digests(items: Sequence[str], kind: str) -> np.ndarray:
@@ -73,28 +71,23 @@ def contains(members: np.ndarray, digests: np.ndarray) -> np.ndarray:
     return np.isin(np.ascontiguousarray(digests, dtype="<u8").view("V16").ravel(), members)
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[BinaryIO]:
-    """A handle on ``<path>.tmp``, renamed to ``path`` when the block ends without an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    with open(partial, "wb") as handle:
-        yield handle
-    os.replace(partial, path)
-
-
 def save_array(path: Path, array: np.ndarray) -> None:
-    with _replacing(path) as handle:
+    with replacing(path) as handle:
         np.save(handle, array, allow_pickle=False)
 
 
 def save_json(path: Path, data: Any) -> None:
-    with _replacing(path) as handle:
+    with replacing(path) as handle:
         handle.write(json.dumps(data).encode("utf-8"))
 
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def run_file(root: Path) -> Path:
+    """A work folder's ``run.json``."""
+    return root / "run.json"
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ class DedupRun:
 
     @property
     def identity(self) -> Path:
-        return self.root / "run.json"
+        return run_file(self.root)
 
     @property
     def evaluation(self) -> Path:
@@ -293,23 +286,19 @@ def settle_fates(run: DedupRun, kind: str) -> None:
 
 @dataclass(frozen=True)
 class WriteJob:
-    run: DedupRun
+    hashed: HashJob  # the same shard's hash job
     shard: int  # index in global order
-    source: str
-    path: Path
-    stem: str
-    paragraphs: bool  # whether paragraph dedup applies to the source
     output: Path
 
     @property
     def key(self) -> str:
-        return f"{self.source}/{self.stem}"
+        return self.hashed.key
 
 
 def _removed_lines(run: DedupRun, job: WriteJob) -> dict[int, set[int]]:
     """The lines each document loses to paragraph dedup."""
     removed: dict[int, set[int]] = {}
-    if job.paragraphs and "paragraph" in run.kinds:
+    if job.hashed.paragraphs and "paragraph" in run.kinds:
         repeats = shard_repeats(all_repeats(run, "paragraph"), job.shard)
         for doc, line in zip(repeats["doc"].tolist(), repeats["line"].tolist()):
             removed.setdefault(doc, set()).add(line)
@@ -320,7 +309,7 @@ def _without_lines(line: bytes, drop: set[int]) -> tuple[bytes, int]:
     """A document's jsonl line without the text lines ``drop``, serialised as every stage writes; its text size."""
     doc = json.loads(line)
     doc["text"] = "\n".join(text for number, text in enumerate(doc["text"].split("\n")) if number not in drop)
-    return _ENCODER.encode(doc).encode("utf-8"), len(doc["text"].encode("utf-8"))
+    return encode_document(doc).encode("utf-8"), len(doc["text"].encode("utf-8"))
 
 
 def _write_gz(path: Path, lines: list[bytes]) -> None:
@@ -329,18 +318,18 @@ def _write_gz(path: Path, lines: list[bytes]) -> None:
         path.unlink(missing_ok=True)
         return
     data = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=GZIP_LEVEL, mtime=0)
-    with _replacing(path) as handle:
+    with replacing(path) as handle:
         handle.write(data)
 
 
 def write_shard(job: WriteJob) -> dict[str, int]:
     """Apply the decisions to a shard and write its kept documents: the lines of those kept whole as they were read,
     those that lost paragraphs serialised again. Returns the shard's stats but documents_without_url."""
-    run = job.run
+    run = job.hashed.run
     fates = load_array(run.fates(run.fates_before("write"), job.key))
     removed = _removed_lines(run, job)
     alive = fates == ALIVE
-    if job.paragraphs and "paragraph" in run.kinds:  # emptied: every non-blank paragraph removed (or none at all)
+    if job.hashed.paragraphs and "paragraph" in run.kinds:  # emptied: every non-blank paragraph removed (or none at all)
         paragraphs = np.bincount(load_array(run.items(job.key, "paragraph"))["doc"], minlength=len(fates))
         lost = np.zeros(len(fates), dtype=np.int64)
         lost[list(removed)] = [len(lines) for lines in removed.values()]
@@ -349,7 +338,7 @@ def write_shard(job: WriteJob) -> dict[str, int]:
         emptied = np.zeros(len(fates), dtype=bool)
     keep, text_bytes = (alive & ~emptied).tolist(), load_array(run.items(job.key, "text_bytes")).tolist()
     kept, bytes_kept, index = [], 0, 0
-    with open_shard(str(job.path)) as shard:  # the lines read_documents reads: the non-blank ones
+    with open_shard(str(job.hashed.path)) as shard:  # the lines read_documents reads: the non-blank ones
         for _, raw, _ in shard.lines():
             line = raw.strip()
             if not line:

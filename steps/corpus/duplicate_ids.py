@@ -9,11 +9,12 @@ values, so memory stays near ``RANGE_ITEMS`` digests whatever the source's size.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from steps.common.files import replacing
 
 RANGE_ITEMS = 2**24  # digests held at once while counting (128 MiB)
 
@@ -25,11 +26,8 @@ def id_digest(doc_id: str) -> int:
 def write_digests(path: Path, digests: Iterable[int]) -> None:
     """Write the digests sorted, as a ``.npy`` file, atomically."""
     array = np.sort(np.fromiter(digests, dtype=np.uint64))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    with open(partial, "wb") as handle:
+    with replacing(path) as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(partial, path)
 
 
 def count_duplicates(paths: Iterable[Path]) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from steps.common.engine import Engine, LocalEngine
+from steps.common.files import replacing
 from steps.corpus.layout import shard_stem, source_shards
 from steps.corpus.stats import merge_stats
 
@@ -43,10 +43,8 @@ def _marker(markers: Path, job: ShardJob) -> Path:
 
 
 def _write_marker(path: Path, stats: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(stats, sort_keys=True))
-    os.replace(partial, path)
+    with replacing(path) as handle:
+        handle.write(json.dumps(stats, sort_keys=True).encode())
 
 
 def documents_read(stats: dict[str, Any]) -> int:

@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 
 from steps.common.artifacts import TOKENIZER_DIR, Artifact
 from steps.common.engine import Engine, LocalEngine
+from steps.common.files import replacing
 from steps.common.documents import list_shards, read_documents
 from steps.data.provenance import ProvenanceWriter, sidecar_paths
 from steps.corpus.shards import run_shard_jobs
@@ -205,10 +206,8 @@ def tokenize_shard(job: ShardJob) -> dict[str, Any]:
     record = _finished_record(job)
     if record is None:
         record = _write_shard(job)
-        job.marker_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_marker = job.marker_path.with_name(job.marker_path.name + ".tmp")
-        tmp_marker.write_text(json.dumps({"settings": job.settings, "file": record}, sort_keys=True))
-        os.replace(tmp_marker, job.marker_path)
+        with replacing(job.marker_path) as handle:
+            handle.write(json.dumps({"settings": job.settings, "file": record}, sort_keys=True).encode())
     return record
 
 
